@@ -1,0 +1,96 @@
+"""`lwf`: run the pipeline as a Prefect flow, run one stage, or inspect the confidence table.
+
+    lwf run [--params params.yaml] [--only STAGE ...]   the whole pipeline as one Prefect flow
+    lwf stage NAME [key=value ...]                       one stage, as dvc.yaml runs it
+    lwf inspect [--task T] [--top N] [--selected]        print rows of artifacts/confidence.parquet
+    lwf check [--params P]                               validate params and print the parsed config
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+
+from .config import ConfigError, load_config
+from .stage import fail
+
+
+def _run(a) -> None:
+    from .flow import build_flow
+    from .io import setup_logging
+
+    setup_logging()
+    try:
+        load_config(a.params)
+    except ConfigError as e:
+        fail(str(e))
+    t0 = time.time()
+    flow = build_flow()
+    timings = flow(params_path=a.params, only=a.only)
+    total = time.time() - t0
+    stage_sum = sum(timings.values())
+    print(json.dumps({"wall_s": round(total, 2), "stages_s": round(stage_sum, 2),
+                      "prefect_overhead_s": round(total - stage_sum, 2), "stages": timings}, indent=2))
+
+
+def _stage(a) -> None:
+    mod = importlib.import_module(f"stages.{a.name}")
+    from .stage import main
+
+    main(mod.run, ["--params", a.params, *a.items])
+
+
+def _inspect(a) -> None:
+    import pandas as pd
+
+    from . import paths
+
+    if not paths.CONFIDENCE.exists():
+        fail(f"{paths.CONFIDENCE} not found: run `dvc repro confidence` first")
+    df = pd.read_parquet(paths.CONFIDENCE)
+    if a.task:
+        df = df[df["forget_task"] == a.task]
+    if a.selected:
+        df = df[df["selected"]]
+    cols = ["sample_id", "forget_task", "prompt", "response", "confidence", "rank", "selected"]
+    with pd.option_context("display.width", 160, "display.max_colwidth", 40):
+        print(df.sort_values("rank")[cols].head(a.top).to_string(index=False))
+        print(f"\n{len(df)} rows; selected per task:\n{df.groupby('forget_task')['selected'].agg(['sum', 'count'])}")
+
+
+def _check(a) -> None:
+    try:
+        cfg = load_config(a.params)
+    except ConfigError as e:
+        fail(str(e))
+    print(json.dumps(cfg.model_dump(), indent=2))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="lwf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the whole pipeline as one Prefect flow")
+    r.add_argument("--params", default="params.yaml")
+    r.add_argument("--only", nargs="*", help="run only these stages")
+    r.set_defaults(fn=_run)
+    s = sub.add_parser("stage", help="run one stage")
+    s.add_argument("name")
+    s.add_argument("items", nargs="*")
+    s.add_argument("--params", default="params.yaml")
+    s.set_defaults(fn=_stage)
+    i = sub.add_parser("inspect", help="show the confidence table")
+    i.add_argument("--task")
+    i.add_argument("--top", type=int, default=20)
+    i.add_argument("--selected", action="store_true")
+    i.set_defaults(fn=_inspect)
+    c = sub.add_parser("check", help="validate params")
+    c.add_argument("--params", default="params.yaml")
+    c.set_defaults(fn=_check)
+    a = p.parse_args(argv)
+    a.fn(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""Typed, validated params: `params.yaml` is read once, here, and every stage gets a `Config`.
+
+Every bad value fails with one sentence that names the key, the value and what is allowed
+(`ConfigError`); `stages/` and the `lwf` CLI turn it into a message and exit code 2, no traceback.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """A params problem, phrased for the user: key, value, what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LabConfig(_Strict):
+    """The embedded default: a tiny Llama pretrained on the synthetic negative-transfer lab."""
+
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(384, gt=0)
+    pretrain_steps: int = Field(1500, gt=0)
+    pretrain_batch_size: int = Field(32, gt=0)
+    pretrain_lr: float = Field(3e-3, gt=0)
+    conflict_weight: float = Field(0.4, ge=0, le=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.lab.hidden_size={self.hidden_size} must be a multiple of model.lab.num_heads={self.num_heads}"
+            )
+        return self
+
+
+class ModelConfig(_Strict):
+    name: str = Field("lab", description="'lab' (embedded tiny Llama) or a Hugging Face model id / local path")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    attn_implementation: Literal["eager", "sdpa"] = "eager"
+    add_bos: bool = True
+    lab: LabConfig = LabConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _model_exists(cls, v: str) -> str:
+        if v == "lab":
+            return v
+        looks_local = v.startswith((".", "/", "~")) or os.sep in v and not re.fullmatch(r"[\w.-]+/[\w.-]+", v)
+        if looks_local and not Path(v).expanduser().exists():
+            raise ValueError(f"model path {v!r} does not exist")
+        if (os.environ.get("HF_HUB_OFFLINE") == "1") and not Path(v).expanduser().exists():
+            raise ValueError(
+                f"model {v!r} is neither a local directory nor usable offline (HF_HUB_OFFLINE=1); "
+                "give a local path or 'lab'"
+            )
+        return v
+
+
+class TaskRef(_Strict):
+    """A task from the registry (`pipeline/tasks`), with its sizes and per-task options."""
+
+    task: str
+    n_train: int = Field(128, gt=0)
+    n_test: int = Field(200, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from .tasks import TASKS
+
+        if v not in TASKS:
+            raise ValueError(f"unknown task {v!r}; known tasks: {', '.join(sorted(TASKS))}")
+        return v
+
+
+class DataConfig(_Strict):
+    learn: TaskRef = TaskRef(task="lab_learn", n_train=96, n_test=200)
+    forget: list[TaskRef] = Field(
+        default_factory=lambda: [
+            TaskRef(task="lab_conflict", n_train=192, n_test=200),
+            TaskRef(task="lab_neutral", n_train=192, n_test=200),
+        ]
+    )
+    general: TaskRef = TaskRef(task="lab_general", n_train=1, n_test=200)
+    max_length: int = Field(48, gt=4)
+    seed: int = 1234
+
+    @field_validator("forget")
+    @classmethod
+    def _some_forget(cls, v):
+        if not v:
+            raise ValueError("at least one forgetting task is needed")
+        names = [t.task for t in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"forgetting tasks repeat: {names}")
+        return v
+
+
+class GradsConfig(_Strict):
+    """The per-sample-gradient engine shared by the Fisher and confidence stages."""
+
+    engine: Literal["vectorized", "loop"] = "vectorized"
+    chunk_size: int = Field(32, gt=0)
+    param_regex: Optional[str] = None
+
+    @field_validator("param_regex")
+    @classmethod
+    def _regex_compiles(cls, v):
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression: {e}") from None
+        return v
+
+
+class FisherConfig(_Strict):
+    n_samples: int = Field(96, gt=0)
+    kind: Literal["empirical", "true"] = "empirical"
+    seed: int = 0
+
+
+class ElicitConfig(_Strict):
+    max_new_tokens: int = Field(12, gt=0)
+    batch_size: int = Field(64, gt=0)
+    do_sample: bool = False
+    num_return_sequences: int = Field(1, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    only_wrong: bool = False
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _greedy_single(self):
+        if not self.do_sample and self.num_return_sequences != 1:
+            raise ValueError("elicit.num_return_sequences > 1 needs elicit.do_sample: true (greedy gives one answer)")
+        return self
+
+
+SCORES = ("fisher_distance", "fisher_conflict", "cosine", "random")
+
+
+class ConfidenceConfig(_Strict):
+    score: Literal["fisher_distance", "fisher_conflict", "cosine", "random"] = "fisher_distance"
+    target: Literal["gradient"] = "gradient"
+    forget_fraction: float = Field(0.25)
+    per_task: bool = False
+    seed: int = 0
+    auroc_positive: list[str] = Field(default_factory=lambda: ["lab_conflict"])
+    auroc_negative: list[str] = Field(default_factory=lambda: ["lab_neutral"])
+
+    @field_validator("forget_fraction")
+    @classmethod
+    def _fraction(cls, v):
+        if not (0 < v <= 1):
+            raise ValueError("must be in (0, 1]")
+        return v
+
+
+class MethodConfig(_Strict):
+    """A fine-tuning method is data: which samples to unlearn, when, and any extra loss term."""
+
+    unlearn: Literal["none", "periodic", "early"] = "none"
+    selection: Literal["high", "low", "random", "cosine"] = "high"
+    bss: bool = False
+
+
+DEFAULT_METHODS = {
+    "vanilla": MethodConfig(),
+    "lwf": MethodConfig(unlearn="periodic", selection="high"),
+    "lwf_low": MethodConfig(unlearn="periodic", selection="low"),
+    "lwf_random": MethodConfig(unlearn="periodic", selection="random"),
+    "lwf_early": MethodConfig(unlearn="early", selection="high"),
+    "lwf_nofisher": MethodConfig(unlearn="periodic", selection="cosine"),
+    "bss": MethodConfig(bss=True),
+}
+
+
+class FinetuneConfig(_Strict):
+    max_steps: int = Field(150, gt=0)
+    batch_size: int = Field(16, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    grad_clip: float = Field(1.0, gt=0)
+    unlearn_every: int = Field(4, gt=0)
+    unlearn_batch_size: int = Field(16, gt=0)
+    alpha: float = Field(0.1, gt=0)
+    unlearn_max_loss: float = Field(8.0, gt=0)
+    bss_eta: float = Field(1e-3, ge=0)
+    bss_k: int = Field(1, gt=0)
+    log_every: int = Field(1, gt=0)
+    checkpoint_every: int = Field(50, gt=0)
+    resume: bool = True
+
+
+class EvaluateConfig(_Strict):
+    batch_size: int = Field(100, gt=0)
+    max_new_tokens: int = Field(12, gt=0)
+
+
+class ReportConfig(_Strict):
+    bootstrap: int = Field(2000, gt=0)
+    seed: int = 0
+
+
+class ControlConfig(_Strict):
+    """Negative-transfer check: the same fine-tune from a base model pretrained without the conflict."""
+
+    enabled: bool = True
+
+
+class RunConfig(_Strict):
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    methods: list[str] = Field(default_factory=lambda: ["vanilla", "lwf", "lwf_low", "lwf_random"])
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if not v:
+            raise ValueError("needs at least one seed")
+        if len(set(v)) != len(v):
+            raise ValueError("seeds repeat")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v):
+        if not v:
+            raise ValueError("needs at least one method")
+        if "vanilla" not in v:
+            raise ValueError("must include 'vanilla' (every result is compared with it)")
+        return v
+
+
+class Config(_Strict):
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    grads: GradsConfig = GradsConfig()
+    fisher: FisherConfig = FisherConfig()
+    elicit: ElicitConfig = ElicitConfig()
+    confidence: ConfidenceConfig = ConfidenceConfig()
+    methods: dict[str, MethodConfig] = Field(default_factory=lambda: dict(DEFAULT_METHODS))
+    finetune: FinetuneConfig = FinetuneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
+    control: ControlConfig = ControlConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        unknown = [m for m in self.run.methods if m not in self.methods]
+        if unknown:
+            raise ValueError(
+                f"run.methods names unknown method {unknown[0]!r}; defined in `methods`: {', '.join(self.methods)}"
+            )
+        if self.methods.get("vanilla", MethodConfig()) != MethodConfig():
+            raise ValueError("methods.vanilla must be plain fine-tuning (unlearn: none, bss: false)")
+        forget = {t.task for t in self.data.forget}
+        for key in ("auroc_positive", "auroc_negative"):
+            for name in getattr(self.confidence, key):
+                if name not in forget:
+                    raise ValueError(f"confidence.{key} names {name!r}, which is not a forgetting task ({sorted(forget)})")
+        return self
+
+
+def _loc(err: dict) -> str:
+    parts = [str(p) for p in err.get("loc", ()) if not str(p).startswith(("function-", "literal["))]
+    return ".".join(parts)
+
+
+def _explain(e: ValidationError, raw: dict) -> str:
+    err = e.errors()[0]
+    key = _loc(err)
+    msg = err.get("msg", "invalid").removeprefix("Value error, ")
+    value = raw
+    for p in err.get("loc", ()):
+        if isinstance(value, dict) and p in value:
+            value = value[p]
+        elif isinstance(value, list) and isinstance(p, int) and p < len(value):
+            value = value[p]
+        else:
+            value = err.get("input")
+            break
+    if err.get("type") == "extra_forbidden":
+        return f"params: unknown key {key!r}; check the spelling against the README's params table"
+    if not key:
+        return f"params: {msg}"
+    return f"params: {key} = {value!r}: {msg}"
+
+
+def parse_config(raw: Any) -> Config:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: the top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, raw)) from None
+
+
+def load_config(path: str | os.PathLike = PARAMS_FILE) -> Config:
+    """Read and validate a params file; raise `ConfigError` with one clear sentence on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file {str(path)!r} not found (run from the project root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"params file {str(path)!r} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    return parse_config(raw)

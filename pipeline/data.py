@@ -1,0 +1,85 @@
+"""Tokenisation, batching and the one loss everyone uses.
+
+Loss convention (method.md): l(x, y; theta) = mean negative log-likelihood of the target
+tokens of ONE sequence, prompt tokens masked out. `per_sample_loss` returns that per row; the
+training loss is its batch mean, the Fisher and the confidence use it per sample.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def encode(tok, prompt: str, target: str, max_length: int, add_bos: bool = True, add_eos: bool = True) -> Encoded:
+    """[bos] prompt target [eos]; labels only on target (+eos). Long rows are cut from the left of
+    the prompt so the target survives; a target that alone is too long is cut at the right."""
+    p = tok(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    t = tok(target, add_special_tokens=False)["input_ids"] if target else []
+    if add_eos:
+        t = t + [tok.eos_token_id]
+    bos = [tok.bos_token_id] if add_bos and tok.bos_token_id is not None else []
+    room = max_length - len(bos)
+    t = t[:room]
+    p = p[max(0, len(p) - (room - len(t))):] if room - len(t) > 0 else []
+    ids = bos + p + t
+    labels = [IGNORE] * (len(bos) + len(p)) + t
+    if not prompt and bos:  # plain text: predict every token after bos
+        labels = [IGNORE] + t
+    return Encoded(ids, labels)
+
+
+def encode_rows(tok, rows, max_length: int, add_bos: bool = True) -> list[Encoded]:
+    return [
+        encode(tok, r["prompt"], r["target"], max_length, add_bos, add_eos=r.get("add_eos", True))
+        for r in rows
+    ]
+
+
+def collate(encs: list[Encoded], pad_id: int, device=None) -> dict:
+    """Right-padded batch (causal attention: padding never changes a real position's output)."""
+    n = max(len(e.input_ids) for e in encs)
+    ids = torch.full((len(encs), n), pad_id, dtype=torch.long)
+    lab = torch.full((len(encs), n), IGNORE, dtype=torch.long)
+    att = torch.zeros((len(encs), n), dtype=torch.long)
+    for i, e in enumerate(encs):
+        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        lab[i, : len(e.labels)] = torch.tensor(e.labels)
+        att[i, : len(e.input_ids)] = 1
+    out = {"input_ids": ids, "labels": lab, "attention_mask": att}
+    return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token NLL (B, T-1) of the shifted labels and the mask of counted tokens."""
+    logits = logits[:, :-1].float()
+    labels = labels[:, 1:]
+    mask = labels != IGNORE
+    nll = F.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")
+    return nll * mask, mask
+
+
+def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """l(x, y) per row: mean NLL over that row's target tokens, shape (B,)."""
+    nll, mask = token_nll(logits, labels)
+    return nll.sum(1) / mask.sum(1).clamp_min(1)
+
+
+def forward_loss(model, batch, output_hidden_states: bool = False):
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                output_hidden_states=output_hidden_states, use_cache=False)
+    return per_sample_loss(out.logits, batch["labels"]), out
+
+
+def batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

@@ -1,0 +1,65 @@
+"""Stage 2: elicit the base model's self-knowledge on the forgetting-task prompts.
+
+Batched generation: prompts sorted by length, left-padded, KV cache on, stop at EOS; results come
+back in the input order. Each response keeps its length, mean token log-prob and whether it was
+cut at max_new_tokens (then no EOS is appended when it is later trained on or unlearned).
+"""
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+
+def _prompt_ids(tok, prompt: str, add_bos: bool) -> list[int]:
+    ids = tok(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    return ([tok.bos_token_id] if add_bos and tok.bos_token_id is not None else []) + ids
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_size: int = 64,
+             do_sample: bool = False, temperature: float = 1.0, num_return_sequences: int = 1,
+             seed: int = 0, add_bos: bool = True, progress: bool = True) -> list[dict]:
+    """Return one dict per (prompt, sample): response, n_tokens, mean_logprob, truncated."""
+    model.eval()
+    device = next(model.parameters()).device
+    ids = [_prompt_ids(tok, p, add_bos) for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+    results: list[list[dict] | None] = [None] * len(ids)
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    bar = tqdm(total=len(ids), desc="generate", mininterval=2, leave=False, disable=not progress)
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        n = max(len(ids[i]) for i in idx)
+        inp = torch.full((len(idx), n), pad, dtype=torch.long)
+        att = torch.zeros((len(idx), n), dtype=torch.long)
+        for r, i in enumerate(idx):  # left padding
+            inp[r, n - len(ids[i]):] = torch.tensor(ids[i], dtype=torch.long)
+            att[r, n - len(ids[i]):] = 1
+        if do_sample:  # seed per batch from our generator: results do not depend on batch order elsewhere
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        out = model.generate(
+            input_ids=inp.to(device), attention_mask=att.to(device), max_new_tokens=max_new_tokens,
+            do_sample=do_sample, temperature=temperature if do_sample else None, top_k=0 if do_sample else None,
+            top_p=None, num_return_sequences=num_return_sequences, eos_token_id=eos, pad_token_id=pad,
+            use_cache=True, output_logits=True, return_dict_in_generate=True,
+        )
+        new = out.sequences[:, n:].cpu()
+        logp = torch.stack(out.logits, 1).float().log_softmax(-1).cpu()  # (B*k, steps, V)
+        tok_lp = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        for r in range(new.shape[0]):
+            seq = new[r].tolist()
+            stop = seq.index(eos) if eos in seq else None
+            body = seq[:stop] if stop is not None else [t for t in seq if t != pad]
+            counted = (stop + 1) if stop is not None else len(body)
+            rec = {
+                "response": tok.decode(body, skip_special_tokens=True),
+                "n_tokens": len(body),
+                "mean_logprob": float(tok_lp[r, :counted].mean()) if counted else 0.0,
+                "truncated": stop is None,
+            }
+            i = idx[r // num_return_sequences]
+            results[i] = (results[i] or []) + [rec]
+        bar.update(len(idx))
+    bar.close()
+    return [rec for recs in results for rec in recs]

@@ -1,0 +1,53 @@
+"""Stage 5: scores of one fine-tuned model.
+
+- learning task: held-out test split, greedy generation, the task's extraction and metric;
+- each forgetting task: its held-out test split (expected to drop: forgetting happened);
+- general text: perplexity exp(sum NLL / number of tokens) on held-out text (graceful, no collapse).
+Per-item scores are kept so the report can run paired bootstraps.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .data import batches, collate, encode_rows, token_nll
+from .elicit import generate
+from .tasks import get_task
+
+
+def task_scores(model, tok, task_name: str, rows: list[dict], max_new_tokens: int, batch_size: int,
+                add_bos: bool = True) -> list[float]:
+    task = get_task(task_name)
+    gens = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens,
+                    batch_size=batch_size, add_bos=add_bos, progress=False)
+    return [task.score(g["response"], r["answer"]) for g, r in zip(gens, rows)]
+
+
+@torch.no_grad()
+def perplexity(model, tok, rows: list[dict], max_length: int, batch_size: int, add_bos: bool = True) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for chunk in batches(encode_rows(tok, rows, max_length, add_bos), batch_size):
+        batch = collate(chunk, tok.pad_token_id, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll, mask = token_nll(logits, batch["labels"])
+        total += float(nll.sum())
+        count += int(mask.sum())
+    return math.exp(total / max(count, 1))
+
+
+def evaluate_model(model, tok, learn_task: str, learn_test: list[dict], forget_tests: dict[str, list[dict]],
+                   general_test: list[dict], cfg, max_length: int, add_bos: bool = True) -> dict:
+    learn_items = task_scores(model, tok, learn_task, learn_test, cfg.max_new_tokens, cfg.batch_size, add_bos)
+    forget_items = {name: task_scores(model, tok, name, rows, cfg.max_new_tokens, cfg.batch_size, add_bos)
+                    for name, rows in forget_tests.items() if get_task(name).has_gold}
+    out = {
+        "learn_score": sum(learn_items) / len(learn_items),
+        "forget_score": (sum(sum(v) / len(v) for v in forget_items.values()) / len(forget_items)) if forget_items else None,
+        "forget_scores": {k: sum(v) / len(v) for k, v in forget_items.items()},
+        "perplexity": perplexity(model, tok, general_test, max_length, cfg.batch_size, add_bos),
+        "items": {"learn": learn_items, **{f"forget/{k}": v for k, v in forget_items.items()}},
+    }
+    return out

@@ -1,0 +1,81 @@
+"""Stage 1: diagonal Fisher of the base model on the learning task, and the mean learning gradient.
+
+    F_i = (1/N) sum_n (d l(x_n, y_n; theta_0) / d theta_i)^2      (per-sample gradients, squared)
+    g_L = (1/N) sum_n  d l(x_n, y_n; theta_0) / d theta
+
+l is the mean target-token NLL of ONE sequence (per-sequence Fisher, not per-token). Squaring the
+gradient of a batch mean would give F/B + (1 - 1/B)(E g)^2: a different quantity, never used here.
+kind "empirical" uses the dataset targets y_n; kind "true" samples y_n from the model itself.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from tqdm import tqdm
+
+from .data import encode_rows
+from .grads import iter_per_sample_grads
+
+log = logging.getLogger("lwf")
+
+
+def fisher_and_mean_grad(model, tok, rows: list[dict], max_length: int, engine: str = "vectorized",
+                         chunk_size: int = 32, param_regex: str | None = None, add_bos: bool = True):
+    """Return ({name: F}, {name: g_L}) over `rows` (prompt/target dicts)."""
+    encs = encode_rows(tok, rows, max_length, add_bos)
+    sq, sm = {}, {}
+    with tqdm(total=len(encs), desc="fisher", mininterval=2, leave=False) as bar:
+        for _, grads in iter_per_sample_grads(model, encs, tok.pad_token_id, engine, chunk_size, param_regex, bar):
+            for n, g in grads.items():
+                g = g.double()
+                sq[n] = sq[n] + (g * g).sum(0) if n in sq else (g * g).sum(0)
+                sm[n] = sm[n] + g.sum(0) if n in sm else g.sum(0)
+    N = len(encs)
+    fisher = {n: (v / N).float().contiguous() for n, v in sq.items()}
+    mean_grad = {n: (v / N).float().contiguous() for n, v in sm.items()}
+    return fisher, mean_grad
+
+
+def true_fisher_rows(model, tok, rows, max_new_tokens: int, seed: int, add_bos: bool = True) -> list[dict]:
+    """Replace each target by a sample from the model (the "true" Fisher's y ~ p_theta(y|x))."""
+    from .elicit import generate
+
+    gens = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens, do_sample=True,
+                    seed=seed, add_bos=add_bos)
+    return [{"prompt": r["prompt"], "target": g["response"], "answer": r["answer"], "add_eos": not g["truncated"]}
+            for r, g in zip(rows, gens)]
+
+
+def save_fisher(path, fisher: dict, mean_grad: dict, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    from .io import atomic_path
+
+    tensors = {f"fisher.{n}": t.cpu() for n, t in fisher.items()}
+    tensors.update({f"grad.{n}": t.cpu() for n, t in mean_grad.items()})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+
+
+def load_fisher(path, device="cpu") -> tuple[dict, dict, dict]:
+    from safetensors import safe_open
+
+    fisher, grad = {}, {}
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        meta = f.metadata() or {}
+        for k in f.keys():
+            kind, name = k.split(".", 1)
+            (fisher if kind == "fisher" else grad)[name] = f.get_tensor(k)
+    return fisher, grad, meta
+
+
+def fisher_summary(fisher: dict, mean_grad: dict) -> dict:
+    total = sum(float(v.double().sum()) for v in fisher.values())
+    top = sorted(((float(v.double().sum()) / max(total, 1e-30), n) for n, v in fisher.items()), reverse=True)[:5]
+    return {
+        "n_params": int(sum(v.numel() for v in fisher.values())),
+        "fisher_trace": total,
+        "mean_grad_norm": float(torch.sqrt(sum((v.double() ** 2).sum() for v in mean_grad.values()))),
+        "top_fisher_share": {n: round(s, 4) for s, n in top},
+    }

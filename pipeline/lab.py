@@ -1,0 +1,55 @@
+"""Pretraining of the embedded lab base model (and of the negative-transfer control).
+
+The corpus comes from `pipeline/tasks/lab.py`; `conflict_weight` sets the share of conflicting
+"X lives in <wrong city>" facts (0 for the control model).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+from tqdm import tqdm
+
+from .data import collate, encode
+from .models import build_byte_tokenizer, set_seed, tiny_llama
+from .tasks.lab import pretrain_corpus
+
+log = logging.getLogger("lwf")
+
+
+def pretrain_lab(lab, max_length: int, conflict_weight: float | None = None, desc: str = "pretrain"):
+    """Build the tokenizer and a tiny Llama and pretrain it; returns (model, tokenizer, stats)."""
+    cw = lab.conflict_weight if conflict_weight is None else conflict_weight
+    set_seed(lab.seed)
+    tok = build_byte_tokenizer()
+    model = tiny_llama(len(tok), lab, max_len=max_length)
+    n_params = sum(p.numel() for p in model.parameters())
+    texts = pretrain_corpus(lab.pretrain_steps * lab.pretrain_batch_size, lab.seed, cw)
+    log.info("stage base_model: pretraining a %.2fM-parameter Llama on %d lab texts (conflict share %.2f)",
+             n_params / 1e6, len(texts), cw)
+    opt = torch.optim.AdamW(model.parameters(), lr=lab.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warm = max(1, lab.pretrain_steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / lab.pretrain_steps)))
+    )
+    model.train()
+    t0, losses = time.time(), []
+    bs = lab.pretrain_batch_size
+    for step in tqdm(range(lab.pretrain_steps), desc=desc, mininterval=5, leave=False):
+        encs = [encode(tok, "", t, max_length) for t in texts[step * bs:(step + 1) * bs]]
+        batch = collate(encs, tok.pad_token_id)
+        out = model(**batch)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == lab.pretrain_steps - 1:
+            losses.append((step, out.loss.item()))
+    model.eval()
+    stats = {"n_params": n_params, "steps": lab.pretrain_steps, "final_loss": losses[-1][1],
+             "seconds": round(time.time() - t0, 1), "conflict_weight": cw}
+    log.info("stage base_model: done in %.0fs, final loss %.3f", stats["seconds"], stats["final_loss"])
+    return model, tok, stats

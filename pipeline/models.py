@@ -1,0 +1,92 @@
+"""Models and tokenizers: the embedded tiny Llama with a real (byte-level) HF tokenizer, or any
+Hugging Face causal LM through `from_pretrained`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+log = logging.getLogger("lwf")
+
+SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+
+
+def build_byte_tokenizer():
+    """A byte-level BPE tokenizer with no merges (one token per byte): handles any text,
+    keeps digits and letters separate, and saves/loads like any HF fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(list(SPECIALS.values()) + sorted(alphabet))}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, **SPECIALS)
+    tok.padding_side = "right"
+    return tok
+
+
+def tiny_llama(vocab_size: int, lab, max_len: int = 64):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=lab.hidden_size,
+        intermediate_size=lab.intermediate_size,
+        num_hidden_layers=lab.num_layers,
+        num_attention_heads=lab.num_heads,
+        num_key_value_heads=lab.num_heads,
+        max_position_embeddings=max_len,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(lab.seed)
+    return LlamaForCausalLM(cfg)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device is 'cuda' but no CUDA device is available")
+    return torch.device(device)
+
+
+def prepare_tokenizer(tok):
+    """Pad token and padding side for Llama-3-style tokenizers that ship without a pad token."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def load_model(path: str, model_cfg, device: str | None = None):
+    """Load a causal LM and its tokenizer from a `save_pretrained` directory (or hub id)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = getattr(torch, model_cfg.dtype)
+    dev = resolve_device(device or model_cfg.device)
+    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation=model_cfg.attn_implementation
+    )
+    model.to(dev)
+    log.info("model %s: %.2fM parameters on %s (%s)", os.path.basename(str(path).rstrip("/")) or path,
+             sum(p.numel() for p in model.parameters()) / 1e6, dev, model_cfg.dtype)
+    return model, tok
+
+
+def set_seed(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

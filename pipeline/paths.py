@@ -1,0 +1,34 @@
+"""Where every artifact lives (relative to the project root). The README's artifacts table
+documents each one; dvc.yaml declares the same paths."""
+from pathlib import Path
+
+DATA = Path("data")
+LEARN_DATA = DATA / "learn"
+FORGET_DATA = DATA / "forget"
+GENERAL_DATA = DATA / "general"
+BASE_MODEL = Path("artifacts/base_model")
+FISHER = Path("artifacts/fisher.safetensors")
+SELF_KNOWLEDGE = Path("artifacts/self_knowledge.parquet")
+CONFIDENCE = Path("artifacts/confidence.parquet")
+MODELS = Path("artifacts/models")
+EVAL = Path("artifacts/eval")
+TRAIN_LOGS = Path("logs/train")
+METRICS = Path("metrics")
+REPORTS = Path("reports")
+CHECKPOINTS = Path(".lwf/checkpoints")
+
+
+def model_dir(method: str, seed: int) -> Path:
+    return MODELS / method / f"seed{seed}"
+
+
+def train_log(method: str, seed: int) -> Path:
+    return TRAIN_LOGS / method / f"seed{seed}.csv"
+
+
+def eval_file(method: str) -> Path:
+    return EVAL / f"{method}.json"
+
+
+def checkpoint(method: str, seed: int) -> Path:
+    return CHECKPOINTS / f"{method}-seed{seed}.pt"

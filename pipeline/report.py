@@ -1,0 +1,177 @@
+"""Aggregation over seeds, paired bootstrap intervals against vanilla, the markdown report and plots.
+
+Paired bootstrap (two levels): a replicate resamples seeds with replacement (a method and vanilla
+share each seed) and test items with replacement (the same items for both), then averages the
+per-item differences. The 95% interval is the 2.5th-97.5th percentile of B replicates. With one
+seed the seed level is degenerate and the interval only reflects test-set sampling.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+METRICS = ("learn_score", "forget_score", "perplexity")
+
+
+def paired_bootstrap(diff: np.ndarray, n_boot: int, seed: int = 0) -> tuple[float, float, float]:
+    """diff: (n_seeds, n_items) paired differences. Returns (mean, lo95, hi95)."""
+    diff = np.atleast_2d(np.asarray(diff, dtype=float))
+    S, N = diff.shape
+    rng = np.random.default_rng(seed)
+    si = rng.integers(0, S, size=(n_boot, S))
+    ii = rng.integers(0, N, size=(n_boot, N))
+    reps = np.empty(n_boot)
+    for b in range(n_boot):
+        reps[b] = diff[si[b]][:, ii[b]].mean()
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return float(diff.mean()), float(lo), float(hi)
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    a = np.asarray(xs, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def _items(res: dict, metric: str) -> np.ndarray:
+    if metric == "learn_score":
+        return np.asarray(res["items"]["learn"], dtype=float)
+    if metric == "forget_score":
+        parts = [np.asarray(v, dtype=float) for k, v in res["items"].items() if k.startswith("forget/")]
+        # forget_score is the mean of per-task means: weight items so their mean equals it
+        return np.concatenate([p / (len(p) * len(parts)) * sum(len(q) for q in parts) for p in parts]) if parts else np.zeros(1)
+    return np.asarray([res[metric]], dtype=float)
+
+
+def summarize(evals: dict[str, dict], seeds: list[int], n_boot: int, seed: int = 0) -> dict:
+    """evals: method -> {"seeds": {str(seed): result}}; 'vanilla' must be present."""
+    out = {}
+    van = evals["vanilla"]["seeds"]
+    for method, ev in evals.items():
+        per = ev["seeds"]
+        row: dict = {}
+        for metric in METRICS:
+            vals = [per[str(s)][metric] for s in seeds]
+            if any(v is None for v in vals):
+                continue
+            mean, std = _mean_std(vals)
+            row[metric] = mean
+            row[f"{metric}_std"] = std
+            row[f"{metric}_seeds"] = vals
+            if method != "vanilla":
+                diff = np.stack([_items(per[str(s)], metric) - _items(van[str(s)], metric) for s in seeds])
+                d, lo, hi = paired_bootstrap(diff, n_boot, seed)
+                row[f"{metric}_delta"] = d
+                row[f"{metric}_delta_ci95"] = [lo, hi]
+        tr = [per[str(s)].get("train", {}) for s in seeds]
+        row["unlearn_steps_taken"] = [t.get("unlearn_steps_taken", 0) for t in tr]
+        row["unlearn_stopped"] = sum(t.get("unlearn_stopped_at") is not None for t in tr)
+        out[method] = row
+    return out
+
+
+def _fmt(x, nd=3):
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def markdown(summary: dict, seeds: list[int], confidence: dict | None, notes: list[str]) -> str:
+    lines = [
+        "# LWF comparison", "",
+        f"Seeds: {seeds}. Mean ± std over seeds; delta = method − vanilla with a paired bootstrap 95% interval "
+        "(seeds and test items resampled). A delta whose interval contains 0 is **within the noise**.", "",
+        "| method | learn score | Δ learn vs vanilla [95% CI] | forget score | Δ forget | perplexity | Δ ppl | unlearn steps |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m, r in summary.items():
+        def d(metric):
+            if f"{metric}_delta" not in r:
+                return "—"
+            lo, hi = r[f"{metric}_delta_ci95"]
+            flag = " (noise)" if lo <= 0 <= hi else ""
+            return f"{r[f'{metric}_delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]{flag}"
+        lines.append(
+            f"| {m} | {_fmt(r.get('learn_score'))} ± {_fmt(r.get('learn_score_std'))} | {d('learn_score')} "
+            f"| {_fmt(r.get('forget_score'))} ± {_fmt(r.get('forget_score_std'))} | {d('forget_score')} "
+            f"| {_fmt(r.get('perplexity'))} ± {_fmt(r.get('perplexity_std'))} | {d('perplexity')} "
+            f"| {r.get('unlearn_steps_taken')} |")
+    lines.append("")
+    lines.append("Per-seed learning scores: " + "; ".join(
+        f"{m}: {', '.join(_fmt(v) for v in r.get('learn_score_seeds', []))}" for m, r in summary.items()))
+    if confidence and "auroc" in confidence:
+        lines += ["", f"Confidence AUROC ({', '.join(confidence['auroc_positive'])} vs "
+                  f"{', '.join(confidence['auroc_negative'])}): " +
+                  ", ".join(f"{k} {_fmt(v)}" for k, v in confidence["auroc"].items())]
+    lines += [""] + notes + ["", "Plots: learning_curves.png, confidence_hist.png, methods.png (this folder)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_learning_curves(logs: dict[str, list[pd.DataFrame]], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (m, frames) in enumerate(logs.items()):
+        learn = pd.concat([f[f["kind"] == "learn"] for f in frames])
+        curve = learn.groupby("step")["loss"].agg(["mean", "std"]).fillna(0)
+        color = f"C{i}"
+        ax.plot(curve.index, curve["mean"], label=m, color=color, lw=1.2)
+        ax.fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"], color=color, alpha=0.15)
+        un = frames[0][frames[0]["kind"] == "unlearn"]["step"].to_numpy()
+        if len(un):
+            ax.plot(un, np.full(len(un), -0.02 - 0.03 * i), "|", color=color, ms=6,
+                    transform=ax.get_xaxis_transform(), clip_on=False)
+    ax.set_xlabel("learning step (ticks below the axis: unlearning steps, seed 0)")
+    ax.set_ylabel("learning-task training loss (mean ± std over seeds)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confidence(df: pd.DataFrame, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    conf = df["confidence"].to_numpy()
+    bins = np.histogram_bin_edges(conf, bins=40)
+    for task, g in df.groupby("forget_task"):
+        ax.hist(g["confidence"], bins=bins, alpha=0.55, label=f"{task} ({int(g['selected'].sum())}/{len(g)} selected)")
+    if df["selected"].any():
+        cut = df.loc[df["selected"], "confidence"].min()
+        ax.axvline(cut, color="k", ls="--", lw=1, label="selection cut")
+    ax.set_xlabel("forgetting confidence")
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_methods(summary: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in METRICS if any(m in r for r in summary.values())]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6))
+    names = list(summary)
+    for ax, metric in zip(np.atleast_1d(axes), metrics):
+        means = [summary[n].get(metric, np.nan) for n in names]
+        stds = [summary[n].get(f"{metric}_std", 0) for n in names]
+        ax.bar(range(len(names)), means, yerr=stds, capsize=3, color=[f"C{i}" for i in range(len(names))])
+        for i, n in enumerate(names):
+            vals = summary[n].get(f"{metric}_seeds", [])
+            ax.plot([i] * len(vals), vals, "k.", ms=4)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(metric)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

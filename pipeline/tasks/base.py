@@ -1,0 +1,35 @@
+"""The task plugin interface: loading, prompt format, answer extraction, metric.
+
+Nothing outside `pipeline/tasks/` knows a task's name. A task yields rows with three string
+fields: `prompt` (what the model sees), `target` (the training continuation, no EOS) and
+`answer` (the gold answer that `score` compares an extracted prediction with; "" if none).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ROW_FIELDS = ("prompt", "target", "answer")
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str = ""
+    has_gold: bool = True  # False: prompts only (the forgetting task's knowledge is what the model says)
+    kind: str = "generate"  # "generate" (score generations) or "text" (perplexity only)
+
+    def load(self, split: str, n: int, seed: int, options: dict) -> list[dict]:
+        raise NotImplementedError
+
+    def extract(self, text: str) -> str:
+        """The answer part of a generation (default: first line, stripped)."""
+        text = text.strip()
+        return text.splitlines()[0].strip() if text else ""
+
+    def score(self, generation: str, answer: str) -> float:
+        """1.0 when the extracted answer matches the gold answer (case and space insensitive)."""
+        return float(_norm(self.extract(generation)) == _norm(answer))
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"\s+", " ", s.strip().lower())

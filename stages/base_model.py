@@ -1,0 +1,29 @@
+"""base_model: pretrain the embedded lab model, or load a Hugging Face model; save_pretrained."""
+import logging
+
+from pipeline import paths
+from pipeline.io import save_pretrained, write_json
+from pipeline.stage import main, stage
+
+log = logging.getLogger("lwf")
+
+
+@stage("base_model")
+def run(cfg):
+    """Write artifacts/base_model/ (model + tokenizer) and metrics/base_model.json."""
+    if cfg.model.name == "lab":
+        from pipeline.lab import pretrain_lab
+
+        model, tok, stats = pretrain_lab(cfg.model.lab, cfg.data.max_length)
+    else:
+        from pipeline.models import load_model
+
+        log.info("stage base_model: loading %s", cfg.model.name)
+        model, tok = load_model(cfg.model.name, cfg.model, device="cpu")
+        stats = {"source": cfg.model.name, "n_params": sum(p.numel() for p in model.parameters())}
+    save_pretrained(paths.BASE_MODEL, model, tok)
+    write_json(paths.METRICS / "base_model.json", stats)
+
+
+if __name__ == "__main__":
+    main(run)

@@ -1,0 +1,38 @@
+"""evaluate@<method>: score every seed's model of one method on held-out data."""
+import json
+import logging
+
+from pipeline import paths
+from pipeline.evaluate import evaluate_model
+from pipeline.io import write_json
+from pipeline.models import load_model
+from pipeline.stage import load_rows, main, stage
+
+log = logging.getLogger("lwf")
+
+
+def held_out(cfg):
+    return (load_rows(paths.LEARN_DATA, "test"),
+            {ref.task: load_rows(paths.FORGET_DATA / ref.task, "test") for ref in cfg.data.forget},
+            load_rows(paths.GENERAL_DATA, "test"))
+
+
+@stage("evaluate")
+def run(cfg, method: str):
+    """Write artifacts/eval/<method>.json: per seed, scores, per-item scores and training stats."""
+    learn_test, forget_tests, general = held_out(cfg)
+    out = {"method": method, "seeds": {}}
+    for seed in cfg.run.seeds:
+        d = paths.model_dir(method, seed)
+        model, tok = load_model(d, cfg.model)
+        res = evaluate_model(model, tok, cfg.data.learn.task, learn_test, forget_tests, general, cfg.evaluate,
+                             cfg.data.max_length, cfg.model.add_bos)
+        res["train"] = json.loads((d / "train_stats.json").read_text())
+        log.info("stage evaluate: %s seed %d: learn %.3f forget %s ppl %.3f", method, seed, res["learn_score"],
+                 res["forget_scores"], res["perplexity"])
+        out["seeds"][str(seed)] = res
+    write_json(paths.eval_file(method), out)
+
+
+if __name__ == "__main__":
+    main(run)

@@ -1,0 +1,50 @@
+"""finetune@<method>-<seed>: fine-tune the base model on the learning task with the method's
+unlearning schedule; save the model, the per-step log and the run's statistics."""
+import json
+import logging
+
+import pandas as pd
+
+from pipeline import paths
+from pipeline.confidence import SELECTIONS
+from pipeline.io import atomic_path, write_csv
+from pipeline.models import load_model
+from pipeline.stage import UserError, load_rows, main, stage
+from pipeline.train import finetune
+
+log = logging.getLogger("lwf")
+
+
+def unlearn_rows(method_cfg) -> list[dict]:
+    """D_U for a method: the confidence-table rows flagged by its selection column."""
+    if method_cfg.unlearn == "none":
+        return []
+    df = pd.read_parquet(paths.CONFIDENCE)
+    df = df[df[SELECTIONS[method_cfg.selection]]]
+    return [{"prompt": p, "target": r, "add_eos": not t} for p, r, t in zip(df["prompt"], df["response"], df["truncated"])]
+
+
+@stage("finetune")
+def run(cfg, method: str, seed: int):
+    """Write artifacts/models/<method>/seed<k>/ and logs/train/<method>/seed<k>.csv."""
+    if method not in cfg.methods:
+        raise UserError(f"unknown method {method!r}; defined: {', '.join(cfg.methods)}")
+    m = cfg.methods[method]
+    model, tok = load_model(paths.BASE_MODEL, cfg.model)
+    learn = load_rows(paths.LEARN_DATA, "train")
+    d_u = unlearn_rows(m)
+    log.info("stage finetune: %s seed %d: %d learning rows, %d unlearning rows, %d steps", method, seed,
+             len(learn), len(d_u), cfg.finetune.max_steps)
+    ckpt = paths.checkpoint(method, seed)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    rows, stats = finetune(model, tok, learn, d_u, cfg.finetune, m, seed, cfg.data.max_length, cfg.model.add_bos,
+                           ckpt_path=ckpt, run_id=f"{method}-seed{seed}")
+    with atomic_path(paths.model_dir(method, seed), is_dir=True) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "train_stats.json").write_text(json.dumps({"method": method, "seed": seed, **stats}, indent=2))
+    write_csv(paths.train_log(method, seed), pd.DataFrame(rows, columns=["event", "step", "kind", "loss", "lr"]))
+
+
+if __name__ == "__main__":
+    main(run)

@@ -1,0 +1,44 @@
+"""report: aggregate all methods over seeds -> metrics/summary.json, reports/report.md, plots."""
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import paths
+from pipeline.io import atomic_path, read_json, write_json, write_text
+from pipeline.report import markdown, plot_confidence, plot_learning_curves, plot_methods, summarize
+from pipeline.stage import main, stage
+
+log = logging.getLogger("lwf")
+
+
+@stage("report")
+def run(cfg):
+    """Write metrics/summary.json, reports/report.md and reports/*.png."""
+    seeds = cfg.run.seeds
+    evals = {m: read_json(paths.eval_file(m)) for m in cfg.run.methods}
+    notes = []
+    control = read_json(paths.METRICS / "control.json") if (paths.METRICS / "control.json").exists() else {}
+    if "seeds" in control:
+        evals["control"] = control
+        notes.append("`control`: the vanilla recipe from a base model pretrained WITHOUT the conflicting task. "
+                     "control above vanilla = negative transfer from the conflicting knowledge.")
+    summary = summarize(evals, seeds, cfg.report.bootstrap, cfg.report.seed)
+    write_json(paths.METRICS / "summary.json", summary)
+    conf_path = paths.METRICS / "confidence.json"
+    confidence = read_json(conf_path) if conf_path.exists() else None
+    write_text(paths.REPORTS / "report.md", markdown(summary, seeds, confidence, notes))
+    logs = {m: [pd.read_csv(paths.train_log(m, s)) for s in seeds] for m in cfg.run.methods}
+    for name, fn, arg in (("learning_curves.png", plot_learning_curves, logs),
+                          ("confidence_hist.png", plot_confidence, pd.read_parquet(paths.CONFIDENCE)),
+                          ("methods.png", plot_methods, summary)):
+        with atomic_path(paths.REPORTS / name) as tmp:
+            fn(arg, tmp)
+    for m, r in summary.items():
+        log.info("stage report: %-12s learn %.3f ± %.3f  delta %s", m, r["learn_score"], r["learn_score_std"],
+                 r.get("learn_score_delta_ci95", "-"))
+
+
+if __name__ == "__main__":
+    main(run)
