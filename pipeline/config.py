@@ -191,9 +191,9 @@ DEFAULT_METHODS = {
 
 
 class FinetuneConfig(_Strict):
-    max_steps: int = Field(150, gt=0)
+    max_steps: int = Field(60, gt=0)
     batch_size: int = Field(16, gt=0)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(10, ge=0)
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
@@ -201,7 +201,7 @@ class FinetuneConfig(_Strict):
     unlearn_every: int = Field(4, gt=0)
     unlearn_batch_size: int = Field(16, gt=0)
     alpha: float = Field(0.1, gt=0)
-    unlearn_max_loss: float = Field(8.0, gt=0)
+    unlearn_max_loss: float = Field(6.0, gt=0)
     bss_eta: float = Field(1e-3, ge=0)
     bss_k: int = Field(1, gt=0)
     log_every: int = Field(1, gt=0)

@@ -87,10 +87,15 @@ def save_pretrained(path, model, tokenizer) -> None:
 
 
 def save_dataset(path, ds) -> None:
+    import datasets
+
+    datasets.disable_progress_bars()
     with atomic_path(path, is_dir=True) as tmp:
         ds.save_to_disk(str(tmp))
 
 
 def setup_logging() -> None:
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(level=os.environ.get("LWF_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")

@@ -69,6 +69,9 @@ def prepare_tokenizer(tok):
 def load_model(path: str, model_cfg, device: str | None = None):
     """Load a causal LM and its tokenizer from a `save_pretrained` directory (or hub id)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     dtype = getattr(torch, model_cfg.dtype)
     dev = resolve_device(device or model_cfg.device)

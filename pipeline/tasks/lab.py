@@ -46,7 +46,7 @@ def name_pool(pool: str) -> list[str]:
 
 
 def _sums() -> list[tuple[int, int]]:
-    pairs = [(a, b) for a in range(10, 60) for b in range(10)]
+    pairs = [(a, b) for a in range(10, 100) for b in range(10)]
     random.Random(WORLD_SEED + 1).shuffle(pairs)
     return pairs
 
