@@ -97,7 +97,7 @@ class DataConfig(_Strict):
         ]
     )
     general: TaskRef = TaskRef(task="lab_general", n_train=1, n_test=200)
-    max_length: int = Field(48, gt=4)
+    max_length: int = Field(64, gt=4)
     seed: int = 1234
 
     @field_validator("forget")

@@ -14,6 +14,10 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
+class TooLongError(ValueError):
+    """A row that does not fit `data.max_length` (reported to the user, not silently cut)."""
+
+
 @dataclass
 class Encoded:
     input_ids: list[int]
@@ -21,16 +25,17 @@ class Encoded:
 
 
 def encode(tok, prompt: str, target: str, max_length: int, add_bos: bool = True, add_eos: bool = True) -> Encoded:
-    """[bos] prompt target [eos]; labels only on target (+eos). Long rows are cut from the left of
-    the prompt so the target survives; a target that alone is too long is cut at the right."""
+    """[bos] prompt target [eos]; labels only on target (+eos). A row longer than `max_length`
+    raises `TooLongError` (silently cutting prompts would change what the model is asked)."""
     p = tok(prompt, add_special_tokens=False)["input_ids"] if prompt else []
     t = tok(target, add_special_tokens=False)["input_ids"] if target else []
     if add_eos:
         t = t + [tok.eos_token_id]
     bos = [tok.bos_token_id] if add_bos and tok.bos_token_id is not None else []
-    room = max_length - len(bos)
-    t = t[:room]
-    p = p[max(0, len(p) - (room - len(t))):] if room - len(t) > 0 else []
+    n = len(bos) + len(p) + len(t)
+    if n > max_length:
+        raise TooLongError(f"data.max_length = {max_length} is shorter than a row of {n} tokens "
+                           f"(prompt {prompt[:40]!r}, target {target[:20]!r}); raise data.max_length")
     ids = bos + p + t
     labels = [IGNORE] * (len(bos) + len(p)) + t
     if not prompt and bos:  # plain text: predict every token after bos

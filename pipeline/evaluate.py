@@ -16,12 +16,18 @@ from .elicit import generate
 from .tasks import get_task
 
 
-def task_scores(model, tok, task_name: str, rows: list[dict], max_new_tokens: int, batch_size: int,
-                add_bos: bool = True) -> list[float]:
-    task = get_task(task_name)
+def task_scores(model, tok, task, rows: list[dict], max_new_tokens: int, batch_size: int,
+                add_bos: bool = True) -> tuple[list[float], dict[str, float]]:
+    """Per-item main score of `task` (a Task or a registered name) and the means of its extra scores."""
+    task = get_task(task) if isinstance(task, str) else task
     gens = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens,
                     batch_size=batch_size, add_bos=add_bos, progress=False)
-    return [task.score(g["response"], r["answer"]) for g, r in zip(gens, rows)]
+    items = [task.score(g["response"], r["answer"]) for g, r in zip(gens, rows)]
+    extras: dict[str, list[float]] = {}
+    for g, r in zip(gens, rows):
+        for k, v in task.extra_scores(g["response"], r["answer"]).items():
+            extras.setdefault(k, []).append(v)
+    return items, {k: sum(v) / len(v) for k, v in extras.items()}
 
 
 @torch.no_grad()
@@ -38,13 +44,22 @@ def perplexity(model, tok, rows: list[dict], max_length: int, batch_size: int, a
     return math.exp(total / max(count, 1))
 
 
-def evaluate_model(model, tok, learn_task: str, learn_test: list[dict], forget_tests: dict[str, list[dict]],
-                   general_test: list[dict], cfg, max_length: int, add_bos: bool = True) -> dict:
-    learn_items = task_scores(model, tok, learn_task, learn_test, cfg.max_new_tokens, cfg.batch_size, add_bos)
-    forget_items = {name: task_scores(model, tok, name, rows, cfg.max_new_tokens, cfg.batch_size, add_bos)
-                    for name, rows in forget_tests.items() if get_task(name).has_gold}
+def evaluate_model(model, tok, data_cfg, learn_test: list[dict], forget_tests: dict[str, list[dict]],
+                   general_test: list[dict], cfg, add_bos: bool = True) -> dict:
+    """Scores of one model; `data_cfg` (params `data`) says which task each split belongs to."""
+    learn_task = get_task(data_cfg.learn.task, data_cfg.learn.options)
+    learn_items, learn_extra = task_scores(model, tok, learn_task, learn_test, cfg.max_new_tokens, cfg.batch_size,
+                                           add_bos)
+    forget_items = {}
+    for ref in data_cfg.forget:
+        task = get_task(ref.task, ref.options)
+        if task.has_gold:
+            forget_items[ref.task] = task_scores(model, tok, task, forget_tests[ref.task], cfg.max_new_tokens,
+                                                 cfg.batch_size, add_bos)[0]
+    max_length = data_cfg.max_length
     out = {
         "learn_score": sum(learn_items) / len(learn_items),
+        "learn_extra": learn_extra,
         "forget_score": (sum(sum(v) / len(v) for v in forget_items.values()) / len(forget_items)) if forget_items else None,
         "forget_scores": {k: sum(v) / len(v) for k, v in forget_items.items()},
         "perplexity": perplexity(model, tok, general_test, max_length, cfg.batch_size, add_bos),

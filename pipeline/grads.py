@@ -112,13 +112,24 @@ class _Recorder:
             raise UnsupportedModel(f"parameters not owned by a leaf module: {sorted(missing)[:3]}")
         self.calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
         self.handles = []
+        self.batch_size = 0
 
     def __enter__(self):
         def hook(mod, args, output):
             if not args or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
                 raise UnsupportedModel(f"{type(mod).__name__}: needs one tensor input and one tensor output")
-            if output.requires_grad:
-                self.calls.append((mod, args[0], output))
+            if not output.requires_grad:
+                return None
+            x = args[0]
+            if output.shape[0] == 1 and self.batch_size > 1:
+                # a module applied once and broadcast over the batch (e.g. position embeddings):
+                # give each sample its own copy so its output gradient stays per-sample
+                x = x.expand(self.batch_size, *x.shape[1:])
+                output = output.expand(self.batch_size, *output.shape[1:])
+            elif output.shape[0] != self.batch_size:
+                raise UnsupportedModel(f"{type(mod).__name__}: output batch {output.shape[0]} != {self.batch_size}")
+            self.calls.append((mod, x, output))
+            return output
 
         self.handles = [m.register_forward_hook(hook) for m in self.owned]
         return self
@@ -131,13 +142,16 @@ class _Recorder:
 
 def _vectorized_chunk(model, params: dict, encs, pad_id, device) -> dict[str, torch.Tensor]:
     rec = _Recorder(model, params)
+    rec.batch_size = len(encs)
     with rec:
         batch = collate(encs, pad_id, device)
         loss, _ = forward_loss(model, batch)
-        outs = [c[2] for c in rec.calls]
-        gouts = torch.autograd.grad(loss.sum(), outs, allow_unused=True)
-        result: dict[str, torch.Tensor] = {}
-        for (mod, x, _), g in zip(rec.calls, gouts):
+        calls = list(rec.calls)
+        gouts = torch.autograd.grad(loss.sum(), [c[2] for c in calls], allow_unused=True)
+    # hooks are off from here: the generic path calls modules again
+    result: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for (mod, x, _), g in zip(calls, gouts):
             if g is None:
                 continue
             if isinstance(mod, nn.Linear):
@@ -145,13 +159,12 @@ def _vectorized_chunk(model, params: dict, encs, pad_id, device) -> dict[str, to
             elif isinstance(mod, nn.Embedding):
                 parts = _embedding_grads(mod, x, g)
             else:
-                own = {k: getattr(mod, k) for k in rec.owned[mod]}
-                parts = _generic_grads(mod, x, g, own)
+                with torch.enable_grad():
+                    parts = _generic_grads(mod, x, g, {k: getattr(mod, k) for k in rec.owned[mod]})
             for k, v in parts.items():
                 name = rec.owned[mod].get(k)
-                if name is None:
-                    continue
-                result[name] = result[name] + v if name in result else v
+                if name is not None:
+                    result[name] = result[name] + v if name in result else v
     B = len(encs)
     return {n: result.get(n, torch.zeros((B, *p.shape), dtype=p.dtype, device=p.device)).detach()
             for n, p in params.items()}

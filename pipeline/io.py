@@ -99,3 +99,5 @@ def setup_logging() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(level=os.environ.get("LWF_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
+    for noisy in ("httpx", "httpcore", "prefect.server", "uvicorn"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -14,6 +14,7 @@ import time
 from typing import Callable
 
 from .config import Config, ConfigError, load_config
+from .data import TooLongError
 
 log = logging.getLogger("lwf")
 STAGES: dict[str, Callable] = {}
@@ -55,7 +56,7 @@ def main(fn: Callable, argv=None) -> None:
         log.info("stage %s: start %s", fn.stage_name, " ".join(a.items))
         fn(cfg, **item)
         log.info("stage %s: done in %.1fs", fn.stage_name, time.time() - t0)
-    except (ConfigError, UserError) as e:
+    except (ConfigError, UserError, TooLongError) as e:
         fail(str(e))
 
 

@@ -29,16 +29,15 @@ def run(cfg):
     learn = load_rows(paths.LEARN_DATA, "train")
     learn_test, forget_tests, general = held_out(cfg)
     base_state = {k: v.clone() for k, v in model0.state_dict().items()}
-    out = {"pretrain": stats, "base": evaluate_model(model0, tok, cfg.data.learn.task, learn_test, forget_tests,
-                                                     general, cfg.evaluate, cfg.data.max_length, cfg.model.add_bos),
+    out = {"pretrain": stats, "base": evaluate_model(model0, tok, cfg.data, learn_test, forget_tests, general,
+                                                     cfg.evaluate, cfg.model.add_bos),
            "seeds": {}}
     out["base"].pop("items")
     for seed in cfg.run.seeds:
         model0.load_state_dict(base_state)
         _, tstats = finetune(model0, tok, learn, [], cfg.finetune, MethodConfig(), seed, cfg.data.max_length,
                              cfg.model.add_bos, run_id=f"control-seed{seed}")
-        res = evaluate_model(model0, tok, cfg.data.learn.task, learn_test, forget_tests, general, cfg.evaluate,
-                             cfg.data.max_length, cfg.model.add_bos)
+        res = evaluate_model(model0, tok, cfg.data, learn_test, forget_tests, general, cfg.evaluate, cfg.model.add_bos)
         res["train"] = tstats
         log.info("stage control: seed %d: learn %.3f", seed, res["learn_score"])
         out["seeds"][str(seed)] = res

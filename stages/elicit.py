@@ -20,7 +20,7 @@ def run(cfg):
     model, tok = load_model(paths.BASE_MODEL, cfg.model)
     frames, stats = [], {}
     for ref in cfg.data.forget:
-        task = get_task(ref.task)
+        task = get_task(ref.task, ref.options)
         rows = load_rows(paths.FORGET_DATA / ref.task, "train")
         log.info("stage elicit: %s: generating for %d prompts x %d", ref.task, len(rows), e.num_return_sequences)
         gens = generate(model, tok, [r["prompt"] for r in rows], e.max_new_tokens, e.batch_size, e.do_sample,

@@ -25,8 +25,7 @@ def run(cfg, method: str):
     for seed in cfg.run.seeds:
         d = paths.model_dir(method, seed)
         model, tok = load_model(d, cfg.model)
-        res = evaluate_model(model, tok, cfg.data.learn.task, learn_test, forget_tests, general, cfg.evaluate,
-                             cfg.data.max_length, cfg.model.add_bos)
+        res = evaluate_model(model, tok, cfg.data, learn_test, forget_tests, general, cfg.evaluate, cfg.model.add_bos)
         res["train"] = json.loads((d / "train_stats.json").read_text())
         log.info("stage evaluate: %s seed %d: learn %.3f forget %s ppl %.3f", method, seed, res["learn_score"],
                  res["forget_scores"], res["perplexity"])

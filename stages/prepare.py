@@ -15,7 +15,10 @@ def _dataset(task_ref, seed: int):
     from pipeline.tasks.base import ROW_FIELDS
     from pipeline.stage import UserError
 
-    task = get_task(task_ref.task)
+    try:
+        task = get_task(task_ref.task, task_ref.options)
+    except ValueError as e:
+        raise UserError(f"data task {task_ref.task!r}: {e}") from None
     splits = {}
     for i, (split, n) in enumerate((("train", task_ref.n_train), ("test", task_ref.n_test))):
         try:

@@ -1,12 +1,16 @@
 """Task registry: name -> Task. Add a task by adding a module and one line here."""
 from .base import Task
+from .custom import Custom
+from .gsm8k import GSM8K
 from .lab import LabConflict, LabGeneral, LabLearn, LabNeutral
 
-TASKS: dict[str, Task] = {t.name: t for t in (LabLearn(), LabConflict(), LabNeutral(), LabGeneral())}
+TASKS: dict[str, Task] = {t.name: t for t in (LabLearn(), LabConflict(), LabNeutral(), LabGeneral(), GSM8K(), Custom())}
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, options: dict | None = None) -> Task:
+    """The registered task `name`, configured by its params `options`."""
     try:
-        return TASKS[name]
+        task = TASKS[name]
     except KeyError:
         raise KeyError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}") from None
+    return task.with_options(options or {})

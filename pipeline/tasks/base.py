@@ -18,8 +18,16 @@ class Task:
     has_gold: bool = True  # False: prompts only (the forgetting task's knowledge is what the model says)
     kind: str = "generate"  # "generate" (score generations) or "text" (perplexity only)
 
+    def with_options(self, options: dict) -> "Task":
+        """The task configured by its params `options` (most tasks ignore them here)."""
+        return self
+
     def load(self, split: str, n: int, seed: int, options: dict) -> list[dict]:
         raise NotImplementedError
+
+    def extra_scores(self, generation: str, answer: str) -> dict[str, float]:
+        """Secondary metrics reported beside `score` (e.g. gsm8k "flexible")."""
+        return {}
 
     def extract(self, text: str) -> str:
         """The answer part of a generation (default: first line, stripped)."""

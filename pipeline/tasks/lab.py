@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .base import Task
 
@@ -32,26 +33,30 @@ WORLD_SEED = 20250519
 _POOLS = ("pretrain", "learn_train", "learn_validation", "learn_test", "forget_train", "forget_test")
 
 
-def _names() -> list[str]:
+@lru_cache(maxsize=1)
+def _names() -> tuple[str, ...]:
     names = [a + b + c + d for a in CONS for b in VOWELS for c in CONS for d in VOWELS]
     random.Random(WORLD_SEED).shuffle(names)
-    return names
+    return tuple(names)
 
 
-def name_pool(pool: str) -> list[str]:
+@lru_cache(maxsize=None)
+def name_pool(pool: str) -> tuple[str, ...]:
     names = _names()
     size = len(names) // len(_POOLS)
     i = _POOLS.index(pool)
     return names[i * size:(i + 1) * size]
 
 
-def _sums() -> list[tuple[int, int]]:
+@lru_cache(maxsize=1)
+def _sums() -> tuple[tuple[int, int], ...]:
     pairs = [(a, b) for a in range(10, 100) for b in range(10)]
     random.Random(WORLD_SEED + 1).shuffle(pairs)
-    return pairs
+    return tuple(pairs)
 
 
-def sum_pool(pool: str) -> list[tuple[int, int]]:
+@lru_cache(maxsize=None)
+def sum_pool(pool: str) -> tuple[tuple[int, int], ...]:
     pairs = _sums()
     third = len(pairs) // 3
     i = {"pretrain": 0, "forget_train": 1, "forget_test": 2}[pool]
@@ -124,7 +129,7 @@ def general_sentence(rng: random.Random) -> str:
     if form == 2:
         x, y = rng.choice(name_pool("pretrain")), rng.choice(name_pool("pretrain"))
         return f"{x} {rng.choice(_VERB)} {y} {rng.choice(_PLACE)}."
-    return f"a {rng.choice(_ADJ)} {rng.choice(_NOUN)} is {rng.choice(_PLACE)}."
+    return f"one {rng.choice(_ADJ)} {rng.choice(_NOUN)} is {rng.choice(_PLACE)}."
 
 
 @dataclass(frozen=True)

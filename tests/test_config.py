@@ -1,0 +1,111 @@
+"""Params validation: every bad value -> one sentence naming the key, exit code 2, no traceback."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def _with(path: str, value):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    node = raw
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node[k]
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return raw
+
+
+def test_shipped_params_are_valid():
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.model.name == "lab" and "vanilla" in cfg.run.methods
+
+
+BAD = [
+    ("data.learn.task", "no_such_task", "unknown task 'no_such_task'"),
+    ("data.forget.0.task", "nope", "data.forget.0.task"),
+    ("run.methods", ["vanilla", "magic"], "unknown method 'magic'"),
+    ("finetune.unlearn_every", 0, "finetune.unlearn_every"),
+    ("finetune.unlearn_every", -3, "greater than 0"),
+    ("confidence.forget_fraction", 0, "must be in (0, 1]"),
+    ("confidence.forget_fraction", 1.5, "confidence.forget_fraction = 1.5"),
+    ("data.forget", [], "at least one forgetting task"),
+    ("model.name", "./no/such/model", "does not exist"),
+    ("finetune.lr", -0.1, "finetune.lr = -0.1"),
+    ("run.seeds", [], "run.seeds = []: needs at least one seed"),
+    ("run.seeds", [1, 1], "seeds repeat"),
+    ("finetune.alpha", "lots", "finetune.alpha"),
+    ("grads.engine", "magic", "grads.engine"),
+    ("grads.param_regex", "(", "not a valid regular expression"),
+    ("confidence.score", "vibes", "confidence.score"),
+    ("model.lab.num_heads", 3, "multiple of model.lab.num_heads"),
+    ("run.methods", ["lwf"], "must include 'vanilla'"),
+    ("elicit.num_return_sequences", 3, "do_sample"),
+    ("finetune.typo_key", 1, "unknown key 'finetune.typo_key'"),
+    ("data.max_length", 2, "data.max_length = 2"),
+]
+
+
+@pytest.mark.parametrize("path,value,needle", BAD, ids=[f"{p}={v}" for p, v, _ in BAD])
+def test_bad_value_gives_one_clear_sentence(path, value, needle):
+    with pytest.raises(ConfigError) as e:
+        parse_config(_with(path, value))
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("run:\n  seeds: [0, 1\nmodel: {name: lab}\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+"):
+        load_config(p)
+
+
+def _cli(args, cwd, extra_env=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(extra_env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_stage_exits_2_without_traceback(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with("finetune.unlearn_every", 0)))
+    r = _cli(["-m", "stages.finetune", "method=lwf", "seed=0"], tmp_path, {"PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "finetune.unlearn_every = 0" in r.stderr
+
+
+def test_missing_field_in_data_file_and_empty_prompt_set(tmp_path):
+    (tmp_path / "learn.jsonl").write_text('{"question": "1+1", "wrong": "2"}\n')
+    (tmp_path / "empty.jsonl").write_text("")
+    raw = _with("data.learn", {"task": "custom", "n_train": 4, "n_test": 4, "options": {
+        "data_files": {"train": str(tmp_path / "learn.jsonl"), "test": str(tmp_path / "learn.jsonl")},
+        "prompt_field": "question", "target_field": "answer"}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    r = _cli(["-m", "stages.prepare"], tmp_path, {"PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "lacks required field 'answer'" in r.stderr
+
+    raw = _with("data.forget", [{"task": "custom", "options": {"metric": "none", "data_files": {
+        "train": str(tmp_path / "empty.jsonl"), "test": str(tmp_path / "empty.jsonl")}}}])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    r = _cli(["-m", "stages.prepare"], tmp_path, {"PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "custom" in r.stderr
+
+
+def test_max_length_shorter_than_prompt_is_reported(tiny):
+    from pipeline.data import TooLongError, encode
+
+    with pytest.raises(TooLongError, match="data.max_length = 8"):
+        encode(tiny[1], "a prompt that is far too long", " x", 8)

@@ -1,0 +1,91 @@
+"""Fisher and confidence against brute-force references computed with plain autograd."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.confidence import auroc, confidence_scores, select
+from pipeline.data import collate, encode_rows, forward_loss
+from pipeline.fisher import fisher_and_mean_grad, load_fisher, save_fisher
+
+
+def brute_grads(model, tok, rows):
+    """Per-sample gradients, one sample at a time, with .backward() (independent of pipeline.grads)."""
+    out = []
+    for e in encode_rows(tok, rows, 48):
+        model.zero_grad()
+        loss, _ = forward_loss(model, collate([e], tok.pad_token_id))
+        loss.sum().backward()
+        out.append({n: p.grad.detach().clone().double() for n, p in model.named_parameters()})
+    model.zero_grad()
+    return out
+
+
+def test_fisher_equals_brute_force_and_not_batch_mean_square(tiny, rows):
+    model, tok = tiny
+    F, gL = fisher_and_mean_grad(model, tok, rows, 48, chunk_size=5)
+    per = brute_grads(model, tok, rows)
+    for n in F:
+        ref_f = sum(g[n] ** 2 for g in per) / len(per)
+        ref_g = sum(g[n] for g in per) / len(per)
+        assert torch.allclose(F[n].double(), ref_f, rtol=1e-4, atol=1e-12), n
+        assert torch.allclose(gL[n].double(), ref_g, rtol=1e-4, atol=1e-10), n
+    # the square of the batch-mean gradient is a different (wrong) quantity
+    wrong = {n: gL[n].double() ** 2 for n in F}
+    total_f = sum(F[n].double().sum() for n in F)
+    total_w = sum(wrong[n].sum() for n in F)
+    assert total_w < 0.9 * total_f
+
+
+def test_fisher_roundtrip(tmp_path, tiny, rows):
+    model, tok = tiny
+    F, gL = fisher_and_mean_grad(model, tok, rows[:4], 48)
+    save_fisher(tmp_path / "f.safetensors", F, gL, {"n_samples": 4})
+    F2, g2, meta = load_fisher(tmp_path / "f.safetensors")
+    assert meta["n_samples"] == "4" and all(torch.equal(F[n], F2[n]) and torch.equal(gL[n], g2[n]) for n in F)
+
+
+def test_confidence_matches_hand_formula(tiny, rows):
+    model, tok = tiny
+    F, gL = fisher_and_mean_grad(model, tok, rows, 48)
+    samples = [{"prompt": r["prompt"], "target": t} for r, t in zip(rows[:4], [" rome", " oslo", "", " xyz"])]
+    df = confidence_scores(model, tok, samples, F, gL, 48, chunk_size=3, seed=3)
+    per = brute_grads(model, tok, samples)
+    for i, g in enumerate(per):
+        fd = sum((F[n].double() * (g[n] - gL[n].double()) ** 2).sum() for n in F)
+        fc = -sum((F[n].double() * g[n] * gL[n].double()).sum() for n in F)
+        dot = sum((g[n] * gL[n].double()).sum() for n in F)
+        cos = dot / (torch.sqrt(sum((g[n] ** 2).sum() for n in F)) * torch.sqrt(sum((gL[n].double() ** 2).sum() for n in F)))
+        assert df.loc[i, "score_fisher_distance"] == pytest.approx(float(fd), rel=1e-4)
+        assert df.loc[i, "score_fisher_conflict"] == pytest.approx(float(fc), rel=1e-4, abs=1e-12)
+        assert df.loc[i, "score_cosine"] == pytest.approx(float(-cos), rel=1e-4, abs=1e-9)
+    assert np.allclose(df["score_random"], np.random.default_rng(3).random(4))
+
+
+def _table(n=40):
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({"forget_task": ["a"] * (n // 2) + ["b"] * (n // 2),
+                         **{f"score_{k}": rng.normal(size=n) for k in ("fisher_distance", "cosine")}})
+
+
+@pytest.mark.parametrize("per_task", [False, True])
+def test_selections_same_size_and_disjoint(per_task):
+    df = select(_table(), "fisher_distance", 0.25, per_task, seed=0)
+    k = df["selected"].sum()
+    assert k == 10
+    for col in ("selected_low", "selected_random", "selected_cosine"):
+        assert df[col].sum() == k
+    assert not (df["selected"] & df["selected_low"]).any()
+    top = df.sort_values("confidence", ascending=False)
+    if not per_task:
+        assert top["selected"].iloc[:10].all() and not top["selected"].iloc[10:].any()
+        assert list(df.sort_values("rank")["confidence"]) == sorted(df["confidence"], reverse=True)
+    else:
+        assert (df.groupby("forget_task")["selected"].sum() == 5).all()
+
+
+def test_auroc_known_cases():
+    assert auroc([3, 4, 1, 2], [True, True, False, False]) == 1.0
+    assert auroc([1, 2, 3, 4], [True, True, False, False]) == 0.0
+    assert auroc([1, 1, 1, 1], [True, False, True, False]) == 0.5
+    assert auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75

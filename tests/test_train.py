@@ -1,0 +1,119 @@
+"""The unlearning schedule, the unlearning step, BSS, the guard, resume and determinism."""
+import copy
+
+import pytest
+import torch
+
+from pipeline.config import FinetuneConfig, MethodConfig
+from pipeline.data import collate, encode_rows, forward_loss
+from pipeline.train import Stream, bss_term, build_schedule, finetune
+
+
+def test_periodic_schedule_fires_at_multiples():
+    s = build_schedule(20, 4, "periodic")
+    learn_seen, fired_after = 0, []
+    for ev in s:
+        if ev == "learn":
+            learn_seen += 1
+        else:
+            fired_after.append(learn_seen)
+    assert learn_seen == 20 and fired_after == [4, 8, 12, 16, 20]
+    assert build_schedule(10, 3, "periodic").count("unlearn") == 3
+
+
+def test_early_and_none_schedules():
+    assert build_schedule(20, 4, "early") == ["unlearn"] * 5 + ["learn"] * 20
+    assert build_schedule(7, 2, "none") == ["learn"] * 7
+
+
+def test_stream_is_resumable_and_cycles_small_sets():
+    a, b = Stream(5, 8, 3), Stream(5, 8, 3)
+    assert [a.batch(k) for k in range(4)] == [b.batch(k) for k in range(4)]
+    assert b.batch(2) == Stream(5, 8, 3).batch(2)  # pure function of k
+    assert sorted(a.batch(0)[:5]) == [0, 1, 2, 3, 4]  # one full shuffle, then the next one
+
+
+def _cfg(**kw):
+    base = dict(max_steps=8, batch_size=4, lr=1e-3, warmup_steps=0, unlearn_every=2, unlearn_batch_size=3,
+                alpha=1.0, checkpoint_every=3, log_every=1)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def _unlearn_rows():
+    return [{"prompt": "kete lives in", "target": " rome"}, {"prompt": "dano lives in", "target": " oslo"},
+            {"prompt": "12+3=", "target": "15"}]
+
+
+def test_unlearn_events_in_log_at_multiples(tiny, rows):
+    model = copy.deepcopy(tiny[0])
+    log, stats = finetune(model, tiny[1], rows, _unlearn_rows(), _cfg(), MethodConfig(unlearn="periodic"), 0, 48)
+    assert [r["step"] for r in log if r["kind"] == "unlearn"] == [2, 4, 6, 8]
+    assert stats["unlearn_steps_taken"] == 4 and stats["learn_steps"] == 8
+
+
+def test_unlearning_step_raises_loss_on_its_batch(tiny):
+    """The 'early' schedule starts with unlearning events: stop after the first one and compare
+    the NLL of the unlearning batch (here the whole 3-row D_U) before and after it."""
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]
+    u = _unlearn_rows()
+    batch = collate(encode_rows(tok, u, 48), tok.pad_token_id)
+    before = forward_loss(model, batch)[0].mean().item()
+    cfg = _cfg(max_steps=1, unlearn_every=1, unlearn_batch_size=3, lr=1e-2)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, tok, [{"prompt": "a", "target": "b"}], u, cfg, MethodConfig(unlearn="early"), 0, 48,
+                 stop_after_events=1)
+    after = forward_loss(model, batch)[0].mean().item()
+    assert after > before
+
+
+def test_bss_term_matches_direct_svd():
+    torch.manual_seed(0)
+    X = torch.randn(6, 4)
+    s = torch.linalg.svd(X).S
+    assert bss_term(X, 1, 0.5).item() == pytest.approx(0.5 * s[-1].item() ** 2, rel=1e-5)
+    assert bss_term(X, 2, 1.0).item() == pytest.approx((s[-1] ** 2 + s[-2] ** 2).item(), rel=1e-5)
+
+
+def test_bss_method_trains(tiny, rows):
+    model = copy.deepcopy(tiny[0])
+    log, stats = finetune(model, tiny[1], rows, [], _cfg(max_steps=3), MethodConfig(bss=True), 0, 48)
+    assert len([r for r in log if r["kind"] == "learn"]) == 3 and stats["weights_finite"]
+
+
+def test_guard_stops_extreme_unlearning_and_weights_stay_finite(tiny, rows):
+    model = copy.deepcopy(tiny[0])
+    cfg = _cfg(max_steps=40, unlearn_every=1, alpha=1e6, lr=5e-2, unlearn_max_loss=7.0)
+    log, stats = finetune(model, tiny[1], rows, _unlearn_rows(), cfg, MethodConfig(unlearn="periodic"), 0, 48)
+    assert stats["unlearn_stopped_at"] is not None
+    assert any(r["kind"] == "unlearn_stopped" for r in log)
+    assert stats["unlearn_steps_taken"] < 40
+    assert stats["weights_finite"] and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_resume_gives_identical_weights(tmp_path, tiny, rows):
+    tok = tiny[1]
+    cfg, method = _cfg(max_steps=10, checkpoint_every=4), MethodConfig(unlearn="periodic")
+    ref = copy.deepcopy(tiny[0])
+    ref_log, _ = finetune(ref, tok, rows, _unlearn_rows(), cfg, method, 7, 48)
+
+    crashed = copy.deepcopy(tiny[0])
+    ckpt = tmp_path / "ck.pt"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(crashed, tok, rows, _unlearn_rows(), cfg, method, 7, 48, ckpt_path=ckpt, stop_after_events=6)
+    assert ckpt.exists()
+    resumed = copy.deepcopy(tiny[0])  # a fresh process would reload the base model
+    log, _ = finetune(resumed, tok, rows, _unlearn_rows(), cfg, method, 7, 48, ckpt_path=ckpt)
+    assert not ckpt.exists()
+    for (n, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), n
+    assert [r["loss"] for r in log] == [r["loss"] for r in ref_log]
+
+
+def test_same_seed_same_weights_other_seed_differs(tiny, rows):
+    out = []
+    for seed in (1, 1, 2):
+        m = copy.deepcopy(tiny[0])
+        finetune(m, tiny[1], rows, [], _cfg(max_steps=4), MethodConfig(), seed, 48)
+        out.append(torch.cat([p.flatten() for p in m.parameters()]))
+    assert torch.equal(out[0], out[1]) and not torch.equal(out[0], out[2])
