@@ -50,7 +50,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_siz
         for r in range(new.shape[0]):
             seq = new[r].tolist()
             stop = seq.index(eos) if eos in seq else None
-            body = seq[:stop] if stop is not None else [t for t in seq if t != pad]
+            body = seq[:stop] if stop is not None else seq
             counted = (stop + 1) if stop is not None else len(body)
             rec = {
                 "response": tok.decode(body, skip_special_tokens=True),

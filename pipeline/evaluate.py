@@ -20,6 +20,8 @@ def task_scores(model, tok, task, rows: list[dict], max_new_tokens: int, batch_s
                 add_bos: bool = True) -> tuple[list[float], dict[str, float]]:
     """Per-item main score of `task` (a Task or a registered name) and the means of its extra scores."""
     task = get_task(task) if isinstance(task, str) else task
+    if getattr(task, "scoring", "generate") == "loglik":
+        return choice_scores(model, tok, task, rows, batch_size, add_bos), {}
     gens = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens,
                     batch_size=batch_size, add_bos=add_bos, progress=False)
     items = [task.score(g["response"], r["answer"]) for g, r in zip(gens, rows)]
@@ -28,6 +30,28 @@ def task_scores(model, tok, task, rows: list[dict], max_new_tokens: int, batch_s
         for k, v in task.extra_scores(g["response"], r["answer"]).items():
             extras.setdefault(k, []).append(v)
     return items, {k: sum(v) / len(v) for k, v in extras.items()}
+
+
+@torch.no_grad()
+def choice_scores(model, tok, task, rows: list[dict], batch_size: int, add_bos: bool = True) -> list[float]:
+    """lm-evaluation-harness multiple choice: 1.0 when the option continuation with the highest
+    total log-likelihood after the prompt is the gold one."""
+    model.eval()
+    device = next(model.parameters()).device
+    flat = [(i, j, {"prompt": r["prompt"], "target": c, "add_eos": False})
+            for i, r in enumerate(rows) for j, c in enumerate(task.choice_continuations(r))]
+    encs = encode_rows(tok, [f[2] for f in flat], 10**9, add_bos)
+    ll = []
+    for chunk in batches(encs, batch_size):
+        batch = collate(chunk, tok.pad_token_id, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll, _ = token_nll(logits, batch["labels"])
+        ll += (-nll.sum(1)).tolist()
+    best: dict[int, tuple[float, int]] = {}
+    for (i, j, _), v in zip(flat, ll):
+        if i not in best or v > best[i][0]:
+            best[i] = (v, j)
+    return [float(best[i][1] == task.gold_index(r)) for i, r in enumerate(rows)]
 
 
 @torch.no_grad()

@@ -27,7 +27,8 @@ def _dataset(task_ref, seed: int):
             raise UserError(f"task {task_ref.task!r} ({split}): {e}") from None
         if not rows:
             raise UserError(f"task {task_ref.task!r} has no {split} rows")
-        splits[split] = Dataset.from_dict({k: [r[k] for r in rows] for k in ROW_FIELDS})
+        fields = list(ROW_FIELDS) + [k for k in rows[0] if k not in ROW_FIELDS]  # e.g. `choices`
+        splits[split] = Dataset.from_dict({k: [r[k] for r in rows] for k in fields})
     log.info("stage prepare: %s: %d train / %d test rows", task_ref.task, len(splits["train"]), len(splits["test"]))
     return DatasetDict(splits)
 

@@ -140,3 +140,38 @@ def test_prefect_flow_runs_and_matches_dvc(dvc_project, tmp_path):
     a = json.loads((flow_proj / "metrics/summary.json").read_text())
     b = json.loads((proj / "metrics/summary.json").read_text())
     assert a == b
+
+
+def test_sigkill_mid_finetune_leaves_no_output_and_resumes_identically(dvc_project, tmp_path):
+    """Kill a running finetune stage with SIGKILL after its first checkpoint: no partial model is
+    left under the output path; rerunning resumes from the checkpoint and ends with the same
+    weights as an uninterrupted run."""
+    import signal
+    import time
+
+    proj, _ = dvc_project
+    raw = yaml.safe_load((proj / "params.yaml").read_text())
+    raw["finetune"].update(max_steps=160, checkpoint_every=20)
+    params = tmp_path / "long.yaml"
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out_dir = proj / "artifacts/models/lwf/seed0"
+    stage = [sys.executable, "-m", "stages.finetune", "--params", str(params), "method=lwf", "seed=0"]
+
+    run(stage, proj)  # uninterrupted reference
+    reference = (out_dir / "model.safetensors").read_bytes()
+    shutil.rmtree(out_dir)
+
+    ckpt = proj / ".lwf/checkpoints/lwf-seed0.pt"
+    p = subprocess.Popen(stage, cwd=proj, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert ckpt.exists(), "the stage finished before a checkpoint was seen; make it longer"
+    assert not out_dir.exists()
+    out = run(stage, proj)
+    assert "resumed lwf-seed0 from event" in out
+    assert (out_dir / "model.safetensors").read_bytes() == reference
+    assert not ckpt.exists() and not list((proj / "artifacts/models/lwf").glob(".tmp-*"))

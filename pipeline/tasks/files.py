@@ -9,7 +9,7 @@ _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parq
 
 
 def load_records(options: dict, split: str, hub_id: str | None = None, hub_config: str | None = None,
-                 required: tuple[str, ...] = ()) -> list[dict]:
+                 required: tuple[str, ...] = (), hub_split: str | None = None) -> list[dict]:
     """Records of `split` from `options['data_files'][split]` (a local file) or else the hub
     dataset `options.get('hub_id', hub_id)`. Raises ValueError naming a missing field or file."""
     from datasets import load_dataset
@@ -32,7 +32,13 @@ def load_records(options: dict, split: str, hub_id: str | None = None, hub_confi
         hub = options.get("hub_id", hub_id)
         if not hub:
             raise ValueError(f"no data file for split {split!r} (options.data_files.{split}) and no hub id")
-        ds = load_dataset(hub, options.get("hub_config", hub_config), split=options.get(f"{split}_split", split))
+        name = options.get("hub_config", hub_config)
+        hub_split = options.get(f"{split}_split", hub_split or split)
+        try:
+            ds = load_dataset(hub, name, split=hub_split)
+        except Exception as e:  # offline, unknown id, no such split
+            raise ValueError(f"could not load {hub!r} ({name or 'default'}, split {hub_split!r}) with datasets: "
+                             f"{type(e).__name__}: {e}. Give local files in options.data_files.{split}") from None
     missing = [f for f in required if f not in ds.column_names]
     if missing:
         raise ValueError(f"dataset for split {split!r} lacks required field {missing[0]!r} (has: {ds.column_names})")

@@ -1,0 +1,58 @@
+"""Data edge cases: empty and cut generations, duplicate prompts, non-ASCII text, tiny sets."""
+import copy
+
+import torch
+
+from pipeline.config import FinetuneConfig, MethodConfig
+from pipeline.confidence import confidence_scores
+from pipeline.data import encode
+from pipeline.elicit import generate
+from pipeline.fisher import fisher_and_mean_grad
+from pipeline.io import atomic_path
+from pipeline.train import finetune
+
+
+def test_generation_cut_at_max_tokens_duplicates_and_order(tiny):
+    model, tok = tiny
+    prompts = ["b", "a much longer prompt", "b", "café → 東京 lives in"]
+    out = generate(model, tok, prompts, max_new_tokens=3, batch_size=2)
+    assert len(out) == 4
+    assert all(g["n_tokens"] <= 3 for g in out)
+    assert all(g["truncated"] == (g["n_tokens"] == 3) for g in out)
+    assert out[0] == out[2]  # duplicate prompts, same greedy answer, order kept
+    one = generate(model, tok, [prompts[1]], max_new_tokens=3)
+    assert one[0] == out[1]  # batching and padding do not change the answer
+
+
+def test_empty_response_and_truncated_response_are_scored(tiny, rows):
+    model, tok = tiny
+    F, gL = fisher_and_mean_grad(model, tok, rows[:4], 64)
+    samples = [{"prompt": "kete lives in", "target": ""},                     # empty generation: EOS only
+               {"prompt": "kete lives in", "target": " ro", "add_eos": False},  # cut at max tokens
+               {"prompt": "Zürich → 東京", "target": " ok"}]                      # non-ASCII
+    df = confidence_scores(model, tok, samples, F, gL, 64)
+    assert df.notna().all().all() and (df["score_fisher_distance"] > 0).all()
+    e = encode(tok, "kete lives in", " ro", 64, add_eos=False)
+    assert e.input_ids[-1] != tok.eos_token_id and sum(x != -100 for x in e.labels) == 3
+
+
+def test_forgetting_set_smaller_than_batch(tiny, rows):
+    model = copy.deepcopy(tiny[0])
+    cfg = FinetuneConfig(max_steps=4, batch_size=4, unlearn_every=2, unlearn_batch_size=16, warmup_steps=0)
+    log, stats = finetune(model, tiny[1], rows, [{"prompt": "x", "target": " y"}, {"prompt": "z", "target": ""}],
+                          cfg, MethodConfig(unlearn="periodic"), 0, 64)
+    assert stats["unlearn_steps_taken"] == 2 and stats["weights_finite"]
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    try:
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("killed")
+    except RuntimeError:
+        pass
+    assert not target.exists() and not list(tmp_path.iterdir())
+    with atomic_path(target) as tmp:
+        tmp.write_text("done")
+    assert target.read_text() == "done" and [p.name for p in tmp_path.iterdir()] == ["out.json"]

@@ -1,0 +1,49 @@
+"""Aggregation and the paired bootstrap."""
+import numpy as np
+import pytest
+
+from pipeline.report import markdown, paired_bootstrap, summarize
+
+
+def test_bootstrap_constant_difference_has_zero_width():
+    m, lo, hi = paired_bootstrap(np.full((3, 50), 0.2), 500)
+    assert m == pytest.approx(0.2) and lo == pytest.approx(0.2) and hi == pytest.approx(0.2)
+
+
+def test_bootstrap_matches_normal_theory_on_a_known_case():
+    """One seed, n iid items with sd 1: the 95% interval of the mean is about ±1.96/sqrt(n)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.5, 1.0, size=(1, 2000))
+    m, lo, hi = paired_bootstrap(x, 4000, seed=1)
+    half = 1.96 * x.std() / np.sqrt(x.shape[1])
+    assert m == pytest.approx(x.mean())
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)
+    assert lo < m < hi
+
+
+def test_bootstrap_is_paired():
+    """Two methods with large per-item variance but a constant per-item gap: pairing gives a
+    tight interval around the gap (an unpaired comparison would not)."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2, size=(3, 200)).astype(float)
+    m, lo, hi = paired_bootstrap((base + 0.1) - base, 500)
+    assert lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+
+
+def _ev(scores_by_seed):
+    return {"seeds": {str(s): {"learn_score": float(np.mean(v)), "forget_score": 0.5, "perplexity": 2.0,
+                               "items": {"learn": list(v), "forget/x": [0.5, 0.5]}, "train": {}}
+                      for s, v in scores_by_seed.items()}}
+
+
+def test_summarize_means_stds_and_deltas():
+    evals = {"vanilla": _ev({0: [0, 1, 0, 1], 1: [0, 0, 0, 1]}), "lwf": _ev({0: [1, 1, 0, 1], 1: [1, 0, 0, 1]})}
+    s = summarize(evals, [0, 1], 300)
+    assert s["vanilla"]["learn_score"] == pytest.approx(0.375)
+    assert s["lwf"]["learn_score_seeds"] == [0.75, 0.5]
+    assert s["lwf"]["learn_score_std"] == pytest.approx(np.std([0.75, 0.5], ddof=1))
+    assert s["lwf"]["learn_score_delta"] == pytest.approx(0.25)
+    lo, hi = s["lwf"]["learn_score_delta_ci95"]
+    assert 0 <= lo <= 0.25 <= hi
+    md = markdown(s, [0, 1], None, [])
+    assert "| lwf | 0.625" in md and "+0.250" in md
