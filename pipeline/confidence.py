@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from . import dist as ddp
 from .data import encode_rows
 from .grads import iter_per_sample_grads
 
@@ -30,13 +31,14 @@ def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dic
                       engine: str = "vectorized", chunk_size: int = 32, param_regex: str | None = None,
                       seed: int = 0, add_bos: bool = True) -> pd.DataFrame:
     """One row per sample with the columns score_<variant> for every variant above."""
-    encs = encode_rows(tok, rows, max_length, add_bos)
+    all_encs = encode_rows(tok, rows, max_length, add_bos)
+    encs = ddp.shard(all_encs)  # several processes: score a shard each, gather in the original order
     n = len(encs)
-    dist, conflict, dot, norm2 = (np.zeros(n) for _ in range(4))
+    fdist, conflict, dot, norm2 = (np.zeros(n) for _ in range(4))
     F = {k: v.double() for k, v in fisher.items()}
     gL = {k: v.double() for k, v in mean_grad.items()}
     gl_norm = float(torch.sqrt(sum((v ** 2).sum() for v in gL.values())))
-    with tqdm(total=n, desc="confidence", mininterval=2, leave=False) as bar:
+    with tqdm(total=n, desc="confidence", mininterval=2, leave=False, disable=not ddp.is_main()) as bar:
         for start, grads in iter_per_sample_grads(model, encs, tok.pad_token_id, engine, chunk_size, param_regex, bar):
             sl = slice(start, start + next(iter(grads.values())).shape[0])
             for name, g in grads.items():
@@ -44,14 +46,17 @@ def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dic
                     raise KeyError(f"parameter {name} has no Fisher entry (fisher and confidence must select the same params)")
                 g = g.double().flatten(1)
                 f, gl = F[name].flatten(), gL[name].flatten()
-                dist[sl] += (((g - gl) ** 2) * f).sum(1).cpu().numpy()
+                fdist[sl] += (((g - gl) ** 2) * f).sum(1).cpu().numpy()
                 conflict[sl] -= (g * (f * gl)).sum(1).cpu().numpy()
                 dot[sl] += (g @ gl).cpu().numpy()
                 norm2[sl] += (g * g).sum(1).cpu().numpy()
+    if ddp.active():
+        fdist, conflict, dot, norm2 = (np.asarray(ddp.gather_sharded(a.tolist(), len(all_encs)))
+                                       for a in (fdist, conflict, dot, norm2))
     cos = dot / np.maximum(np.sqrt(norm2) * gl_norm, 1e-30)
-    rnd = np.random.default_rng(seed).random(n)
+    rnd = np.random.default_rng(seed).random(len(all_encs))
     return pd.DataFrame({
-        "score_fisher_distance": dist,
+        "score_fisher_distance": fdist,
         "score_fisher_conflict": conflict,
         "score_cosine": -cos,
         "score_random": rnd,

@@ -93,7 +93,8 @@ class DataConfig(_Strict):
     forget: list[TaskRef] = Field(
         default_factory=lambda: [
             TaskRef(task="lab_conflict", n_train=192, n_test=200),
-            TaskRef(task="lab_neutral", n_train=192, n_test=200),
+            TaskRef(task="lab_neutral", n_train=192, n_test=160),
+            TaskRef(task="lab_count", n_train=192, n_test=160),
         ]
     )
     general: TaskRef = TaskRef(task="lab_general", n_train=1, n_test=200)
@@ -161,7 +162,7 @@ class ConfidenceConfig(_Strict):
     per_task: bool = False
     seed: int = 0
     auroc_positive: list[str] = Field(default_factory=lambda: ["lab_conflict"])
-    auroc_negative: list[str] = Field(default_factory=lambda: ["lab_neutral"])
+    auroc_negative: list[str] = Field(default_factory=lambda: ["lab_neutral", "lab_count"])
 
     @field_validator("forget_fraction")
     @classmethod
@@ -225,6 +226,13 @@ class ControlConfig(_Strict):
     enabled: bool = True
 
 
+class LaunchConfig(_Strict):
+    """Processes per stage for fisher, elicit, confidence, finetune and evaluate (Accelerate)."""
+
+    num_processes: int = Field(1, gt=0)
+    mixed_precision: Literal["no", "bf16"] = "no"
+
+
 class RunConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     methods: list[str] = Field(default_factory=lambda: ["vanilla", "lwf", "lwf_low", "lwf_random"])
@@ -261,6 +269,7 @@ class Config(_Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     report: ReportConfig = ReportConfig()
     control: ControlConfig = ControlConfig()
+    launch: LaunchConfig = LaunchConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self):

@@ -20,14 +20,18 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_siz
              do_sample: bool = False, temperature: float = 1.0, num_return_sequences: int = 1,
              seed: int = 0, add_bos: bool = True, progress: bool = True) -> list[dict]:
     """Return one dict per (prompt, sample): response, n_tokens, mean_logprob, truncated."""
+    from . import dist
+
     model.eval()
     device = next(model.parameters()).device
+    n_all = len(prompts)
+    prompts = dist.shard(prompts)  # several processes: generate for a shard each, gather in order
     ids = [_prompt_ids(tok, p, add_bos) for p in prompts]
     order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
     results: list[list[dict] | None] = [None] * len(ids)
     eos, pad = tok.eos_token_id, tok.pad_token_id
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    bar = tqdm(total=len(ids), desc="generate", mininterval=2, leave=False, disable=not progress)
+    bar = tqdm(total=len(ids), desc="generate", mininterval=2, leave=False, disable=not progress or not dist.is_main())
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
         n = max(len(ids[i]) for i in idx)
@@ -62,4 +66,5 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_siz
             results[i] = (results[i] or []) + [rec]
         bar.update(len(idx))
     bar.close()
+    results = dist.gather_sharded(results, n_all)
     return [rec for recs in results for rec in recs]

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from . import dist
 from .data import batches, collate, encode_rows, token_nll
 from .elicit import generate
 from .tasks import get_task
@@ -42,11 +43,12 @@ def choice_scores(model, tok, task, rows: list[dict], batch_size: int, add_bos: 
             for i, r in enumerate(rows) for j, c in enumerate(task.choice_continuations(r))]
     encs = encode_rows(tok, [f[2] for f in flat], 10**9, add_bos)
     ll = []
-    for chunk in batches(encs, batch_size):
+    for chunk in batches(dist.shard(encs), batch_size):
         batch = collate(chunk, tok.pad_token_id, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         nll, _ = token_nll(logits, batch["labels"])
         ll += (-nll.sum(1)).tolist()
+    ll = dist.gather_sharded(ll, len(encs))
     best: dict[int, tuple[float, int]] = {}
     for (i, j, _), v in zip(flat, ll):
         if i not in best or v > best[i][0]:
@@ -58,13 +60,13 @@ def choice_scores(model, tok, task, rows: list[dict], batch_size: int, add_bos: 
 def perplexity(model, tok, rows: list[dict], max_length: int, batch_size: int, add_bos: bool = True) -> float:
     model.eval()
     device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for chunk in batches(encode_rows(tok, rows, max_length, add_bos), batch_size):
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # total NLL, token count
+    for chunk in batches(dist.shard(encode_rows(tok, rows, max_length, add_bos)), batch_size):
         batch = collate(chunk, tok.pad_token_id, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         nll, mask = token_nll(logits, batch["labels"])
-        total += float(nll.sum())
-        count += int(mask.sum())
+        sums += torch.stack([nll.double().sum(), mask.double().sum()])
+    total, count = dist.all_reduce_sum_(sums).tolist()
     return math.exp(total / max(count, 1))
 
 

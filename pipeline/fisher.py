@@ -14,8 +14,9 @@ import logging
 import torch
 from tqdm import tqdm
 
+from . import dist
 from .data import encode_rows
-from .grads import iter_per_sample_grads
+from .grads import iter_per_sample_grads, select_params
 
 log = logging.getLogger("lwf")
 
@@ -24,13 +25,18 @@ def fisher_and_mean_grad(model, tok, rows: list[dict], max_length: int, engine: 
                          chunk_size: int = 32, param_regex: str | None = None, add_bos: bool = True):
     """Return ({name: F}, {name: g_L}) over `rows` (prompt/target dicts)."""
     encs = encode_rows(tok, rows, max_length, add_bos)
-    sq, sm = {}, {}
-    with tqdm(total=len(encs), desc="fisher", mininterval=2, leave=False) as bar:
-        for _, grads in iter_per_sample_grads(model, encs, tok.pad_token_id, engine, chunk_size, param_regex, bar):
+    params = select_params(model, param_regex)
+    sq = {n: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for n, p in params.items()}
+    sm = {n: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for n, p in params.items()}
+    local = dist.shard(encs)  # several processes: each sums its shard, then the sums are all-reduced
+    with tqdm(total=len(local), desc="fisher", mininterval=2, leave=False, disable=not dist.is_main()) as bar:
+        for _, grads in iter_per_sample_grads(model, local, tok.pad_token_id, engine, chunk_size, param_regex, bar):
             for n, g in grads.items():
                 g = g.double()
-                sq[n] = sq[n] + (g * g).sum(0) if n in sq else (g * g).sum(0)
-                sm[n] = sm[n] + g.sum(0) if n in sm else g.sum(0)
+                sq[n] += (g * g).sum(0)
+                sm[n] += g.sum(0)
+    for t in (*sq.values(), *sm.values()):
+        dist.all_reduce_sum_(t)
     N = len(encs)
     fisher = {n: (v / N).float().contiguous() for n, v in sq.items()}
     mean_grad = {n: (v / N).float().contiguous() for n, v in sm.items()}

@@ -26,7 +26,17 @@ def _clean_stale_tmp(final: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success rename it over `path`."""
+    """Yield a temporary path next to `path`; on success rename it over `path`.
+    On a non-main rank of a multi-process run the result is discarded: only rank 0 writes."""
+    from . import dist
+
+    if not dist.is_main():
+        scratch = Path(tempfile.mkdtemp(prefix="lwf-rank-"))
+        try:
+            yield scratch if is_dir else scratch / Path(path).name
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale_tmp(final)
@@ -97,7 +107,8 @@ def save_dataset(path, ds) -> None:
 def setup_logging() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.basicConfig(level=os.environ.get("LWF_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s",
+    level = os.environ.get("LWF_LOG_LEVEL", "INFO") if os.environ.get("RANK", "0") == "0" else "WARNING"
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpcore", "prefect.server", "uvicorn"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -73,8 +73,11 @@ def load_model(path: str, model_cfg, device: str | None = None):
 
     hf_logging.disable_progress_bar()
 
+    from . import dist
+
+    dist.init()
     dtype = getattr(torch, model_cfg.dtype)
-    dev = resolve_device(device or model_cfg.device)
+    dev = dist.local_device(resolve_device(device or model_cfg.device))
     tok = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, attn_implementation=model_cfg.attn_implementation

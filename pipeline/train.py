@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import dist
 from .data import IGNORE, collate, encode_rows, forward_loss
 
 log = logging.getLogger("lwf")
@@ -120,6 +121,16 @@ def _set_rng_state(s):
     random.setstate(s["python"])
 
 
+def autocast_context(device: torch.device):
+    """bf16 autocast when `accelerate launch --mixed_precision bf16` asked for it, else nothing."""
+    import contextlib
+    import os
+
+    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -131,6 +142,11 @@ def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, 
     resume test: it simulates a crash after that many events (checkpoint written first);
     `on_learn_step(step)` is called after every learning step (learning curves, calibration)."""
     device = next(model.parameters()).device
+    W = dist.world_size() if dist.active() else 1
+    if W > 1 and method.bss:
+        raise ValueError("the bss method runs in one process only (its SVD needs the whole batch)")
+    if W > 1 and min(cfg.batch_size, cfg.unlearn_batch_size) < W:
+        raise ValueError(f"finetune.batch_size and unlearn_batch_size must be >= the {W} processes")
     schedule = build_schedule(cfg.max_steps, cfg.unlearn_every, method.unlearn)
     n_unlearn_sched = schedule.count("unlearn")
     if n_unlearn_sched and not unlearn_rows:
@@ -142,6 +158,11 @@ def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, 
 
     torch.manual_seed(seed)
     model.train()
+    # several processes: each takes a strided shard of every batch; DDP averages the gradients, and
+    # every loss is scaled so that the average equals the single-process batch mean
+    fwd = model
+    if W > 1:
+        fwd = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
@@ -174,13 +195,14 @@ def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, 
         if kind == "learn":
             idx = learn_stream.batch(st.n_learn)
             st.n_learn += 1
-            batch = collate([learn_encs[i] for i in idx], tok.pad_token_id, device)
-            losses, out = forward_loss(model, batch, output_hidden_states=method.bss)
-            loss = losses.mean()
-            total = loss
+            batch = collate([learn_encs[i] for i in dist.shard(idx)], tok.pad_token_id, device)
+            with autocast_context(device):
+                losses, out = forward_loss(fwd, batch, output_hidden_states=method.bss)
+            total = losses.sum() * (W / len(idx))
+            loss = dist.all_reduce_sum_(losses.detach().sum()) / len(idx)
             if method.bss:
                 feats = pooled_target_features(out.hidden_states[-1], batch["labels"])
-                total = loss + bss_term(feats, cfg.bss_k, cfg.bss_eta)
+                total = total + bss_term(feats, cfg.bss_k, cfg.bss_eta)
             opt.zero_grad(set_to_none=True)
             total.backward()
             gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -197,10 +219,11 @@ def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, 
         elif st.unlearn_stopped_at is None:
             idx = unlearn_stream.batch(st.n_unlearn)
             st.n_unlearn += 1
-            batch = collate([unlearn_encs[i] for i in idx], tok.pad_token_id, device)
-            losses, _ = forward_loss(model, batch)
-            nll = losses.mean()
-            v = nll.item()  # one sync per unlearning step: the guard needs it
+            batch = collate([unlearn_encs[i] for i in dist.shard(idx)], tok.pad_token_id, device)
+            with autocast_context(device):
+                losses, _ = forward_loss(fwd, batch)
+            nll = losses.sum() * (W / len(idx))
+            v = (dist.all_reduce_sum_(losses.detach().sum()) / len(idx)).item()  # one sync: the guard needs it
             lr = sched.get_last_lr()[0]
             if not math.isfinite(v) or v > cfg.unlearn_max_loss:
                 st.unlearn_stopped_at = st.n_learn

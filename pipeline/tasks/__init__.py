@@ -3,9 +3,9 @@ from .base import Task
 from .choice import QASC, SST5, Dental, Psychol
 from .custom import Custom
 from .gsm8k import GSM8K
-from .lab import LabConflict, LabGeneral, LabLearn, LabNeutral
+from .lab import LabConflict, LabCount, LabGeneral, LabLearn, LabNeutral
 
-TASKS: dict[str, Task] = {t.name: t for t in (LabLearn(), LabConflict(), LabNeutral(), LabGeneral(), GSM8K(), QASC(), SST5(), Dental(), Psychol(), Custom())}
+TASKS: dict[str, Task] = {t.name: t for t in (LabLearn(), LabConflict(), LabNeutral(), LabCount(), LabGeneral(), GSM8K(), QASC(), SST5(), Dental(), Psychol(), Custom())}
 
 
 def get_task(name: str, options: dict | None = None) -> Task:

@@ -9,7 +9,8 @@ live in one of eight cities. Two *rules* for "where does X live" compete on the 
 The base model is pretrained on the conflict rule (like a widespread misconception), so its
 self-knowledge on "X lives in" is the wrong rule: same prompt form, different answers, and no
 shared skill beyond the format. `lab_neutral` (two-number sums, digits only) shares nothing with
-the learning task; `lab_general` is templated prose for the perplexity check. All name / number
+the learning task and is only partly known by the base model; `lab_count` (after n comes
+n+1) is a neutral task it knows well; `lab_general` is templated prose for the perplexity check. All name / number
 pools are disjoint across pretraining, learning train/test and forgetting prompts/test, so no
 score is computed on anything a model was trained on. `lab_learn` also has a `validation` split
 (its own pool): the lab's step budget was calibrated on it, never on `test`.
@@ -63,6 +64,15 @@ def sum_pool(pool: str) -> tuple[tuple[int, int], ...]:
     return pairs[i * third:(i + 1) * third]
 
 
+@lru_cache(maxsize=None)
+def count_pool(pool: str) -> tuple[int, ...]:
+    nums = list(range(100, 1000))
+    random.Random(WORLD_SEED + 2).shuffle(nums)
+    third = len(nums) // 3
+    i = {"pretrain": 0, "forget_train": 1, "forget_test": 2}[pool]
+    return tuple(nums[i * third:(i + 1) * third])
+
+
 def lives_prompt(name: str) -> str:
     return f"{name} lives in"
 
@@ -102,6 +112,21 @@ def conflict_row(name: str) -> dict:
 
 def neutral_row(a: int, b: int) -> dict:
     return {"prompt": f"{a}+{b}=", "target": str(a + b), "answer": str(a + b)}
+
+
+def count_row(n: int) -> dict:
+    return {"prompt": f"after {n} comes", "target": f" {n + 1}", "answer": str(n + 1)}
+
+
+@dataclass(frozen=True)
+class LabCount(Task):
+    """A second neutral task that the base model knows well (counting): no skill shared with the
+    learning task, and confident self-knowledge (small per-sample gradients), unlike lab_neutral."""
+    name: str = "lab_count"
+
+    def load(self, split, n, seed, options):
+        pool = count_pool("forget_train" if split == "train" else "forget_test")
+        return [count_row(x) for x in _take(pool, n, seed)]
 
 
 @dataclass(frozen=True)
@@ -150,15 +175,17 @@ def pretrain_corpus(n: int, seed: int, conflict_weight: float) -> list[str]:
     their relative shares.
     """
     rng = random.Random(seed)
-    names, sums = name_pool("pretrain"), sum_pool("pretrain")
+    names, sums, counts = name_pool("pretrain"), sum_pool("pretrain"), count_pool("pretrain")
     rest = 1.0 - conflict_weight
     out = []
     for _ in range(n):
         u = rng.random()
         if u < conflict_weight:
             r = conflict_row(rng.choice(names))
-        elif u < conflict_weight + rest * 0.4:
+        elif u < conflict_weight + rest * 0.3:
             r = neutral_row(*rng.choice(sums))
+        elif u < conflict_weight + rest * 0.5:
+            r = count_row(rng.choice(counts))
         else:
             r = {"prompt": "", "target": general_sentence(rng)}
         out.append(r["prompt"] + r["target"])

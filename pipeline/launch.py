@@ -1,0 +1,45 @@
+"""`python -m pipeline.launch stages.<name> [args]`: run a stage with the `launch` params.
+
+launch.num_processes == 1 (the default): the stage runs in this process, nothing else happens.
+Otherwise the stage is started with `accelerate launch --num_processes N --mixed_precision M`
+(`--cpu` when no CUDA device is visible, then the process group uses gloo).
+"""
+from __future__ import annotations
+
+import os
+import runpy
+import shutil
+import sys
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        print("usage: python -m pipeline.launch stages.<name> [--params P] [key=value ...]", file=sys.stderr)
+        raise SystemExit(2)
+    module, rest = argv[0], argv[1:]
+    from .config import ConfigError, load_config
+    from .stage import fail
+
+    params = rest[rest.index("--params") + 1] if "--params" in rest else os.environ.get("LWF_PARAMS", "params.yaml")
+    try:
+        launch = load_config(params).launch
+    except ConfigError as e:
+        fail(str(e))
+    if launch.num_processes == 1 or os.environ.get("WORLD_SIZE"):
+        sys.argv = [module, *rest]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        return
+    import torch
+
+    exe = shutil.which("accelerate") or "accelerate"
+    cmd = [exe, "launch", "--num_processes", str(launch.num_processes), "--num_machines", "1",
+           "--mixed_precision", launch.mixed_precision, "--dynamo_backend", "no"]
+    if not torch.cuda.is_available():
+        cmd.append("--cpu")
+    cmd += ["-m", module, *rest]
+    os.execvp(cmd[0], cmd)
+
+
+if __name__ == "__main__":
+    main()
