@@ -31,7 +31,7 @@ class LabConfig(_Strict):
     num_layers: int = Field(2, gt=0)
     num_heads: int = Field(4, gt=0)
     intermediate_size: int = Field(384, gt=0)
-    pretrain_steps: int = Field(1500, gt=0)
+    pretrain_steps: int = Field(1000, gt=0)
     pretrain_batch_size: int = Field(32, gt=0)
     pretrain_lr: float = Field(3e-3, gt=0)
     conflict_weight: float = Field(0.4, ge=0, le=1)
@@ -192,7 +192,7 @@ DEFAULT_METHODS = {
 
 
 class FinetuneConfig(_Strict):
-    max_steps: int = Field(60, gt=0)
+    max_steps: int = Field(50, gt=0)
     batch_size: int = Field(16, gt=0)
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
