@@ -64,6 +64,9 @@ def summarize(evals: dict[str, dict], seeds: list[int], n_boot: int, seed: int =
                 d, lo, hi = paired_bootstrap(diff, n_boot, seed)
                 row[f"{metric}_delta"] = d
                 row[f"{metric}_delta_ci95"] = [lo, hi]
+        tasks = per[str(seeds[0])].get("forget_scores", {})
+        if tasks:
+            row["forget_scores"] = {t: float(np.mean([per[str(s)]["forget_scores"][t] for s in seeds])) for t in tasks}
         tr = [per[str(s)].get("train", {}) for s in seeds]
         row["unlearn_steps_taken"] = [t.get("unlearn_steps_taken", 0) for t in tr]
         row["unlearn_stopped"] = sum(t.get("unlearn_stopped_at") is not None for t in tr)
@@ -95,6 +98,12 @@ def markdown(summary: dict, seeds: list[int], confidence: dict | None, notes: li
             f"| {_fmt(r.get('forget_score'))} ± {_fmt(r.get('forget_score_std'))} | {d('forget_score')} "
             f"| {_fmt(r.get('perplexity'))} ± {_fmt(r.get('perplexity_std'))} | {d('perplexity')} "
             f"| {r.get('unlearn_steps_taken')} |")
+    tasks = sorted({t for r in summary.values() for t in r.get("forget_scores", {})})
+    if tasks:
+        lines += ["", "Forgetting-task scores per task (mean over seeds):", "",
+                  "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        lines += [f"| {m} | " + " | ".join(_fmt(r.get("forget_scores", {}).get(t)) for t in tasks) + " |"
+                  for m, r in summary.items()]
     lines.append("")
     lines.append("Per-seed learning scores: " + "; ".join(
         f"{m}: {', '.join(_fmt(v) for v in r.get('learn_score_seeds', []))}" for m, r in summary.items()))
@@ -102,16 +111,27 @@ def markdown(summary: dict, seeds: list[int], confidence: dict | None, notes: li
         lines += ["", f"Confidence AUROC ({', '.join(confidence['auroc_positive'])} vs "
                   f"{', '.join(confidence['auroc_negative'])}): " +
                   ", ".join(f"{k} {_fmt(v)}" for k, v in confidence["auroc"].items())]
+        for neg, au in confidence.get("auroc_by_negative", {}).items():
+            lines.append(f"- vs {neg} alone: " + ", ".join(f"{k} {_fmt(v)}" for k, v in au.items()))
+        if "positive_share_of_selection" in confidence:
+            lines.append("- share of D_U from the positive tasks, per selection rule: " + ", ".join(
+                f"{k} {_fmt(v, 2)}" for k, v in confidence["positive_share_of_selection"].items()))
     lines += [""] + notes + ["", "Plots: learning_curves.png, confidence_hist.png, methods.png (this folder)."]
     return "\n".join(lines) + "\n"
 
 
-def plot_learning_curves(logs: dict[str, list[pd.DataFrame]], path) -> None:
+def _pyplot():
+    """matplotlib with the file-only backend (stages run headless)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_learning_curves(logs: dict[str, list[pd.DataFrame]], path) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (m, frames) in enumerate(logs.items()):
         learn = pd.concat([f[f["kind"] == "learn"] for f in frames])
@@ -133,11 +153,7 @@ def plot_learning_curves(logs: dict[str, list[pd.DataFrame]], path) -> None:
 
 
 def plot_confidence(df: pd.DataFrame, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     conf = df["confidence"].to_numpy()
     bins = np.histogram_bin_edges(conf, bins=40)
@@ -155,11 +171,7 @@ def plot_confidence(df: pd.DataFrame, path) -> None:
 
 
 def plot_methods(summary: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     metrics = [m for m in METRICS if any(m in r for r in summary.values())]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6))
     names = list(summary)

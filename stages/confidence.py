@@ -34,12 +34,20 @@ def run(cfg):
     write_parquet(paths.CONFIDENCE, df)
 
     metrics = {"score": c.score, "n_samples": len(df), "n_selected": int(df["selected"].sum()),
-               "selected_by_task": {k: int(v) for k, v in df.groupby("forget_task")["selected"].sum().items()}}
+               "selected_by_task": {k: int(v) for k, v in df.groupby("forget_task")["selected"].sum().items()},
+               "median_by_task": {k: {"confidence": float(g["confidence"].median()), "grad_norm": float(g["grad_norm"].median())}
+                                  for k, g in df.groupby("forget_task")}}
     pos, neg = set(c.auroc_positive), set(c.auroc_negative)
     sub = df[df["forget_task"].isin(pos | neg)]
     if pos and neg and not sub.empty:
         y = sub["forget_task"].isin(pos).to_numpy()
-        metrics["auroc"] = {s: auroc(sub[f"score_{s}"], y) for s in SCORES}
+        metrics["auroc"] = {**{s: auroc(sub[f"score_{s}"], y) for s in SCORES}, "grad_norm": auroc(sub["grad_norm"], y)}
+        metrics["auroc_by_negative"] = {}
+        for neg_task in sorted(neg):
+            one = df[df["forget_task"].isin(pos | {neg_task})]
+            yy = one["forget_task"].isin(pos).to_numpy()
+            metrics["auroc_by_negative"][neg_task] = {s: auroc(one[col], yy) for s, col in
+                                                      [(s, f"score_{s}") for s in SCORES] + [("grad_norm", "grad_norm")]}
         metrics["auroc_positive"], metrics["auroc_negative"] = sorted(pos), sorted(neg)
         for name, col in SELECTIONS.items():
             metrics.setdefault("positive_share_of_selection", {})[name] = float(

@@ -22,7 +22,8 @@ SMALL = {
     ("data", "learn", "n_train"): 32,
     ("data", "learn", "n_test"): 24,
     ("data", "forget"): [{"task": "lab_conflict", "n_train": 24, "n_test": 20},
-                         {"task": "lab_neutral", "n_train": 24, "n_test": 20}],
+                         {"task": "lab_neutral", "n_train": 24, "n_test": 20},
+                         {"task": "lab_count", "n_train": 24, "n_test": 20}],
     ("data", "general", "n_test"): 20,
     ("fisher", "n_samples"): 32,
     ("report", "bootstrap"): 200,
@@ -87,7 +88,7 @@ def test_repro_writes_every_artifact(dvc_project):
 
     df = pd.read_parquet(proj / "artifacts/confidence.parquet")
     assert {"sample_id", "forget_task", "prompt", "response", "confidence", "rank", "selected"} <= set(df.columns)
-    assert len(df) == 48 and df["selected"].sum() == 12
+    assert len(df) == 72 and df["selected"].sum() == 18
     summary = json.loads((proj / "metrics/summary.json").read_text())
     assert {"vanilla", "lwf", "control"} <= set(summary)
     for m in ("vanilla", "lwf"):
