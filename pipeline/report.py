@@ -141,9 +141,9 @@ def plot_learning_curves(logs: dict[str, list[pd.DataFrame]], path) -> None:
         ax.fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"], color=color, alpha=0.15)
         un = frames[0][frames[0]["kind"] == "unlearn"]["step"].to_numpy()
         if len(un):
-            ax.plot(un, np.full(len(un), -0.02 - 0.03 * i), "|", color=color, ms=6,
-                    transform=ax.get_xaxis_transform(), clip_on=False)
-    ax.set_xlabel("learning step (ticks below the axis: unlearning steps, seed 0)")
+            ax.plot(un, np.full(len(un), 0.03 + 0.03 * i), "|", color=color, ms=6,
+                    transform=ax.get_xaxis_transform())
+    ax.set_xlabel("learning step (ticks at the bottom: unlearning steps of seed 0, one row per method)")
     ax.set_ylabel("learning-task training loss (mean ± std over seeds)")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
@@ -156,13 +156,16 @@ def plot_confidence(df: pd.DataFrame, path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     conf = df["confidence"].to_numpy()
-    bins = np.histogram_bin_edges(conf, bins=40)
+    positive = bool((conf > 0).all())
+    bins = np.geomspace(conf.min(), conf.max(), 41) if positive else np.histogram_bin_edges(conf, bins=40)
     for task, g in df.groupby("forget_task"):
         ax.hist(g["confidence"], bins=bins, alpha=0.55, label=f"{task} ({int(g['selected'].sum())}/{len(g)} selected)")
     if df["selected"].any():
         cut = df.loc[df["selected"], "confidence"].min()
         ax.axvline(cut, color="k", ls="--", lw=1, label="selection cut")
-    ax.set_xlabel("forgetting confidence")
+    if positive:
+        ax.set_xscale("log")
+    ax.set_xlabel("forgetting confidence" + (" (log scale)" if positive else ""))
     ax.set_ylabel("samples")
     ax.legend(fontsize=8)
     fig.tight_layout()

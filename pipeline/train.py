@@ -251,8 +251,9 @@ def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, 
             raise KeyboardInterrupt(f"simulated crash after {st.event} events")
     bar.close()
     model.eval()
-    if ckpt_path and ckpt_path.exists():
-        ckpt_path.unlink()
+    dist.barrier()  # every rank is done with the checkpoint before rank 0 removes it
+    if ckpt_path and dist.is_main():
+        ckpt_path.unlink(missing_ok=True)
     finite = all(torch.isfinite(p).all() for p in model.parameters())
     stats = {
         "learn_steps": st.n_learn,
