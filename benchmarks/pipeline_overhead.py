@@ -10,11 +10,11 @@ from _common import machine, table
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def noop_repro(repeat=3):
+def noop_repro(project, repeat=3):
     ts = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ROOT, capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, capture_output=True, text=True)
         ts.append(time.perf_counter() - t0)
         if "up to date" not in r.stdout + r.stderr:
             return None, "pipeline not up to date: run `dvc repro` first"
@@ -56,8 +56,10 @@ def prefect_costs():
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def main():
-    t_noop, why = noop_repro()
+def main(project=None):
+    """project: a checkout where `dvc repro` has completed (default: this one; or argv[1])."""
+    project = project or (sys.argv[1] if len(sys.argv) > 1 and __name__ == "__main__" else ROOT)
+    t_noop, why = noop_repro(project)
     p = prefect_costs()
     table(f"Orchestration overhead ({machine()})", ["what", "seconds"], [
         ["no-op `dvc repro` (best of 3)", t_noop if t_noop is not None else why],

@@ -1,4 +1,9 @@
-"""Run every benchmark and print one report (README "Performance")."""
+"""Run every benchmark and print one report (README "Performance").
+
+    python benchmarks/run_all.py [PROJECT_DIR_WITH_A_COMPLETED_REPRO]
+"""
+import sys
+
 import confidence_scaling
 import finetune_overhead
 import generation
@@ -8,5 +13,6 @@ from _common import machine
 
 if __name__ == "__main__":
     print(f"# lwf-pipeline benchmarks\n\nMachine: {machine()}")
-    for mod in (grads, generation, finetune_overhead, confidence_scaling, pipeline_overhead):
+    for mod in (grads, generation, finetune_overhead, confidence_scaling):
         mod.main()
+    pipeline_overhead.main(sys.argv[1] if len(sys.argv) > 1 else None)
