@@ -192,7 +192,7 @@ DEFAULT_METHODS = {
 
 
 class FinetuneConfig(_Strict):
-    max_steps: int = Field(50, gt=0)
+    max_steps: int = Field(35, gt=0)
     batch_size: int = Field(16, gt=0)
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
