@@ -46,12 +46,25 @@ class LabConfig(_Strict):
         return self
 
 
+class LoraConfig(_Strict):
+    """LoRA adapters (peft): fine-tuning trains only them; Fisher and confidence run over them."""
+
+    r: int = Field(8, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    seed: int = 0
+
+
 class ModelConfig(_Strict):
     name: str = Field("lab", description="'lab' (embedded tiny Llama) or a Hugging Face model id / local path")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     attn_implementation: Literal["eager", "sdpa"] = "eager"
     add_bos: bool = True
+    chat_template: bool = False
+    gradient_checkpointing: bool = False
+    lora: Optional[LoraConfig] = None
     lab: LabConfig = LabConfig()
 
     @field_validator("name")

@@ -24,10 +24,20 @@ class Encoded:
     labels: list[int]
 
 
+def format_prompt(tok, prompt: str) -> str:
+    """The prompt as the model sees it: wrapped in the tokenizer's chat template when
+    `model.chat_template` is on (then the template supplies any BOS), else unchanged."""
+    if prompt and getattr(tok, "lwf_chat", False):
+        return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True)
+    return prompt
+
+
 def encode(tok, prompt: str, target: str, max_length: int, add_bos: bool = True, add_eos: bool = True) -> Encoded:
     """[bos] prompt target [eos]; labels only on target (+eos). A row longer than `max_length`
     raises `TooLongError` (silently cutting prompts would change what the model is asked)."""
-    p = tok(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    p = tok(format_prompt(tok, prompt), add_special_tokens=False)["input_ids"] if prompt else []
+    add_bos = add_bos and not getattr(tok, "lwf_chat", False)
     t = tok(target, add_special_tokens=False)["input_ids"] if target else []
     if add_eos:
         t = t + [tok.eos_token_id]

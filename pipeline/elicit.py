@@ -11,7 +11,10 @@ from tqdm import tqdm
 
 
 def _prompt_ids(tok, prompt: str, add_bos: bool) -> list[int]:
-    ids = tok(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    from .data import format_prompt
+
+    ids = tok(format_prompt(tok, prompt), add_special_tokens=False)["input_ids"] if prompt else []
+    add_bos = add_bos and not getattr(tok, "lwf_chat", False)
     return ([tok.bos_token_id] if add_bos and tok.bos_token_id is not None else []) + ids
 
 

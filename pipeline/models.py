@@ -82,10 +82,31 @@ def load_model(path: str, model_cfg, device: str | None = None):
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, attn_implementation=model_cfg.attn_implementation
     )
+    if model_cfg.chat_template:
+        if not getattr(tok, "chat_template", None):
+            raise ValueError(f"model.chat_template is true but the tokenizer of {path} has no chat template")
+        tok.lwf_chat = True  # read by pipeline.data.format_prompt
     model.to(dev)
     log.info("model %s: %.2fM parameters on %s (%s)", os.path.basename(str(path).rstrip("/")) or path,
              sum(p.numel() for p in model.parameters()) / 1e6, dev, model_cfg.dtype)
     return model, tok
+
+
+def with_lora(model, lora):
+    """Wrap `model` with freshly initialised LoRA adapters (seeded, so the fisher, confidence and
+    finetune stages build the same adapters); only the adapters stay trainable. None: unchanged."""
+    if lora is None:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(lora.seed)
+    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+
+
+def plain_model(model):
+    """The model to save: LoRA adapters merged into the base weights (a plain HF model)."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
 def set_seed(seed: int) -> None:

@@ -8,7 +8,7 @@ from pipeline.confidence import SELECTIONS, auroc, confidence_scores, select
 from pipeline.config import SCORES
 from pipeline.fisher import load_fisher
 from pipeline.io import write_json, write_parquet
-from pipeline.models import load_model
+from pipeline.models import load_model, with_lora
 from pipeline.stage import main, stage
 
 log = logging.getLogger("lwf")
@@ -19,6 +19,7 @@ def run(cfg):
     """Write artifacts/confidence.parquet and metrics/confidence.json."""
     c = cfg.confidence
     model, tok = load_model(paths.BASE_MODEL, cfg.model)
+    model = with_lora(model, cfg.model.lora)  # the same seeded adapters as the fisher stage
     device = next(model.parameters()).device
     F, gL, _ = load_fisher(paths.FISHER, device)
     sk = pd.read_parquet(paths.SELF_KNOWLEDGE)

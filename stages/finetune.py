@@ -8,7 +8,7 @@ import pandas as pd
 from pipeline import paths
 from pipeline.confidence import SELECTIONS
 from pipeline.io import atomic_path, write_csv
-from pipeline.models import load_model
+from pipeline.models import load_model, plain_model, with_lora
 from pipeline.stage import UserError, load_rows, main, stage
 from pipeline.train import finetune
 
@@ -31,6 +31,11 @@ def run(cfg, method: str, seed: int):
         raise UserError(f"unknown method {method!r}; defined: {', '.join(cfg.methods)}")
     m = cfg.methods[method]
     model, tok = load_model(paths.BASE_MODEL, cfg.model)
+    model = with_lora(model, cfg.model.lora)
+    if cfg.model.gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
+        model.config.use_cache = False
     learn = load_rows(paths.LEARN_DATA, "train")
     d_u = unlearn_rows(m)
     log.info("stage finetune: %s seed %d: %d learning rows, %d unlearning rows, %d steps", method, seed,
@@ -39,6 +44,7 @@ def run(cfg, method: str, seed: int):
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     rows, stats = finetune(model, tok, learn, d_u, cfg.finetune, m, seed, cfg.data.max_length, cfg.model.add_bos,
                            ckpt_path=ckpt, run_id=f"{method}-seed{seed}")
+    model = plain_model(model)  # LoRA: merged, so evaluate loads an ordinary model
     with atomic_path(paths.model_dir(method, seed), is_dir=True) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

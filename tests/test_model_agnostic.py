@@ -84,3 +84,51 @@ def test_all_stages_on_gpt2_and_fixture_tasks(gpt2_dir, tmp_path, monkeypatch):
     ev = read_json(tmp_path / "artifacts/eval/lwf.json")
     assert set(ev["seeds"]["0"]["forget_scores"]) == {"qasc", "sst5"}
     assert "flexible" in ev["seeds"]["0"]["learn_extra"]
+
+
+def test_lora_chat_template_and_gradient_checkpointing(tmp_path, monkeypatch, rows):
+    """model.lora: Fisher and confidence over the adapters only, the fine-tune trains them and
+    saves a merged plain model; model.chat_template wraps prompts; gradient checkpointing runs."""
+    import stages.base_model
+    import stages.confidence
+    import stages.elicit
+    import stages.evaluate
+    import stages.finetune
+    import stages.fisher
+    import stages.prepare
+    from safetensors import safe_open
+
+    from pipeline.data import encode
+    from pipeline.models import load_model
+
+    cfg = parse_config({
+        "run": {"seeds": [0], "methods": ["vanilla", "lwf"]},
+        "model": {"lab": {"pretrain_steps": 5}, "lora": {"r": 2, "target_modules": ["q_proj", "v_proj"]},
+                  "gradient_checkpointing": True},
+        "data": {"learn": {"task": "lab_learn", "n_train": 8, "n_test": 6},
+                 "forget": [{"task": "lab_conflict", "n_train": 6, "n_test": 4}, {"task": "lab_count", "n_train": 6, "n_test": 4}],
+                 "general": {"task": "lab_general", "n_test": 4}},
+        "fisher": {"n_samples": 8}, "confidence": {"auroc_negative": ["lab_count"]},
+        "finetune": {"max_steps": 2, "batch_size": 4, "unlearn_every": 1, "unlearn_batch_size": 2},
+    })
+    monkeypatch.chdir(tmp_path)
+    for st in (stages.prepare, stages.base_model, stages.fisher, stages.elicit, stages.confidence):
+        st.run(cfg)
+    with safe_open("artifacts/fisher.safetensors", "pt") as f:
+        names = [k for k in f.keys() if k.startswith("fisher.")]
+    assert names and all("lora_" in n for n in names)
+    stages.finetune.run(cfg, method="lwf", seed=0)
+    stages.evaluate.run(cfg, method="lwf")
+    with safe_open("artifacts/models/lwf/seed0/model.safetensors", "pt") as f:
+        assert not any("lora" in k for k in f.keys())  # merged into a plain model
+
+    # chat template: the tokenizer's template wraps the prompt, and no extra BOS is added
+    tok_dir = tmp_path / "chat"
+    model, tok = load_model("artifacts/base_model", cfg.model)
+    tok.chat_template = "{% for m in messages %}<s>[{{ m['content'] }}]{% endfor %}"
+    tok.save_pretrained(tok_dir)
+    model.save_pretrained(tok_dir)
+    _, ctok = load_model(str(tok_dir), cfg.model.model_copy(update={"chat_template": True}))
+    e = encode(ctok, "kete lives in", " rome", 64)
+    assert ctok.decode(e.input_ids).startswith("<s>[kete lives in]")
+    assert e.input_ids.count(ctok.bos_token_id) == 1
