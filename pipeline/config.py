@@ -75,12 +75,22 @@ class ModelConfig(_Strict):
         looks_local = v.startswith((".", "/", "~")) or os.sep in v and not re.fullmatch(r"[\w.-]+/[\w.-]+", v)
         if looks_local and not Path(v).expanduser().exists():
             raise ValueError(f"model path {v!r} does not exist")
-        if (os.environ.get("HF_HUB_OFFLINE") == "1") and not Path(v).expanduser().exists():
+        if (os.environ.get("HF_HUB_OFFLINE") == "1") and not Path(v).expanduser().exists() and not _in_hf_cache(v):
             raise ValueError(
                 f"model {v!r} is neither a local directory nor usable offline (HF_HUB_OFFLINE=1); "
                 "give a local path or 'lab'"
             )
         return v
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    """True when a hub model's config is in the local Hugging Face cache (usable offline)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:
+        return False
 
 
 class TaskRef(_Strict):
