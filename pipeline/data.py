@@ -33,24 +33,27 @@ def format_prompt(tok, prompt: str) -> str:
     return prompt
 
 
-def encode(tok, prompt: str, target: str, max_length: int, add_bos: bool = True, add_eos: bool = True) -> Encoded:
-    """[bos] prompt target [eos]; labels only on target (+eos). A row longer than `max_length`
-    raises `TooLongError` (silently cutting prompts would change what the model is asked)."""
-    p = tok(format_prompt(tok, prompt), add_special_tokens=False)["input_ids"] if prompt else []
+def prompt_ids(tok, prompt: str, add_bos: bool = True) -> list[int]:
+    """Token ids of [bos] + the formatted prompt: the model's input before any target, shared by
+    training/scoring (`encode`) and generation (`pipeline.elicit`)."""
+    ids = tok(format_prompt(tok, prompt), add_special_tokens=False)["input_ids"] if prompt else []
     add_bos = add_bos and not getattr(tok, "lwf_chat", False)
+    return ([tok.bos_token_id] if add_bos and tok.bos_token_id is not None else []) + ids
+
+
+def encode(tok, prompt: str, target: str, max_length: int, add_bos: bool = True, add_eos: bool = True) -> Encoded:
+    """[bos] prompt target [eos]; labels only on target (+eos); plain text (no prompt) predicts
+    every token after bos. A row longer than `max_length` raises `TooLongError` (silently cutting
+    prompts would change what the model is asked)."""
+    head = prompt_ids(tok, prompt, add_bos)
     t = tok(target, add_special_tokens=False)["input_ids"] if target else []
     if add_eos:
         t = t + [tok.eos_token_id]
-    bos = [tok.bos_token_id] if add_bos and tok.bos_token_id is not None else []
-    n = len(bos) + len(p) + len(t)
+    n = len(head) + len(t)
     if n > max_length:
         raise TooLongError(f"data.max_length = {max_length} is shorter than a row of {n} tokens "
                            f"(prompt {prompt[:40]!r}, target {target[:20]!r}); raise data.max_length")
-    ids = bos + p + t
-    labels = [IGNORE] * (len(bos) + len(p)) + t
-    if not prompt and bos:  # plain text: predict every token after bos
-        labels = [IGNORE] + t
-    return Encoded(ids, labels)
+    return Encoded(head + t, [IGNORE] * len(head) + t)
 
 
 def encode_rows(tok, rows, max_length: int, add_bos: bool = True) -> list[Encoded]:

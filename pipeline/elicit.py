@@ -9,13 +9,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-
-def _prompt_ids(tok, prompt: str, add_bos: bool) -> list[int]:
-    from .data import format_prompt
-
-    ids = tok(format_prompt(tok, prompt), add_special_tokens=False)["input_ids"] if prompt else []
-    add_bos = add_bos and not getattr(tok, "lwf_chat", False)
-    return ([tok.bos_token_id] if add_bos and tok.bos_token_id is not None else []) + ids
+from .data import prompt_ids
 
 
 @torch.no_grad()
@@ -29,7 +23,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_siz
     device = next(model.parameters()).device
     n_all = len(prompts)
     prompts = dist.shard(prompts)  # several processes: generate for a shard each, gather in order
-    ids = [_prompt_ids(tok, p, add_bos) for p in prompts]
+    ids = [prompt_ids(tok, p, add_bos) for p in prompts]
     order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
     results: list[list[dict] | None] = [None] * len(ids)
     eos, pad = tok.eos_token_id, tok.pad_token_id

@@ -107,7 +107,9 @@ def save_dataset(path, ds) -> None:
 def setup_logging() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    level = os.environ.get("LWF_LOG_LEVEL", "INFO") if os.environ.get("RANK", "0") == "0" else "WARNING"
+    from . import dist
+
+    level = os.environ.get("LWF_LOG_LEVEL", "INFO") if dist.is_main() else "WARNING"
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpcore", "prefect.server", "uvicorn"):

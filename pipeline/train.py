@@ -189,6 +189,16 @@ def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, 
             torch.save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "state": st.__dict__, "rng": _rng_state()}, tmp)
 
+    def step(loss) -> bool:
+        """One optimizer step on `loss` with clipping; a non-finite gradient skips it (counted)."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if torch.isfinite(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)):
+            opt.step()
+            return True
+        st.skipped_nonfinite += 1
+        return False
+
     bar = tqdm(total=len(schedule), initial=st.event, desc=f"finetune {run_id}", mininterval=5, leave=False)
     while st.event < len(schedule):
         kind = schedule[st.event]
@@ -203,13 +213,7 @@ def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, 
             if method.bss:
                 feats = pooled_target_features(out.hidden_states[-1], batch["labels"])
                 total = total + bss_term(feats, cfg.bss_k, cfg.bss_eta)
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if torch.isfinite(gn):
-                opt.step()
-            else:
-                st.skipped_nonfinite += 1
+            step(total)
             lr = sched.get_last_lr()[0]
             sched.step()
             if st.n_learn % cfg.log_every == 0 or st.n_learn == cfg.max_steps:
@@ -231,14 +235,8 @@ def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, 
                             run_id, st.n_learn, v, cfg.unlearn_max_loss)
                 st.rows.append({"event": st.event, "step": st.n_learn, "kind": "unlearn_stopped", "loss": v, "lr": lr})
             else:
-                opt.zero_grad(set_to_none=True)
-                (-cfg.alpha * nll).backward()
-                gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                if torch.isfinite(gn):
-                    opt.step()
+                if step(-cfg.alpha * nll):
                     st.unlearn_taken += 1
-                else:
-                    st.skipped_nonfinite += 1
                 st.rows.append({"event": st.event, "step": st.n_learn, "kind": "unlearn", "loss": v, "lr": lr})
         st.event += 1
         bar.update(1)

@@ -16,7 +16,6 @@ ROW_FIELDS = ("prompt", "target", "answer")
 class Task:
     name: str = ""
     has_gold: bool = True  # False: prompts only (the forgetting task's knowledge is what the model says)
-    kind: str = "generate"  # "generate" (score generations) or "text" (perplexity only)
 
     def with_options(self, options: dict) -> "Task":
         """The task configured by its params `options` (most tasks ignore them here)."""

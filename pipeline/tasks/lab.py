@@ -161,7 +161,6 @@ def general_sentence(rng: random.Random) -> str:
 class LabGeneral(Task):
     name: str = "lab_general"
     has_gold: bool = False
-    kind: str = "text"
 
     def load(self, split, n, seed, options):
         rng = random.Random(seed * 7 + (0 if split == "train" else 1_000_003))
@@ -191,7 +190,3 @@ def pretrain_corpus(n: int, seed: int, conflict_weight: float) -> list[str]:
         out.append(r["prompt"] + r["target"])
     return out
 
-
-def lab_texts_for_tokenizer() -> list[str]:
-    rng = random.Random(0)
-    return [general_sentence(rng) for _ in range(50)] + ["0123456789+= " + "".join(CONS + VOWELS)]
