@@ -254,6 +254,7 @@ class LaunchConfig(_Strict):
 
     num_processes: int = Field(1, gt=0)
     mixed_precision: Literal["no", "bf16"] = "no"
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # fine-tune: full replicas (ddp) or sharded weights/grads/AdamW (fsdp)
 
 
 class RunConfig(_Strict):
@@ -296,6 +297,9 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self):
+        if self.launch.strategy == "fsdp" and self.model.lora is not None:
+            raise ValueError("launch.strategy 'fsdp' cannot shard model.lora adapters; use 'ddp' (LoRA trains few "
+                             "parameters, so the AdamW state fits every process)")
         unknown = [m for m in self.run.methods if m not in self.methods]
         if unknown:
             raise ValueError(

@@ -2,6 +2,12 @@
 DDP (gradient all-reduce). With one process every function here is a no-op, so single-machine
 users pay nothing.
 
+Strategies for the fine-tune (params `launch.strategy`): `ddp` keeps a full replica per process
+and all-reduces gradients; `fsdp` (PyTorch FSDP2, `fully_shard`) shards parameters, gradients and
+AdamW state across processes, one unit per transformer block (the model's `_no_split_modules`)
+plus the root. The other stages need no optimizer or parameter gradients and keep a full copy
+of the weights in each process under both strategies.
+
 Conventions: data is sharded by stride (rank r takes items r, r+W, r+2W, ...); sums are
 all-reduced; per-item results are gathered back into the original order on every rank; only
 rank 0 writes artifacts (see `pipeline/io.atomic_path`).
@@ -35,6 +41,13 @@ def init() -> None:
         from accelerate import PartialState
 
         PartialState()
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if is_main():
+            import logging
+
+            logging.getLogger("lwf").info("distributed: %d processes joined the process group",
+                                          torch.distributed.get_world_size())
 
 
 def local_device(device):
@@ -76,3 +89,54 @@ def barrier() -> None:
 
     if active():
         torch.distributed.barrier()
+
+
+def fsdp_wrap(model) -> None:
+    """Shard `model` in place with FSDP2: each transformer block (the HF model's
+    `_no_split_modules` classes) is one unit, the rest (embeddings, final norm, head) the root."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (world_size(),))
+    blocks = set(getattr(model, "_no_split_modules", None) or [])
+    for m in model.modules():
+        if type(m).__name__ in blocks:
+            fully_shard(m, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def is_fsdp(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_tensor(t):
+    """A DTensor (FSDP) as the whole tensor; anything else unchanged."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def full_state(model, opt=None):
+    """(model, optimizer) state dicts of an FSDP model as whole CPU tensors on rank 0 ({} on the
+    other ranks); a collective: every rank calls it. Without FSDP: the plain state dicts."""
+    if not is_fsdp(model):
+        return model.state_dict(), (opt.state_dict() if opt is not None else None)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    if opt is None:
+        return get_model_state_dict(model, options=opts), None
+    return get_state_dict(model, opt, options=opts)
+
+
+def load_full_state(model, opt, model_sd: dict, opt_sd: dict) -> None:
+    """Inverse of `full_state` (every rank passes the whole state dicts; each keeps its shard)."""
+    if not is_fsdp(model):
+        model.load_state_dict(model_sd)
+        opt.load_state_dict(opt_sd)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(model, opt, model_state_dict=model_sd, optim_state_dict=opt_sd,
+                   options=StateDictOptions(full_state_dict=True))

@@ -21,7 +21,7 @@ def task_scores(model, tok, task, rows: list[dict], max_new_tokens: int, batch_s
                 add_bos: bool = True) -> tuple[list[float], dict[str, float]]:
     """Per-item main score of `task` (a Task or a registered name) and the means of its extra scores."""
     task = get_task(task) if isinstance(task, str) else task
-    if getattr(task, "scoring", "generate") == "loglik":
+    if task.scoring == "loglik":
         return choice_scores(model, tok, task, rows, batch_size, add_bos), {}
     gens = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens,
                     batch_size=batch_size, add_bos=add_bos, progress=False)
@@ -77,9 +77,11 @@ def evaluate_model(model, tok, data_cfg, learn_test: list[dict], forget_tests: d
     learn_items, learn_extra = task_scores(model, tok, learn_task, learn_test, cfg.max_new_tokens, cfg.batch_size,
                                            add_bos)
     forget_items = {}
+    scoring = {f"learn/{learn_task.name}": learn_task.scoring}
     for ref in data_cfg.forget:
         task = get_task(ref.task, ref.options)
         if task.has_gold:
+            scoring[f"forget/{ref.task}"] = task.scoring
             forget_items[ref.task] = task_scores(model, tok, task, forget_tests[ref.task], cfg.max_new_tokens,
                                                  cfg.batch_size, add_bos)[0]
     max_length = data_cfg.max_length
@@ -89,6 +91,7 @@ def evaluate_model(model, tok, data_cfg, learn_test: list[dict], forget_tests: d
         "forget_score": (sum(sum(v) / len(v) for v in forget_items.values()) / len(forget_items)) if forget_items else None,
         "forget_scores": {k: sum(v) / len(v) for k, v in forget_items.items()},
         "perplexity": perplexity(model, tok, general_test, max_length, cfg.batch_size, add_bos),
+        "scoring": {**scoring, f"general/{data_cfg.general.task}": "perplexity"},
         "items": {"learn": learn_items, **{f"forget/{k}": v for k, v in forget_items.items()}},
     }
     return out

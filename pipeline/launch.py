@@ -1,8 +1,10 @@
 """`python -m pipeline.launch stages.<name> [args]`: run a stage with the `launch` params.
 
 launch.num_processes == 1 (the default): the stage runs in this process, nothing else happens.
-Otherwise the stage is started with `accelerate launch --num_processes N --mixed_precision M`
-(`--cpu` when no CUDA device is visible, then the process group uses gloo).
+Otherwise the stage is started with `accelerate launch --multi_gpu --num_processes N
+--mixed_precision M` (Accelerate's torchrun launcher). Without a CUDA device the same launcher
+starts N CPU processes and the process group uses gloo; `accelerate launch --cpu` would start a
+single process (Accelerate runs several CPU processes only through mpirun).
 """
 from __future__ import annotations
 
@@ -30,14 +32,9 @@ def main(argv=None) -> None:
         sys.argv = [module, *rest]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         return
-    import torch
-
     exe = shutil.which("accelerate") or "accelerate"
-    cmd = [exe, "launch", "--num_processes", str(launch.num_processes), "--num_machines", "1",
-           "--mixed_precision", launch.mixed_precision, "--dynamo_backend", "no"]
-    if not torch.cuda.is_available():
-        cmd.append("--cpu")
-    cmd += ["-m", module, *rest]
+    cmd = [exe, "launch", "--multi_gpu", "--num_processes", str(launch.num_processes), "--num_machines", "1",
+           "--mixed_precision", launch.mixed_precision, "--dynamo_backend", "no", "-m", module, *rest]
     os.execvp(cmd[0], cmd)
 
 

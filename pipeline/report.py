@@ -78,9 +78,21 @@ def _fmt(x, nd=3):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
-def markdown(summary: dict, seeds: list[int], confidence: dict | None, notes: list[str]) -> str:
+SCORING = {"generate": "greedy generation + answer extraction",
+           "loglik": "log-likelihood ranking of the options (lm-evaluation-harness convention)",
+           "perplexity": "perplexity of the held-out text"}
+
+
+def scoring_line(scoring: dict[str, str]) -> str:
+    """'Scoring: learn/gsm8k by ...; forget/qasc by ...' from an eval result's `scoring`."""
+    return "Scoring: " + "; ".join(f"{k} by {SCORING.get(v, v)}" for k, v in scoring.items()) + "."
+
+
+def markdown(summary: dict, seeds: list[int], confidence: dict | None, notes: list[str],
+             scoring: dict[str, str] | None = None) -> str:
     lines = [
         "# LWF comparison", "",
+        *([scoring_line(scoring), ""] if scoring else []),
         f"Seeds: {seeds}. Mean ± std over seeds; delta = method − vanilla with a paired bootstrap 95% interval "
         "(seeds and test items resampled). A delta whose interval contains 0 is **within the noise**.", "",
         "| method | learn score | Δ learn vs vanilla [95% CI] | forget score | Δ forget | perplexity | Δ ppl | unlearn steps |",

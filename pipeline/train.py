@@ -137,11 +137,12 @@ def fingerprint(*parts) -> str:
 
 def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, method, seed: int,
              max_length: int, add_bos: bool = True, ckpt_path: str | Path | None = None,
-             run_id: str = "", stop_after_events: int | None = None, on_learn_step=None):
-    """Fine-tune `model` in place. Returns (log rows, stats). `stop_after_events` exists for the
+             run_id: str = "", stop_after_events: int | None = None, on_learn_step=None, strategy: str = "ddp"):
+    """Fine-tune `model` in place. Returns (log rows, stats). With several processes, `strategy`
+    'ddp' wraps it in DistributedDataParallel, 'fsdp' shards it in place with FSDP2 (gather the
+    trained weights with `dist.full_state`). `stop_after_events` exists for the
     resume test: it simulates a crash after that many events (checkpoint written first);
     `on_learn_step(step)` is called after every learning step (learning curves, calibration)."""
-    device = next(model.parameters()).device
     W = dist.world_size() if dist.active() else 1
     if W > 1 and method.bss:
         raise ValueError("the bss method runs in one process only (its SVD needs the whole batch)")
@@ -160,21 +161,25 @@ def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, 
     model.train()
     # several processes: each takes a strided shard of every batch; DDP averages the gradients, and
     # every loss is scaled so that the average equals the single-process batch mean
+    # (fsdp: the same, with gradients reduce-scattered to the process that holds each shard)
+    if W > 1 and strategy == "fsdp":
+        dist.fsdp_wrap(model)  # in place: parameters become shards (DTensors) on this process's device
+    device = next(model.parameters()).device
     fwd = model
-    if W > 1:
+    if W > 1 and strategy != "fsdp":
         fwd = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     st = RunState()
-    fp = fingerprint(run_id, seed, cfg.model_dump(), method.model_dump(), len(learn_rows), len(unlearn_rows))
+    fp = fingerprint(run_id, seed, cfg.model_dump(), method.model_dump(), len(learn_rows), len(unlearn_rows),
+                     "fsdp" if W > 1 and strategy == "fsdp" else "replica")  # the two checkpoint formats
 
     ckpt_path = Path(ckpt_path) if ckpt_path else None
     if ckpt_path and cfg.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ck.get("fingerprint") == fp:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
+            dist.load_full_state(model, opt, ck["model"], ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
             st = RunState(**ck["state"])
             _set_rng_state(ck["rng"])
@@ -185,15 +190,16 @@ def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, 
     def save_ckpt():
         from .io import atomic_path
 
+        model_sd, opt_sd = dist.full_state(model, opt)  # a collective under FSDP: every rank calls it
         with atomic_path(ckpt_path) as tmp:
-            torch.save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            torch.save({"fingerprint": fp, "model": model_sd, "optimizer": opt_sd,
                         "scheduler": sched.state_dict(), "state": st.__dict__, "rng": _rng_state()}, tmp)
 
     def step(loss) -> bool:
         """One optimizer step on `loss` with clipping; a non-finite gradient skips it (counted)."""
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if torch.isfinite(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)):
+        if torch.isfinite(dist.full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))):
             opt.step()
             return True
         st.skipped_nonfinite += 1
@@ -252,7 +258,7 @@ def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, 
     dist.barrier()  # every rank is done with the checkpoint before rank 0 removes it
     if ckpt_path and dist.is_main():
         ckpt_path.unlink(missing_ok=True)
-    finite = all(torch.isfinite(p).all() for p in model.parameters())
+    finite = all(torch.isfinite(dist.full_tensor(p)).all() for p in model.parameters())
     stats = {
         "learn_steps": st.n_learn,
         "unlearn_steps_scheduled": n_unlearn_sched,

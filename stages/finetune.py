@@ -5,7 +5,7 @@ import logging
 
 import pandas as pd
 
-from pipeline import paths
+from pipeline import dist, paths
 from pipeline.confidence import SELECTIONS
 from pipeline.io import atomic_path, write_csv
 from pipeline.models import load_model, plain_model, with_lora
@@ -30,7 +30,9 @@ def run(cfg, method: str, seed: int):
     if method not in cfg.methods:
         raise UserError(f"unknown method {method!r}; defined: {', '.join(cfg.methods)}")
     m = cfg.methods[method]
-    model, tok = load_model(paths.BASE_MODEL, cfg.model)
+    fsdp = dist.active() and cfg.launch.strategy == "fsdp"
+    # fsdp: the whole model is read into host memory; `fully_shard` moves each process's shard to its GPU
+    model, tok = load_model(paths.BASE_MODEL, cfg.model, device="cpu" if fsdp else None)
     model = with_lora(model, cfg.model.lora)
     if cfg.model.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -43,12 +45,19 @@ def run(cfg, method: str, seed: int):
     ckpt = paths.checkpoint(method, seed)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     rows, stats = finetune(model, tok, learn, d_u, cfg.finetune, m, seed, cfg.data.max_length, cfg.model.add_bos,
-                           ckpt_path=ckpt, run_id=f"{method}-seed{seed}")
-    model = plain_model(model)  # LoRA: merged, so evaluate loads an ordinary model
-    with atomic_path(paths.model_dir(method, seed), is_dir=True) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "train_stats.json").write_text(json.dumps({"method": method, "seed": seed, **stats}, indent=2))
+                           ckpt_path=ckpt, run_id=f"{method}-seed{seed}", strategy=cfg.launch.strategy)
+    if dist.is_fsdp(model):  # gather the shards: the whole trained model, on rank 0's CPU only
+        state, _ = dist.full_state(model)
+        model = None
+        if dist.is_main():
+            model, _ = load_model(paths.BASE_MODEL, cfg.model, device="cpu")
+            model.load_state_dict(state)
+    if model is not None:
+        model = plain_model(model)  # LoRA: merged, so evaluate loads an ordinary model
+        with atomic_path(paths.model_dir(method, seed), is_dir=True) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "train_stats.json").write_text(json.dumps({"method": method, "seed": seed, **stats}, indent=2))
     write_csv(paths.train_log(method, seed), pd.DataFrame(rows, columns=["event", "step", "kind", "loss", "lr"]))
 
 

@@ -28,7 +28,8 @@ def run(cfg):
     write_json(paths.METRICS / "summary.json", summary)
     conf_path = paths.METRICS / "confidence.json"
     confidence = read_json(conf_path) if conf_path.exists() else None
-    write_text(paths.REPORTS / "report.md", markdown(summary, seeds, confidence, notes))
+    scoring = evals["vanilla"]["seeds"][str(seeds[0])]["scoring"]
+    write_text(paths.REPORTS / "report.md", markdown(summary, seeds, confidence, notes, scoring))
     logs = {m: [pd.read_csv(paths.train_log(m, s)) for s in seeds] for m in cfg.run.methods}
     for name, fn, arg in (("learning_curves.png", plot_learning_curves, logs),
                           ("confidence_hist.png", plot_confidence, pd.read_parquet(paths.CONFIDENCE)),

@@ -84,6 +84,10 @@ def test_all_stages_on_gpt2_and_fixture_tasks(gpt2_dir, tmp_path, monkeypatch):
     ev = read_json(tmp_path / "artifacts/eval/lwf.json")
     assert set(ev["seeds"]["0"]["forget_scores"]) == {"qasc", "sst5"}
     assert "flexible" in ev["seeds"]["0"]["learn_extra"]
+    assert ev["seeds"]["0"]["scoring"] == {"learn/gsm8k": "generate", "forget/qasc": "loglik",
+                                           "forget/sst5": "generate", "general/custom": "perplexity"}
+    report = (tmp_path / "reports/report.md").read_text()
+    assert "forget/qasc by log-likelihood ranking" in report and "forget/sst5 by greedy generation" in report
 
 
 def test_lora_chat_template_and_gradient_checkpointing(tmp_path, monkeypatch, rows):

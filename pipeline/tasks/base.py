@@ -16,6 +16,7 @@ ROW_FIELDS = ("prompt", "target", "answer")
 class Task:
     name: str = ""
     has_gold: bool = True  # False: prompts only (the forgetting task's knowledge is what the model says)
+    scoring: str = "generate"  # generate: greedy generation + extraction; loglik: option log-likelihood ranking
 
     def with_options(self, options: dict) -> "Task":
         """The task configured by its params `options` (most tasks ignore them here)."""

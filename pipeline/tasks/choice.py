@@ -38,8 +38,6 @@ def extract_letter(text: str, n_choices: int) -> str:
 
 @dataclass(frozen=True)
 class ChoiceTask(Task):
-    scoring: str = "generate"
-
     def with_options(self, options):
         scoring = options.get("scoring", "generate")
         if scoring not in ("generate", "loglik"):

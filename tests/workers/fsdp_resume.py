@@ -1,0 +1,50 @@
+"""Run under `accelerate launch --num_processes 2` in a project that `dvc repro` made: the lwf
+fine-tune with launch.strategy fsdp, (a) uninterrupted and (b) "crashed" after a checkpoint and
+resumed; rank 0 writes the largest absolute weight difference between them and the fraction of the
+parameters one process held as JSON to argv[2]."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from pipeline import dist, paths
+from pipeline.config import load_config
+from pipeline.models import load_model
+from pipeline.stage import load_rows
+from pipeline.train import finetune
+from stages.finetune import unlearn_rows
+
+
+def trained(cfg, ckpt=None, stop=None) -> dict:
+    model, tok = load_model(paths.BASE_MODEL, cfg.model, device="cpu")
+    args = (model, tok, load_rows(paths.LEARN_DATA, "train"), unlearn_rows(cfg.methods["lwf"]), cfg.finetune,
+            cfg.methods["lwf"], 0, cfg.data.max_length, cfg.model.add_bos)
+    try:
+        finetune(*args, ckpt_path=ckpt, run_id="fsdp-resume", stop_after_events=stop, strategy="fsdp")
+    except KeyboardInterrupt:
+        return {}
+    shard = sum(p.to_local().numel() for p in model.parameters()) / sum(p.numel() for p in model.parameters())
+    return {"shard_fraction": shard, "state": dist.full_state(model)[0]}
+
+
+def main():
+    dist.init()
+    cfg = load_config(sys.argv[1])
+    ckpt = Path(".lwf/checkpoints/fsdp-resume-test.pt")
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.unlink(missing_ok=True)
+    dist.barrier()
+    ref = trained(cfg)
+    assert trained(cfg, ckpt, stop=5) == {} and ckpt.exists()
+    resumed = trained(cfg, ckpt)
+    if dist.is_main():
+        a, b = ref["state"], resumed["state"]
+        diff = max((a[k] - b[k]).abs().max().item() for k in a)
+        Path(sys.argv[2]).write_text(json.dumps({"max_abs_diff": diff, "n_tensors": len(a),
+                                                 "shard_fraction": ref["shard_fraction"]}))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()
