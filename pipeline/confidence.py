@@ -27,32 +27,41 @@ from .grads import iter_per_sample_grads
 SELECTIONS = {"high": "selected", "low": "selected_low", "random": "selected_random", "cosine": "selected_cosine"}
 
 
+def confidence_sums(model, encs: list, pad_id: int, fisher: dict, mean_grad: dict, engine: str = "vectorized",
+                    chunk_size: int = 32, param_regex: str | None = None, progress=None) -> torch.Tensor:
+    """(4, len(encs)) float64 on the model's device: per sample, sum F (g_s - g_L)^2,
+    -sum g_s F g_L, g_s . g_L and |g_s|^2 over the selected parameters (no host sync inside)."""
+    device = next(model.parameters()).device
+    out = torch.zeros(4, len(encs), dtype=torch.float64, device=device)
+    F = {k: v.to(device, torch.float64).flatten() for k, v in fisher.items()}
+    gL = {k: v.to(device, torch.float64).flatten() for k, v in mean_grad.items()}
+    for start, grads in iter_per_sample_grads(model, encs, pad_id, engine, chunk_size, param_regex, progress):
+        rows = out[:, start:start + next(iter(grads.values())).shape[0]]
+        for name, g in grads.items():
+            if name not in F:
+                raise KeyError(f"parameter {name} has no Fisher entry (fisher and confidence must select the same params)")
+            g = g.double().flatten(1)
+            f, gl = F[name], gL[name]
+            rows[0] += ((g - gl) ** 2) @ f
+            rows[1] -= g @ (f * gl)
+            rows[2] += g @ gl
+            rows[3] += (g * g).sum(1)
+    return out
+
+
 def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dict, max_length: int,
                       engine: str = "vectorized", chunk_size: int = 32, param_regex: str | None = None,
                       seed: int = 0, add_bos: bool = True) -> pd.DataFrame:
     """One row per sample with the columns score_<variant> for every variant above."""
     all_encs = encode_rows(tok, rows, max_length, add_bos)
     encs = ddp.shard(all_encs)  # several processes: score a shard each, gather in the original order
-    n = len(encs)
-    fdist, conflict, dot, norm2 = (np.zeros(n) for _ in range(4))
-    F = {k: v.double() for k, v in fisher.items()}
-    gL = {k: v.double() for k, v in mean_grad.items()}
-    gl_norm = float(torch.sqrt(sum((v ** 2).sum() for v in gL.values())))
-    with tqdm(total=n, desc="confidence", mininterval=2, leave=False, disable=not ddp.is_main()) as bar:
-        for start, grads in iter_per_sample_grads(model, encs, tok.pad_token_id, engine, chunk_size, param_regex, bar):
-            sl = slice(start, start + next(iter(grads.values())).shape[0])
-            for name, g in grads.items():
-                if name not in F:
-                    raise KeyError(f"parameter {name} has no Fisher entry (fisher and confidence must select the same params)")
-                g = g.double().flatten(1)
-                f, gl = F[name].flatten(), gL[name].flatten()
-                fdist[sl] += (((g - gl) ** 2) * f).sum(1).cpu().numpy()
-                conflict[sl] -= (g * (f * gl)).sum(1).cpu().numpy()
-                dot[sl] += (g @ gl).cpu().numpy()
-                norm2[sl] += (g * g).sum(1).cpu().numpy()
+    gl_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in mean_grad.values())))
+    with tqdm(total=len(encs), desc="confidence", mininterval=2, leave=False, disable=not ddp.is_main()) as bar:
+        sums = confidence_sums(model, encs, tok.pad_token_id, fisher, mean_grad, engine, chunk_size, param_regex,
+                               bar).cpu().numpy()
     if ddp.active():
-        fdist, conflict, dot, norm2 = (np.asarray(ddp.gather_sharded(a.tolist(), len(all_encs)))
-                                       for a in (fdist, conflict, dot, norm2))
+        sums = np.stack([np.asarray(ddp.gather_sharded(a.tolist(), len(all_encs))) for a in sums])
+    fdist, conflict, dot, norm2 = sums
     cos = dot / np.maximum(np.sqrt(norm2) * gl_norm, 1e-30)
     rnd = np.random.default_rng(seed).random(len(all_encs))
     return pd.DataFrame({

@@ -121,12 +121,12 @@ def _set_rng_state(s):
     random.setstate(s["python"])
 
 
-def autocast_context(device: torch.device):
-    """bf16 autocast when `accelerate launch --mixed_precision bf16` asked for it, else nothing."""
+def autocast_context(device: torch.device, mixed_precision: str = "no"):
+    """bf16 autocast for params `launch.mixed_precision: bf16` (the weights, gradients and AdamW
+    state keep `model.dtype`: float32 weights + bf16 compute is classic mixed precision)."""
     import contextlib
-    import os
 
-    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "bf16":
+    if mixed_precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -137,7 +137,8 @@ def fingerprint(*parts) -> str:
 
 def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, method, seed: int,
              max_length: int, add_bos: bool = True, ckpt_path: str | Path | None = None,
-             run_id: str = "", stop_after_events: int | None = None, on_learn_step=None, strategy: str = "ddp"):
+             run_id: str = "", stop_after_events: int | None = None, on_learn_step=None, strategy: str = "ddp",
+             mixed_precision: str = "no"):
     """Fine-tune `model` in place. Returns (log rows, stats). With several processes, `strategy`
     'ddp' wraps it in DistributedDataParallel, 'fsdp' shards it in place with FSDP2 (gather the
     trained weights with `dist.full_state`). `stop_after_events` exists for the
@@ -212,7 +213,7 @@ def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, 
             idx = learn_stream.batch(st.n_learn)
             st.n_learn += 1
             batch = collate([learn_encs[i] for i in dist.shard(idx)], tok.pad_token_id, device)
-            with autocast_context(device):
+            with autocast_context(device, mixed_precision):
                 losses, out = forward_loss(fwd, batch, output_hidden_states=method.bss)
             total = losses.sum() * (W / len(idx))
             loss = dist.all_reduce_sum_(losses.detach().sum()) / len(idx)
@@ -230,7 +231,7 @@ def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, 
             idx = unlearn_stream.batch(st.n_unlearn)
             st.n_unlearn += 1
             batch = collate([unlearn_encs[i] for i in dist.shard(idx)], tok.pad_token_id, device)
-            with autocast_context(device):
+            with autocast_context(device, mixed_precision):
                 losses, _ = forward_loss(fwd, batch)
             nll = losses.sum() * (W / len(idx))
             v = (dist.all_reduce_sum_(losses.detach().sum()) / len(idx)).item()  # one sync: the guard needs it

@@ -36,7 +36,8 @@ def run(cfg):
     for seed in cfg.run.seeds:
         model0.load_state_dict(base_state)
         _, tstats = finetune(model0, tok, learn, [], cfg.finetune, MethodConfig(), seed, cfg.data.max_length,
-                             cfg.model.add_bos, run_id=f"control-seed{seed}")
+                             cfg.model.add_bos, run_id=f"control-seed{seed}",
+                             mixed_precision=cfg.launch.mixed_precision)
         res = evaluate_model(model0, tok, cfg.data, learn_test, forget_tests, general, cfg.evaluate, cfg.model.add_bos)
         res["train"] = tstats
         log.info("stage control: seed %d: learn %.3f", seed, res["learn_score"])

@@ -45,7 +45,8 @@ def run(cfg, method: str, seed: int):
     ckpt = paths.checkpoint(method, seed)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     rows, stats = finetune(model, tok, learn, d_u, cfg.finetune, m, seed, cfg.data.max_length, cfg.model.add_bos,
-                           ckpt_path=ckpt, run_id=f"{method}-seed{seed}", strategy=cfg.launch.strategy)
+                           ckpt_path=ckpt, run_id=f"{method}-seed{seed}", strategy=cfg.launch.strategy,
+                           mixed_precision=cfg.launch.mixed_precision)
     if dist.is_fsdp(model):  # gather the shards: the whole trained model, on rank 0's CPU only
         state, _ = dist.full_state(model)
         model = None

@@ -54,7 +54,15 @@ BAD = [
     ("elicit.num_return_sequences", 3, "do_sample"),
     ("finetune.typo_key", 1, "unknown key 'finetune.typo_key'"),
     ("data.max_length", 2, "data.max_length = 2"),
+    ("launch.strategy", "zero3", "launch.strategy"),
 ]
+
+
+def test_fsdp_with_lora_is_rejected_by_name():
+    raw = _with("launch.strategy", "fsdp")
+    raw["model"]["lora"] = {"r": 2}
+    with pytest.raises(ConfigError, match="launch.strategy 'fsdp' cannot shard model.lora"):
+        parse_config(raw)
 
 
 @pytest.mark.parametrize("path,value,needle", BAD, ids=[f"{p}={v}" for p, v, _ in BAD])
@@ -109,3 +117,31 @@ def test_max_length_shorter_than_prompt_is_reported(tiny):
 
     with pytest.raises(TooLongError, match="data.max_length = 8"):
         encode(tiny[1], "a prompt that is far too long", " x", 8)
+
+
+def test_readme_paper_recipes_give_valid_params(tmp_path):
+    """Every `dvc exp run -S ...` recipe in the README, applied to the paper preset with DVC's own
+    override parser, gives params that validate (the model name aside: no hub here)."""
+    import re
+    import shlex
+
+    from dvc.utils.hydra import apply_overrides
+
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    recipes = [shlex.split(line.split("#")[0])[3:] for line in text.splitlines()
+               if line.startswith("dvc exp run -S")]
+    assert len(recipes) >= 2
+    for args in recipes:
+        overrides = [a for a in args if a != "-S"]
+        p = tmp_path / "params.yaml"
+        p.write_text((ROOT / "presets/paper_llama3.2-1b.yaml").read_text())
+        apply_overrides(str(p), overrides)
+        raw = yaml.safe_load(p.read_text())
+        raw["model"]["name"] = "lab"
+        cfg = parse_config(raw)
+        for o in overrides:
+            key, value = o.split("=", 1)
+            if key == "data.learn.task":
+                assert cfg.data.learn.task == value
+            if key == "data.forget":
+                assert [f.task for f in cfg.data.forget] == re.findall(r"task: (\w+)", value)

@@ -1,0 +1,217 @@
+"""Expected GPU memory and compute of the heavy stages for a params file (default: the paper
+preset, Llama-3.2-1B), computed on a machine without a GPU.
+
+This project's own code runs on the real architecture with *fake* tensors (torch FakeTensorMode:
+shapes, dtypes and allocations, no data and no arithmetic), under torch's MemTracker (peak bytes
+by kind: parameters, gradients, optimizer state, activations, temporaries) and FlopCounterMode:
+
+- fisher      `pipeline.fisher.fisher_and_mean_grad` on one chunk (grads.chunk_size samples)
+- confidence  `pipeline.confidence.confidence_sums` on one chunk, with F and g_L resident
+- finetune    a learning step as `pipeline.train` takes it (forward_loss under the
+              launch.mixed_precision autocast, backward, clip_grad_norm_, AdamW), after one
+              untracked step that created the AdamW state
+- generation  elicit/evaluate: one forward over prompt + max_new_tokens positions with the KV cache
+              (the cache's final size), logits of the last position only, batch = elicit.batch_size
+
+Memory is what the tensors need; the CUDA context, cuBLAS workspaces and allocator fragmentation
+come on top (typically 0.5-2 GB). Time is a roofline *lower bound*, not a measurement: FLOPs at an
+assumed sustained throughput (`--tflops`), and for token-by-token generation the bytes read per
+decoding step (weights + KV cache) at an assumed bandwidth (`--tbps`), whichever is slower; kernel
+launch and Python overheads are not in it. The defaults are 40% of an H100 SXM's dense bf16 peak
+(989 TFLOP/s) and 70% of its 3.35 TB/s.
+
+    python benchmarks/paper_memory.py                       # the preset, sequences of 512 and 1024 tokens
+    python benchmarks/paper_memory.py --params params.yaml --seq 256
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import machine, table  # noqa: E402
+
+# config.json of meta-llama/Llama-3.2-1B (the hub is not reachable here; pass --model-config for another model)
+LLAMA_3_2_1B = {
+    "model_type": "llama", "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192,
+    "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": True,
+    "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+}
+GiB = 2 ** 30
+
+
+def build(model_config: dict, cfg):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    conf = AutoConfig.for_model(**model_config)
+    conf._attn_implementation = cfg.model.attn_implementation
+    dtype = getattr(torch, cfg.model.dtype)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        model = AutoModelForCausalLM.from_config(conf)
+    finally:
+        torch.set_default_dtype(old)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def rows_of_length(n: int, length: int) -> list[dict]:
+    """Rows that the byte-level tokenizer turns into `length` tokens (BOS + prompt + target + EOS)."""
+    half = (length - 2) // 2
+    return [{"prompt": "q" * half, "target": "a" * (length - 2 - half)} for _ in range(n)]
+
+
+def tracked(model, opt, fn):
+    """Peak bytes by kind and FLOPs of fn() under MemTracker and FlopCounterMode."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mt = MemTracker()
+    mt.track_external(*([model, opt] if opt is not None else [model]))
+    with mt, FlopCounterMode(display=False) as fc:
+        fn()
+    peak = next(iter(mt.get_tracker_snapshot("peak").values()))
+    kinds = {str(getattr(k, "value", k)).lower(): v for k, v in peak.items()}  # parameter, gradient, ..., total
+    return kinds, fc.get_total_flops()
+
+
+def run_stage(name: str, model_config: dict, cfg, seq: int):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from pipeline.confidence import confidence_sums
+    from pipeline.data import collate, encode_rows, forward_loss
+    from pipeline.fisher import fisher_and_mean_grad
+    from pipeline.grads import select_params
+    from pipeline.models import build_byte_tokenizer
+    from pipeline.train import autocast_context
+
+    tok = build_byte_tokenizer()
+    g = cfg.grads
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = build(model_config, cfg)
+        opt = None
+        if name == "fisher":
+            rows = rows_of_length(g.chunk_size, seq)
+            fn = lambda: fisher_and_mean_grad(model, tok, rows, seq + 1, g.engine, g.chunk_size, g.param_regex)  # noqa: E731
+        elif name == "confidence":
+            params = select_params(model, g.param_regex)
+            F = {n: torch.empty(p.shape, dtype=torch.float32) for n, p in params.items()}
+            gL = {n: torch.empty(p.shape, dtype=torch.float32) for n, p in params.items()}
+            encs = encode_rows(tok, rows_of_length(g.chunk_size, seq), seq + 1)
+            fn = lambda: confidence_sums(model, encs, tok.pad_token_id, F, gL, g.engine, g.chunk_size, g.param_regex)  # noqa: E731
+        elif name == "finetune":
+            model.train()
+            opt = torch.optim.AdamW(model.parameters(), lr=cfg.finetune.lr)
+            batch = collate(encode_rows(tok, rows_of_length(cfg.finetune.batch_size, seq), seq + 1), tok.pad_token_id)
+
+            def fn():
+                opt.zero_grad(set_to_none=True)
+                with autocast_context(torch.device("cpu"), cfg.launch.mixed_precision):
+                    losses, _ = forward_loss(model, batch)
+                losses.mean().backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.finetune.grad_clip)
+                opt.step()
+
+            fn()  # untracked: creates the AdamW state, so the tracked step is a steady-state one
+        elif name == "generation":
+            ids = torch.zeros((cfg.elicit.batch_size, seq + cfg.elicit.max_new_tokens), dtype=torch.long)
+
+            def fn():
+                with torch.no_grad():
+                    model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        else:
+            raise ValueError(name)
+        kinds, flops = tracked(model, opt, fn)
+    n_params = sum(p.numel() for p in model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return kinds, flops, n_params, weight_bytes
+
+
+def kv_bytes_per_token(model_config: dict, dtype_bytes: int) -> int:
+    c = model_config
+    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    return 2 * c["num_hidden_layers"] * c.get("num_key_value_heads", c["num_attention_heads"]) * head_dim * dtype_bytes
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = Path(__file__).resolve().parents[1]
+    ap.add_argument("--params", default=str(root / "presets/paper_llama3.2-1b.yaml"))
+    ap.add_argument("--model-config", help="a config.json (default: Llama-3.2-1B's)")
+    ap.add_argument("--seq", type=int, nargs="+", default=[512, 1024], help="tokens per training sequence / prompt")
+    ap.add_argument("--tflops", type=float, default=0.4 * 989, help="assumed sustained TFLOP/s")
+    ap.add_argument("--tbps", type=float, default=0.7 * 3.35, help="assumed sustained memory bandwidth, TB/s")
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args(argv)
+
+    import yaml
+
+    from pipeline.config import parse_config
+
+    raw = yaml.safe_load(Path(args.params).read_text())
+    model_name = raw.get("model", {}).get("name", "lab")
+    raw.setdefault("model", {})["name"] = "lab"  # the weights are not needed (nor reachable): only the architecture
+    cfg = parse_config(raw)
+    model_config = json.loads(Path(args.model_config).read_text()) if args.model_config else LLAMA_3_2_1B
+    t0 = time.time()
+    results = []
+    for seq in args.seq:
+        for stage in ("fisher", "confidence", "finetune", "generation"):
+            kinds, flops, n_params, wbytes = run_stage(stage, model_config, cfg, seq)
+            results.append({"seq": seq, "stage": stage, "peak_gib": kinds["total"] / GiB,
+                            **{f"{k}_gib": v / GiB for k, v in kinds.items() if k != "total"},
+                            "tflop_per_call": flops / 1e12})
+    dbytes = torch.tensor([], dtype=getattr(torch, cfg.model.dtype)).element_size()
+    cols = ["parameter", "optstate"]
+    call = {"fisher": f"chunk of {cfg.grads.chunk_size}", "confidence": f"chunk of {cfg.grads.chunk_size}",
+            "finetune": f"learning step, batch {cfg.finetune.batch_size}",
+            "generation": f"batch {cfg.elicit.batch_size}, +{cfg.elicit.max_new_tokens} tokens"}
+    table(f"Expected memory per process, {Path(args.params).name}: {model_name} "
+          f"({model_config.get('model_type')}), "
+          f"{n_params / 1e9:.2f}B parameters ({cfg.model.dtype}), grads.param_regex={cfg.grads.param_regex!r}, "
+          f"gradient_checkpointing={cfg.model.gradient_checkpointing}; fake tensors on {machine()}, "
+          f"{time.time() - t0:.0f} s; tensor memory only (add the CUDA context, 0.5-2 GB)",
+          ["seq", "stage", "one call", "peak GiB", "of which weights", "of which AdamW state", "TFLOP/call"],
+          [[r["seq"], r["stage"], call[r["stage"]], f"{r['peak_gib']:.1f}",
+            *[f"{r.get(c + '_gib', 0):.1f}" for c in cols], f"{r['tflop_per_call']:.1f}"] for r in results])
+
+    # expected time of the whole preset on one GPU (an estimate: see the module docstring)
+    seq = args.seq[0]
+    per = {r["stage"]: r["tflop_per_call"] * 1e12 for r in results if r["seq"] == seq}
+    n_forget = sum(ref.n_train for ref in cfg.data.forget) * cfg.elicit.num_return_sequences
+    n_eval = cfg.data.learn.n_test + sum(ref.n_test for ref in cfg.data.forget)
+    runs = len(cfg.run.methods) * len(cfg.run.seeds)
+    unlearn_steps = cfg.finetune.max_steps // cfg.finetune.unlearn_every
+    decode_steps = lambda n: -(-n // cfg.elicit.batch_size) * cfg.elicit.max_new_tokens  # noqa: E731
+    step_bytes = wbytes + cfg.elicit.batch_size * (seq + cfg.elicit.max_new_tokens) * kv_bytes_per_token(model_config, dbytes)
+    flops_s, bw = args.tflops * 1e12, args.tbps * 1e12
+    gen = lambda n: max(per["generation"] * -(-n // cfg.elicit.batch_size) / flops_s, decode_steps(n) * step_bytes / bw)  # noqa: E731
+    est = [
+        ("fisher", per["fisher"] * cfg.fisher.n_samples / cfg.grads.chunk_size / flops_s),
+        ("elicit", gen(n_forget)),
+        ("confidence", per["confidence"] * n_forget / cfg.grads.chunk_size / flops_s),
+        (f"finetune x {runs}", runs * per["finetune"] * (cfg.finetune.max_steps + unlearn_steps
+                                                              * cfg.finetune.unlearn_batch_size / cfg.finetune.batch_size) / flops_s),
+        (f"evaluate x {runs}", runs * gen(n_eval)),
+    ]
+    table(f"Lower bound on the time of the whole params file on one GPU: FLOPs at {args.tflops:.0f} TFLOP/s, "
+          f"generation bytes at {args.tbps:.2f} TB/s, sequences of {seq} tokens (a roofline, not a measurement: "
+          "kernel launches and Python make small-batch generation and the per-sample-gradient loop slower)",
+          ["stage", "minutes (lower bound)"],
+          [[s, f"{t / 60:.1f}"] for s, t in est] + [["total", f"{sum(t for _, t in est) / 60:.1f}"]])
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "lower_bound_minutes": {s: t / 60 for s, t in est}},
+                                              indent=2))
+
+
+if __name__ == "__main__":
+    main()
