@@ -54,7 +54,7 @@ def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dic
                       seed: int = 0, add_bos: bool = True) -> pd.DataFrame:
     """One row per sample with the columns score_<variant> for every variant above."""
     all_encs = encode_rows(tok, rows, max_length, add_bos)
-    encs = ddp.shard(all_encs)  # several processes: score a shard each, gather in the original order
+    encs, _ = ddp.shard_even(all_encs)  # several processes: score a shard each, gather in the original order
     gl_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in mean_grad.values())))
     with tqdm(total=len(encs), desc="confidence", mininterval=2, leave=False, disable=not ddp.is_main()) as bar:
         sums = confidence_sums(model, encs, tok.pad_token_id, fisher, mean_grad, engine, chunk_size, param_regex,

@@ -254,7 +254,7 @@ class LaunchConfig(_Strict):
 
     num_processes: int = Field(1, gt=0)
     mixed_precision: Literal["no", "bf16"] = "no"
-    strategy: Literal["ddp", "fsdp"] = "ddp"  # fine-tune: full replicas (ddp) or sharded weights/grads/AdamW (fsdp)
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # a full model per process, or sharded weights (+ grads, AdamW)
 
 
 class RunConfig(_Strict):
@@ -297,6 +297,9 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self):
+        if self.launch.strategy == "fsdp" and self.grads.engine == "loop":
+            raise ValueError("launch.strategy 'fsdp' needs grads.engine 'vectorized' (the loop engine needs whole "
+                             "parameters on every process)")
         if self.launch.strategy == "fsdp" and self.model.lora is not None:
             raise ValueError("launch.strategy 'fsdp' cannot shard model.lora adapters; use 'ddp' (LoRA trains few "
                              "parameters, so the AdamW state fits every process)")

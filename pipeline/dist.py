@@ -2,11 +2,11 @@
 DDP (gradient all-reduce). With one process every function here is a no-op, so single-machine
 users pay nothing.
 
-Strategies for the fine-tune (params `launch.strategy`): `ddp` keeps a full replica per process
-and all-reduces gradients; `fsdp` (PyTorch FSDP2, `fully_shard`) shards parameters, gradients and
-AdamW state across processes, one unit per transformer block (the model's `_no_split_modules`)
-plus the root. The other stages need no optimizer or parameter gradients and keep a full copy
-of the weights in each process under both strategies.
+Strategies (params `launch.strategy`): `ddp` keeps a full replica of the model per process (the
+fine-tune all-reduces gradients); `fsdp` (PyTorch FSDP2, `fully_shard`) shards the weights (and
+in the fine-tune gradients and AdamW state) across processes, one unit per transformer block
+(the model's `_no_split_modules`) plus the root; each unit's weights are gathered only for its
+forward and backward, so every rank must run the same number of forward passes (`shard_even`).
 
 Conventions: data is sharded by stride (rank r takes items r, r+W, r+2W, ...); sums are
 all-reduced; per-item results are gathered back into the original order on every rank; only
@@ -62,6 +62,18 @@ def shard(items: list) -> list:
     return items[rank()::world_size()] if active() else items
 
 
+def shard_even(items: list) -> tuple[list, int]:
+    """(this rank's shard padded to ceil(n / W) items with copies of its first item, number of
+    real items). Every rank then runs the same number of forward passes, which FSDP needs (each
+    pass gathers weights from all ranks). `gather_sharded` drops the padding; sums must use only
+    the first `n_real` items."""
+    local = shard(items)
+    if not active() or not items:
+        return local, len(local)
+    size = -(-len(items) // world_size())
+    return local + [items[0]] * (size - len(local)), len(local)
+
+
 def all_reduce_sum_(t):
     import torch
 
@@ -71,7 +83,7 @@ def all_reduce_sum_(t):
 
 
 def gather_sharded(local: list, n: int) -> list:
-    """Inverse of `shard`: every rank gets the full list of n items in the original order."""
+    """Inverse of `shard` (and `shard_even`): every rank gets the full list of n items in the original order."""
     import torch
 
     if not active():
@@ -80,7 +92,8 @@ def gather_sharded(local: list, n: int) -> list:
     torch.distributed.all_gather_object(parts, local)
     out: list = [None] * n
     for r, part in enumerate(parts):
-        out[r::world_size()] = part
+        slots = len(range(r, n, world_size()))
+        out[r::world_size()] = part[:slots]  # drops the padding of `shard_even`
     return out
 
 

@@ -22,7 +22,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_siz
     model.eval()
     device = next(model.parameters()).device
     n_all = len(prompts)
-    prompts = dist.shard(prompts)  # several processes: generate for a shard each, gather in order
+    prompts, _ = dist.shard_even(prompts)  # several processes: generate for a shard each, gather in order
     ids = [prompt_ids(tok, p, add_bos) for p in prompts]
     order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
     results: list[list[dict] | None] = [None] * len(ids)
@@ -44,6 +44,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_siz
             do_sample=do_sample, temperature=temperature if do_sample else None, top_k=0 if do_sample else None,
             top_p=None, num_return_sequences=num_return_sequences, eos_token_id=eos, pad_token_id=pad,
             use_cache=True, output_logits=True, return_dict_in_generate=True,
+            synced_gpus=dist.is_fsdp(model),  # FSDP: every rank steps until all ranks are done
         )
         new = out.sequences[:, n:].cpu()
         logp = torch.stack(out.logits, 1).float().log_softmax(-1).cpu()  # (B*k, steps, V)

@@ -43,7 +43,7 @@ def choice_scores(model, tok, task, rows: list[dict], batch_size: int, add_bos: 
             for i, r in enumerate(rows) for j, c in enumerate(task.choice_continuations(r))]
     encs = encode_rows(tok, [f[2] for f in flat], 10**9, add_bos)
     ll = []
-    for chunk in batches(dist.shard(encs), batch_size):
+    for chunk in batches(dist.shard_even(encs)[0], batch_size):
         batch = collate(chunk, tok.pad_token_id, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         nll, _ = token_nll(logits, batch["labels"])
@@ -61,11 +61,13 @@ def perplexity(model, tok, rows: list[dict], max_length: int, batch_size: int, a
     model.eval()
     device = next(model.parameters()).device
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # total NLL, token count
-    for chunk in batches(dist.shard(encode_rows(tok, rows, max_length, add_bos)), batch_size):
-        batch = collate(chunk, tok.pad_token_id, device)
+    local, n_real = dist.shard_even(encode_rows(tok, rows, max_length, add_bos))
+    for start in range(0, len(local), batch_size):
+        batch = collate(local[start:start + batch_size], tok.pad_token_id, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         nll, mask = token_nll(logits, batch["labels"])
-        sums += torch.stack([nll.double().sum(), mask.double().sum()])
+        real = max(0, n_real - start)  # the padding of shard_even is not counted
+        sums += torch.stack([nll[:real].double().sum(), mask[:real].double().sum()])
     total, count = dist.all_reduce_sum_(sums).tolist()
     return math.exp(total / max(count, 1))
 

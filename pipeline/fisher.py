@@ -28,11 +28,11 @@ def fisher_and_mean_grad(model, tok, rows: list[dict], max_length: int, engine: 
     params = select_params(model, param_regex)
     sq = {n: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for n, p in params.items()}
     sm = {n: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for n, p in params.items()}
-    local = dist.shard(encs)  # several processes: each sums its shard, then the sums are all-reduced
+    local, n_real = dist.shard_even(encs)  # several processes: each sums its shard, then the sums are all-reduced
     with tqdm(total=len(local), desc="fisher", mininterval=2, leave=False, disable=not dist.is_main()) as bar:
-        for _, grads in iter_per_sample_grads(model, local, tok.pad_token_id, engine, chunk_size, param_regex, bar):
+        for start, grads in iter_per_sample_grads(model, local, tok.pad_token_id, engine, chunk_size, param_regex, bar):
             for n, g in grads.items():
-                g = g.double()
+                g = g[:max(0, n_real - start)].double()  # the padding of shard_even is not counted
                 sq[n] += (g * g).sum(0)
                 sm[n] += g.sum(0)
     for t in (*sq.values(), *sm.values()):

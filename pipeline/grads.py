@@ -28,6 +28,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+from . import dist
 from .data import collate, forward_loss
 
 log = logging.getLogger("lwf")
@@ -159,8 +160,8 @@ def _vectorized_chunk(model, params: dict, encs, pad_id, device) -> dict[str, to
             elif isinstance(mod, nn.Embedding):
                 parts = _embedding_grads(mod, x, g)
             else:
-                with torch.enable_grad():
-                    parts = _generic_grads(mod, x, g, {k: getattr(mod, k) for k in rec.owned[mod]})
+                with torch.enable_grad():  # (FSDP: the module's own small weights, gathered whole)
+                    parts = _generic_grads(mod, x, g, {k: dist.full_tensor(getattr(mod, k)) for k in rec.owned[mod]})
             for k, v in parts.items():
                 name = rec.owned[mod].get(k)
                 if name is not None:
@@ -191,6 +192,9 @@ def iter_per_sample_grads(model: nn.Module, encs: list, pad_id: int, engine: str
         except UnsupportedModel as e:
             log.warning("vectorised per-sample gradients unsupported (%s); using the loop engine", e)
             fn = _loop_chunk
+    if fn is _loop_chunk and dist.is_fsdp(model):
+        raise ValueError("the loop per-sample-gradient engine needs whole parameters: under launch.strategy "
+                         "'fsdp' use grads.engine 'vectorized' (it never reads the weights of nn.Linear layers)")
     for start in range(0, len(encs), chunk_size):
         chunk = encs[start:start + chunk_size]
         yield start, fn(model, params, chunk, pad_id, device)

@@ -66,8 +66,10 @@ def prepare_tokenizer(tok):
     return tok
 
 
-def load_model(path: str, model_cfg, device: str | None = None):
-    """Load a causal LM and its tokenizer from a `save_pretrained` directory (or hub id)."""
+def load_model(path: str, model_cfg, device: str | None = None, fsdp: bool = False):
+    """Load a causal LM and its tokenizer from a `save_pretrained` directory (or hub id).
+    `fsdp` with several processes: read into host memory, then shard across the processes with
+    FSDP2 (`dist.fsdp_wrap`: each keeps 1/N of the weights on its device)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -76,8 +78,9 @@ def load_model(path: str, model_cfg, device: str | None = None):
     from . import dist
 
     dist.init()
+    fsdp = fsdp and dist.active()
     dtype = getattr(torch, model_cfg.dtype)
-    dev = dist.local_device(resolve_device(device or model_cfg.device))
+    dev = dist.local_device(resolve_device("cpu" if fsdp else device or model_cfg.device))
     tok = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, attn_implementation=model_cfg.attn_implementation
@@ -87,6 +90,9 @@ def load_model(path: str, model_cfg, device: str | None = None):
             raise ValueError(f"model.chat_template is true but the tokenizer of {path} has no chat template")
         tok.lwf_chat = True  # read by pipeline.data.format_prompt
     model.to(dev)
+    if fsdp:
+        dist.fsdp_wrap(model)
+        dev = f"{next(model.parameters()).device}, sharded over {dist.world_size()} processes (FSDP)"
     log.info("model %s: %.2fM parameters on %s (%s)", os.path.basename(str(path).rstrip("/")) or path,
              sum(p.numel() for p in model.parameters()) / 1e6, dev, model_cfg.dtype)
     return model, tok

@@ -137,11 +137,10 @@ def fingerprint(*parts) -> str:
 
 def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, method, seed: int,
              max_length: int, add_bos: bool = True, ckpt_path: str | Path | None = None,
-             run_id: str = "", stop_after_events: int | None = None, on_learn_step=None, strategy: str = "ddp",
-             mixed_precision: str = "no"):
-    """Fine-tune `model` in place. Returns (log rows, stats). With several processes, `strategy`
-    'ddp' wraps it in DistributedDataParallel, 'fsdp' shards it in place with FSDP2 (gather the
-    trained weights with `dist.full_state`). `stop_after_events` exists for the
+             run_id: str = "", stop_after_events: int | None = None, on_learn_step=None, mixed_precision: str = "no"):
+    """Fine-tune `model` in place. Returns (log rows, stats). With several processes a model
+    sharded by `dist.fsdp_wrap` trains under FSDP (gather the trained weights with
+    `dist.full_state`), any other is wrapped in DistributedDataParallel. `stop_after_events` exists for the
     resume test: it simulates a crash after that many events (checkpoint written first);
     `on_learn_step(step)` is called after every learning step (learning curves, calibration)."""
     W = dist.world_size() if dist.active() else 1
@@ -163,18 +162,17 @@ def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, 
     # several processes: each takes a strided shard of every batch; DDP averages the gradients, and
     # every loss is scaled so that the average equals the single-process batch mean
     # (fsdp: the same, with gradients reduce-scattered to the process that holds each shard)
-    if W > 1 and strategy == "fsdp":
-        dist.fsdp_wrap(model)  # in place: parameters become shards (DTensors) on this process's device
+    fsdp = dist.is_fsdp(model)
     device = next(model.parameters()).device
     fwd = model
-    if W > 1 and strategy != "fsdp":
+    if W > 1 and not fsdp:
         fwd = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     st = RunState()
     fp = fingerprint(run_id, seed, cfg.model_dump(), method.model_dump(), len(learn_rows), len(unlearn_rows),
-                     "fsdp" if W > 1 and strategy == "fsdp" else "replica")  # the two checkpoint formats
+                     "fsdp" if fsdp else "replica")  # the two checkpoint formats
 
     ckpt_path = Path(ckpt_path) if ckpt_path else None
     if ckpt_path and cfg.resume and ckpt_path.exists():

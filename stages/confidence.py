@@ -18,7 +18,7 @@ log = logging.getLogger("lwf")
 def run(cfg):
     """Write artifacts/confidence.parquet and metrics/confidence.json."""
     c = cfg.confidence
-    model, tok = load_model(paths.BASE_MODEL, cfg.model)
+    model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
     model = with_lora(model, cfg.model.lora)  # the same seeded adapters as the fisher stage
     device = next(model.parameters()).device
     F, gL, _ = load_fisher(paths.FISHER, device)

@@ -17,7 +17,7 @@ log = logging.getLogger("lwf")
 def run(cfg):
     """Write artifacts/self_knowledge.parquet and metrics/elicit.json."""
     e = cfg.elicit
-    model, tok = load_model(paths.BASE_MODEL, cfg.model)
+    model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
     frames, stats = [], {}
     for ref in cfg.data.forget:
         task = get_task(ref.task, ref.options)

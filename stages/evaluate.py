@@ -24,7 +24,7 @@ def run(cfg, method: str):
     out = {"method": method, "seeds": {}}
     for seed in cfg.run.seeds:
         d = paths.model_dir(method, seed)
-        model, tok = load_model(d, cfg.model)
+        model, tok = load_model(d, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
         res = evaluate_model(model, tok, cfg.data, learn_test, forget_tests, general, cfg.evaluate, cfg.model.add_bos)
         res["train"] = json.loads((d / "train_stats.json").read_text())
         log.info("stage evaluate: %s seed %d: learn %.3f forget %s ppl %.3f", method, seed, res["learn_score"],

@@ -30,9 +30,7 @@ def run(cfg, method: str, seed: int):
     if method not in cfg.methods:
         raise UserError(f"unknown method {method!r}; defined: {', '.join(cfg.methods)}")
     m = cfg.methods[method]
-    fsdp = dist.active() and cfg.launch.strategy == "fsdp"
-    # fsdp: the whole model is read into host memory; `fully_shard` moves each process's shard to its GPU
-    model, tok = load_model(paths.BASE_MODEL, cfg.model, device="cpu" if fsdp else None)
+    model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
     model = with_lora(model, cfg.model.lora)
     if cfg.model.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -45,8 +43,7 @@ def run(cfg, method: str, seed: int):
     ckpt = paths.checkpoint(method, seed)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     rows, stats = finetune(model, tok, learn, d_u, cfg.finetune, m, seed, cfg.data.max_length, cfg.model.add_bos,
-                           ckpt_path=ckpt, run_id=f"{method}-seed{seed}", strategy=cfg.launch.strategy,
-                           mixed_precision=cfg.launch.mixed_precision)
+                           ckpt_path=ckpt, run_id=f"{method}-seed{seed}", mixed_precision=cfg.launch.mixed_precision)
     if dist.is_fsdp(model):  # gather the shards: the whole trained model, on rank 0's CPU only
         state, _ = dist.full_state(model)
         model = None

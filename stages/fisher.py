@@ -14,7 +14,7 @@ log = logging.getLogger("lwf")
 @stage("fisher")
 def run(cfg):
     """Write artifacts/fisher.safetensors (fisher.<param>, grad.<param>) and metrics/fisher.json."""
-    model, tok = load_model(paths.BASE_MODEL, cfg.model)
+    model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
     model = with_lora(model, cfg.model.lora)  # LoRA: Fisher over the adapters (the trainable parameters)
     rows = load_rows(paths.LEARN_DATA, "train")[: cfg.fisher.n_samples]
     if cfg.fisher.kind == "true":

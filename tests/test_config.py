@@ -58,6 +58,13 @@ BAD = [
 ]
 
 
+def test_fsdp_with_loop_engine_is_rejected_by_name():
+    raw = _with("launch.strategy", "fsdp")
+    raw["grads"]["engine"] = "loop"
+    with pytest.raises(ConfigError, match="launch.strategy 'fsdp' needs grads.engine 'vectorized'"):
+        parse_config(raw)
+
+
 def test_fsdp_with_lora_is_rejected_by_name():
     raw = _with("launch.strategy", "fsdp")
     raw["model"]["lora"] = {"r": 2}

@@ -17,11 +17,11 @@ from stages.finetune import unlearn_rows
 
 
 def trained(cfg, ckpt=None, stop=None) -> dict:
-    model, tok = load_model(paths.BASE_MODEL, cfg.model, device="cpu")
+    model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=True)
     args = (model, tok, load_rows(paths.LEARN_DATA, "train"), unlearn_rows(cfg.methods["lwf"]), cfg.finetune,
             cfg.methods["lwf"], 0, cfg.data.max_length, cfg.model.add_bos)
     try:
-        finetune(*args, ckpt_path=ckpt, run_id="fsdp-resume", stop_after_events=stop, strategy="fsdp")
+        finetune(*args, ckpt_path=ckpt, run_id="fsdp-resume", stop_after_events=stop)
     except KeyboardInterrupt:
         return {}
     shard = sum(p.to_local().numel() for p in model.parameters()) / sum(p.numel() for p in model.parameters())
