@@ -27,6 +27,30 @@ def configure_prefect_env(root: str | os.PathLike = ".") -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+def launch_command(name: str, cfg, params_path: str, item: dict) -> list[str] | None:
+    """The `python -m pipeline.launch` command that runs stage `name` in its own processes when
+    `launch.num_processes > 1` and the stage is one of the distributable five; else None (the
+    task calls the stage function in the flow's process)."""
+    import sys
+
+    from .launch import DISTRIBUTED
+
+    if cfg.launch.num_processes == 1 or name not in DISTRIBUTED:
+        return None
+    return [sys.executable, "-m", "pipeline.launch", f"stages.{name}", "--params", str(params_path),
+            *(f"{k}={v}" for k, v in item.items())]
+
+
+def _launched(name: str):
+    def run(cmd: list[str]) -> None:
+        import subprocess
+
+        subprocess.run(cmd, check=True)
+
+    run.__name__ = f"{name}_launched"
+    return run
+
+
 def build_flow():
     configure_prefect_env()
     from prefect import flow, task
@@ -44,6 +68,8 @@ def build_flow():
 
     tasks = {name: task(fn, name=name, persist_result=False, cache_policy=None, retries=0)
              for name, fn in STAGES.items()}
+    launched = {name: task(_launched(name), name=name, persist_result=False, cache_policy=None, retries=0)
+                for name in STAGES}
 
     @flow(name="lwf", persist_result=False, log_prints=True)
     def lwf_flow(params_path: str = "params.yaml", only: list[str] | None = None):
@@ -60,7 +86,12 @@ def build_flow():
             if only and name not in only:
                 return
             t0 = time.time()
-            tasks[name].with_options(task_run_name=f"{name}{'-' + '-'.join(map(str, item.values())) if item else ''}")(cfg, **item)
+            run_name = f"{name}{'-' + '-'.join(map(str, item.values())) if item else ''}"
+            cmd = launch_command(name, cfg, params_path, item)
+            if cmd is None:
+                tasks[name].with_options(task_run_name=run_name)(cfg, **item)
+            else:  # launch.num_processes > 1: the stage runs under `accelerate launch`, as in dvc.yaml
+                launched[name].with_options(task_run_name=run_name)(cmd)
             timings[f"{name}{'@' + '-'.join(map(str, item.values())) if item else ''}"] = round(time.time() - t0, 2)
 
         call("prepare")

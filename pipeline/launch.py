@@ -13,6 +13,8 @@ import runpy
 import shutil
 import sys
 
+DISTRIBUTED = ("fisher", "elicit", "confidence", "finetune", "evaluate")  # the stages that run under it
+
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
