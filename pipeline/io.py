@@ -42,15 +42,21 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
     _clean_stale_tmp(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     target = tmp if is_dir else tmp / final.name
+    old = None
     try:
         yield target
         if final.is_dir() and not final.is_symlink():
-            shutil.rmtree(final)
-        elif final.exists() or final.is_symlink():
-            final.unlink()
-        os.replace(target, final)
+            # a directory cannot be replaced in one step: move the old one aside first (the window
+            # with no directory under the final name is two renames long)
+            old = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-old-", dir=final.parent))
+            os.replace(final, old / final.name)
+            os.replace(target, final)
+        else:
+            os.replace(target, final)  # one atomic step, also over an existing file or link
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path, obj) -> None:

@@ -163,14 +163,16 @@ def test_sigkill_mid_finetune_leaves_no_output_and_resumes_identically(dvc_proje
     shutil.rmtree(out_dir)
 
     ckpt = proj / ".lwf/checkpoints/lwf-seed0.pt"
-    p = subprocess.Popen(stage, cwd=proj, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not ckpt.exists() and time.time() < deadline and p.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert ckpt.exists(), "the stage finished before a checkpoint was seen; make it longer"
+    log = tmp_path / "killed.log"
+    with open(log, "w") as err:
+        p = subprocess.Popen(stage, cwd=proj, env=env(), stdout=err, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while not ckpt.exists() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert ckpt.exists(), f"no checkpoint when killed (exit {p.returncode}):\n{log.read_text()[-3000:]}"
     assert not out_dir.exists()
     out = run(stage, proj)
     assert "resumed lwf-seed0 from event" in out

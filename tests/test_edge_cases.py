@@ -1,5 +1,6 @@
 """Data edge cases: empty and cut generations, duplicate prompts, non-ASCII text, tiny sets."""
 import copy
+from pathlib import Path
 
 import torch
 
@@ -56,3 +57,36 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("done")
     assert target.read_text() == "done" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_atomic_path_replaces_files_and_directories_without_a_gap(tmp_path, monkeypatch):
+    """An existing file is replaced by one rename (never absent: the SIGKILL test hit the gap an
+    unlink-then-rename left); an existing directory is moved aside, replaced, then removed."""
+    import os
+
+    import pipeline.io as io
+
+    target = tmp_path / "ckpt.pt"
+    target.write_text("old")
+    calls = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        calls.append(Path(dst).name)
+        assert target.read_text() == "old", "the old file must stay in place until the one rename"
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", spy)
+    monkeypatch.setattr(io.Path, "unlink", lambda *a, **k: (_ for _ in ()).throw(AssertionError("unlink used")))
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and calls == ["ckpt.pt"]
+    monkeypatch.undo()
+
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "a").write_text("old")
+    with atomic_path(d, is_dir=True) as tmp:
+        (tmp / "b").write_text("new")
+    assert [p.name for p in d.iterdir()] == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "model"]
