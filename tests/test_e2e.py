@@ -152,7 +152,7 @@ def test_sigkill_mid_finetune_leaves_no_output_and_resumes_identically(dvc_proje
 
     proj, _ = dvc_project
     raw = yaml.safe_load((proj / "params.yaml").read_text())
-    raw["finetune"].update(max_steps=160, checkpoint_every=20)
+    raw["finetune"].update(max_steps=400, checkpoint_every=20)
     params = tmp_path / "long.yaml"
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     out_dir = proj / "artifacts/models/lwf/seed0"
@@ -168,11 +168,13 @@ def test_sigkill_mid_finetune_leaves_no_output_and_resumes_identically(dvc_proje
         p = subprocess.Popen(stage, cwd=proj, env=env(), stdout=err, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
         while not ckpt.exists() and time.time() < deadline and p.poll() is None:
-            time.sleep(0.05)
-        time.sleep(0.3)
+            time.sleep(0.02)
+        time.sleep(0.1)
+        running = p.poll() is None
         p.send_signal(signal.SIGKILL)
         p.wait()
-    assert ckpt.exists(), f"no checkpoint when killed (exit {p.returncode}):\n{log.read_text()[-3000:]}"
+    assert running, f"the stage ended before it was killed (exit {p.returncode}):\n{log.read_text()[-3000:]}"
+    assert ckpt.exists(), f"no checkpoint when killed:\n{log.read_text()[-3000:]}"
     assert not out_dir.exists()
     out = run(stage, proj)
     assert "resumed lwf-seed0 from event" in out
