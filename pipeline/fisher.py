@@ -9,6 +9,7 @@ kind "empirical" uses the dataset targets y_n; kind "true" samples y_n from the 
 """
 from __future__ import annotations
 
+import json
 import logging
 
 import torch
@@ -60,8 +61,10 @@ def save_fisher(path, fisher: dict, mean_grad: dict, meta: dict) -> None:
 
     tensors = {f"fisher.{n}": t.cpu() for n, t in fisher.items()}
     tensors.update({f"grad.{n}": t.cpu() for n, t in mean_grad.items()})
+    # one metadata key holding sorted JSON: safetensors writes a metadata map in a random order, so
+    # several keys would give different bytes (and a needless DVC change) for the same Fisher
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+        save_file(tensors, str(tmp), metadata={"lwf": json.dumps({k: str(v) for k, v in meta.items()}, sort_keys=True)})
 
 
 def load_fisher(path, device="cpu") -> tuple[dict, dict, dict]:
@@ -69,7 +72,7 @@ def load_fisher(path, device="cpu") -> tuple[dict, dict, dict]:
 
     fisher, grad = {}, {}
     with safe_open(str(path), framework="pt", device=str(device)) as f:
-        meta = f.metadata() or {}
+        meta = json.loads((f.metadata() or {}).get("lwf", "{}"))
         for k in f.keys():
             kind, name = k.split(".", 1)
             (fisher if kind == "fisher" else grad)[name] = f.get_tensor(k)

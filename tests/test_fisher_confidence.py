@@ -43,6 +43,13 @@ def test_fisher_roundtrip(tmp_path, tiny, rows):
     save_fisher(tmp_path / "f.safetensors", F, gL, {"n_samples": 4})
     F2, g2, meta = load_fisher(tmp_path / "f.safetensors")
     assert meta["n_samples"] == "4" and all(torch.equal(F[n], F2[n]) and torch.equal(gL[n], g2[n]) for n in F)
+    # the same Fisher gives the same bytes (safetensors orders a metadata map at random)
+    meta = {"n_samples": 4, "kind": "empirical", "loss": "nll", "param_regex": ""}
+    blobs = set()
+    for i in range(6):
+        save_fisher(tmp_path / f"{i}.safetensors", F, gL, meta)
+        blobs.add((tmp_path / f"{i}.safetensors").read_bytes())
+    assert len(blobs) == 1
 
 
 def test_confidence_matches_hand_formula(tiny, rows):
