@@ -137,12 +137,14 @@ def fingerprint(*parts) -> str:
 
 def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, method, seed: int,
              max_length: int, add_bos: bool = True, ckpt_path: str | Path | None = None,
-             run_id: str = "", stop_after_events: int | None = None, on_learn_step=None, mixed_precision: str = "no"):
+             run_id: str = "", stop_after_events: int | None = None, on_learn_step=None,
+             mixed_precision: str = "no"):
     """Fine-tune `model` in place. Returns (log rows, stats). With several processes a model
     sharded by `dist.fsdp_wrap` trains under FSDP (gather the trained weights with
-    `dist.full_state`), any other is wrapped in DistributedDataParallel. `stop_after_events` exists for the
-    resume test: it simulates a crash after that many events (checkpoint written first);
-    `on_learn_step(step)` is called after every learning step (learning curves, calibration)."""
+    `dist.full_state`), any other is wrapped in DistributedDataParallel. `mixed_precision` 'bf16':
+    bf16 autocast. `stop_after_events` exists for the resume test: it simulates a crash after that
+    many events (checkpoint written first); `on_learn_step(step)` is called after every learning
+    step (learning curves, calibration)."""
     W = dist.world_size() if dist.active() else 1
     if W > 1 and method.bss:
         raise ValueError("the bss method runs in one process only (its SVD needs the whole batch)")
@@ -172,7 +174,7 @@ def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     st = RunState()
     fp = fingerprint(run_id, seed, cfg.model_dump(), method.model_dump(), len(learn_rows), len(unlearn_rows),
-                     "fsdp" if fsdp else "replica")  # the two checkpoint formats
+                     "fsdp" if fsdp else "replica", mixed_precision)  # fsdp/replica: the two checkpoint formats
 
     ckpt_path = Path(ckpt_path) if ckpt_path else None
     if ckpt_path and cfg.resume and ckpt_path.exists():
