@@ -104,14 +104,14 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def fsdp_wrap(model) -> None:
-    """Shard `model` in place with FSDP2: each transformer block (the HF model's
-    `_no_split_modules` classes) is one unit, the rest (embeddings, final norm, head) the root."""
-    import torch
+def fsdp_wrap(model, device_type: str) -> None:
+    """Shard `model` in place with FSDP2 over this run's processes on `device_type` ('cuda' or
+    'cpu'): each transformer block (the HF model's `_no_split_modules` classes) is one unit, the
+    rest (embeddings, final norm, head) the root."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (world_size(),))
+    mesh = init_device_mesh(device_type, (world_size(),))
     blocks = set(getattr(model, "_no_split_modules", None) or [])
     for m in model.modules():
         if type(m).__name__ in blocks:

@@ -68,8 +68,10 @@ def build_flow():
 
     tasks = {name: task(fn, name=name, persist_result=False, cache_policy=None, retries=0)
              for name, fn in STAGES.items()}
+    from pipeline.launch import DISTRIBUTED
+
     launched = {name: task(_launched(name), name=name, persist_result=False, cache_policy=None, retries=0)
-                for name in STAGES}
+                for name in DISTRIBUTED}
 
     @flow(name="lwf", persist_result=False, log_prints=True)
     def lwf_flow(params_path: str = "params.yaml", only: list[str] | None = None):

@@ -80,7 +80,8 @@ def load_model(path: str, model_cfg, device: str | None = None, fsdp: bool = Fal
     dist.init()
     fsdp = fsdp and dist.active()
     dtype = getattr(torch, model_cfg.dtype)
-    dev = dist.local_device(resolve_device("cpu" if fsdp else device or model_cfg.device))
+    target = resolve_device(device or model_cfg.device)
+    dev = dist.local_device(torch.device("cpu") if fsdp else target)  # fsdp: each shard moves to `target`
     tok = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, attn_implementation=model_cfg.attn_implementation
@@ -91,7 +92,7 @@ def load_model(path: str, model_cfg, device: str | None = None, fsdp: bool = Fal
         tok.lwf_chat = True  # read by pipeline.data.format_prompt
     model.to(dev)
     if fsdp:
-        dist.fsdp_wrap(model)
+        dist.fsdp_wrap(model, target.type)
         dev = f"{next(model.parameters()).device}, sharded over {dist.world_size()} processes (FSDP)"
     log.info("model %s: %.2fM parameters on %s (%s)", os.path.basename(str(path).rstrip("/")) or path,
              sum(p.numel() for p in model.parameters()) / 1e6, dev, model_cfg.dtype)
