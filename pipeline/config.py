@@ -175,12 +175,24 @@ class ElicitConfig(_Strict):
         return self
 
 
-SCORES = ("fisher_distance", "fisher_conflict", "cosine", "random")
+SCORES = ("fisher_distance", "fisher_conflict", "cosine", "probe", "loss_rise", "random")
+
+
+class ProbeConfig(_Strict):
+    """The probe fine-tune of the confidence stage: `steps` plain AdamW steps on the learning task
+    from theta_0 (constant LR, no unlearning). Delta_probe = theta_probe - theta_0 is the `probe`
+    target; NLL(theta_probe) - NLL(theta_0) of each sample is `loss_rise`. Its own settings, so a
+    change of `finetune` never reruns the confidence stage."""
+
+    steps: int = Field(10, gt=0)
+    lr: float = Field(3e-4, gt=0)
+    batch_size: int = Field(16, gt=0)
+    seed: int = 0
 
 
 class ConfidenceConfig(_Strict):
-    score: Literal["fisher_distance", "fisher_conflict", "cosine", "random"] = "fisher_distance"
-    target: Literal["gradient"] = "gradient"
+    score: Literal["fisher_distance", "fisher_conflict", "cosine", "probe", "loss_rise", "random"] = "fisher_distance"
+    probe: ProbeConfig = ProbeConfig()
     forget_fraction: float = Field(0.25)
     per_task: bool = False
     seed: int = 0
@@ -199,17 +211,20 @@ class MethodConfig(_Strict):
     """A fine-tuning method is data: which samples to unlearn, when, and any extra loss term."""
 
     unlearn: Literal["none", "periodic", "early"] = "none"
-    selection: Literal["high", "low", "random", "cosine"] = "high"
+    selection: Literal["high", "low", "random", "cosine", "oracle"] = "high"
     bss: bool = False
+    match_steps: bool = False  # vanilla_matched: as many learning steps as LWF takes optimizer steps
 
 
 DEFAULT_METHODS = {
     "vanilla": MethodConfig(),
+    "vanilla_matched": MethodConfig(match_steps=True),
     "lwf": MethodConfig(unlearn="periodic", selection="high"),
     "lwf_low": MethodConfig(unlearn="periodic", selection="low"),
     "lwf_random": MethodConfig(unlearn="periodic", selection="random"),
     "lwf_early": MethodConfig(unlearn="early", selection="high"),
     "lwf_nofisher": MethodConfig(unlearn="periodic", selection="cosine"),
+    "lwf_oracle": MethodConfig(unlearn="periodic", selection="oracle"),
     "bss": MethodConfig(bss=True),
 }
 
@@ -224,6 +239,11 @@ class FinetuneConfig(_Strict):
     grad_clip: float = Field(1.0, gt=0)
     unlearn_every: int = Field(4, gt=0)
     unlearn_batch_size: int = Field(16, gt=0)
+    # separate: plain SGD ascent theta += unlearn_lr * clip(grad l(D_U)), no state shared with learning;
+    # joint: every N_u-th learning step optimises l(learn) - alpha * l(D_U) in one AdamW step;
+    # shared: AdamW step on -alpha * l(D_U) with the learning steps' AdamW state (ablation only)
+    unlearn_optimizer: Literal["separate", "joint", "shared"] = "separate"
+    unlearn_lr: float = Field(0.1, gt=0)
     alpha: float = Field(0.1, gt=0)
     unlearn_max_loss: float = Field(6.0, gt=0)
     bss_eta: float = Field(1e-3, ge=0)
@@ -310,6 +330,14 @@ class Config(_Strict):
             )
         if self.methods.get("vanilla", MethodConfig()) != MethodConfig():
             raise ValueError("methods.vanilla must be plain fine-tuning (unlearn: none, bss: false)")
+        for name in self.run.methods:
+            m = self.methods[name]
+            if m.unlearn == "early" and self.finetune.unlearn_optimizer == "joint":
+                raise ValueError(f"methods.{name}: unlearn 'early' has no learning step to join under "
+                                 "finetune.unlearn_optimizer 'joint'; use 'separate' or drop the method")
+            if m.unlearn != "none" and m.selection == "oracle" and not self.confidence.auroc_positive:
+                raise ValueError(f"methods.{name}: selection 'oracle' needs confidence.auroc_positive (the tasks "
+                                 "known to conflict with the learning task)")
         forget = {t.task for t in self.data.forget}
         for key in ("auroc_positive", "auroc_negative"):
             for name in getattr(self.confidence, key):

@@ -1,0 +1,150 @@
+"""The unlearning step does what its name says, in every `finetune.unlearn_optimizer` mode.
+
+Setting: the embedded (lab) model, 12 learning steps of AdamW on the learning task, then one
+unlearning step on a D_U batch (the whole 8-row D_U). "Skip" = the same run stopped right before
+the unlearning event (same learning batches, same weights up to there).
+"""
+import copy
+
+import pytest
+import torch
+
+from pipeline.config import FinetuneConfig, MethodConfig
+from pipeline.data import collate, encode_rows, forward_loss
+from pipeline.train import finetune
+
+N = 12  # learning steps before the unlearning step
+
+
+def _d_u():
+    from pipeline.tasks.lab import count_row, neutral_row
+
+    return [neutral_row(a, b) for a, b in ((12, 3), (45, 7), (60, 2), (31, 9))] + \
+           [count_row(n) for n in (417, 238, 555, 901)]
+
+
+def _cfg(mode, **kw):
+    base = dict(max_steps=N, batch_size=4, lr=3e-4, warmup_steps=0, unlearn_every=N, unlearn_batch_size=8,
+                alpha=0.1, unlearn_lr=0.1, unlearn_optimizer=mode, grad_clip=1.0, log_every=1)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def _flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _nll_and_grad(model, tok, rows):
+    """Mean NLL of `rows` (the unlearning batch) and its gradient (the ascent direction)."""
+    batch = collate(encode_rows(tok, rows, 48), tok.pad_token_id)
+    model.zero_grad(set_to_none=True)
+    loss = forward_loss(model, batch)[0].mean()
+    loss.backward()
+    g = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+    return loss.item(), g
+
+
+def _run(tiny, rows, cfg, method, stop=None):
+    model = copy.deepcopy(tiny[0])
+    if stop is None:
+        log, stats = finetune(model, tiny[1], rows, _d_u(), cfg, method, 0, 48)
+        return model, log, stats
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, tiny[1], rows, _d_u(), cfg, method, 0, 48, stop_after_events=stop)
+    return model, None, None
+
+
+def separate_step(tiny, rows, mode, **kw):
+    """(NLL of D_U skipping the unlearning step, NLL after it, cosine(update, ascent direction))."""
+    cfg, method = _cfg(mode, **kw), MethodConfig(unlearn="periodic")
+    skip, _, _ = _run(tiny, rows, cfg, method, stop=N)
+    done, log, _ = _run(tiny, rows, cfg, method)
+    assert [r["kind"] for r in log].count("unlearn") == 1
+    before, ascent = _nll_and_grad(skip, tiny[1], _d_u())
+    after, _ = _nll_and_grad(done, tiny[1], _d_u())
+    cos = torch.nn.functional.cosine_similarity(_flat(done) - _flat(skip), ascent, dim=0).item()
+    return before, after, cos
+
+
+def test_separate_step_ascends_its_batch(tiny, rows):
+    before, after, cos = separate_step(tiny, rows, "separate")
+    assert after > before
+    assert cos > 0.5
+
+
+def test_shared_step_fails_the_separate_check(tiny, rows):
+    """The defect that `separate` fixes: with the learning steps' AdamW state the 'unlearning'
+    step is mostly one more learning step (momentum, Adam's normalisation)."""
+    before, after, cos = separate_step(tiny, rows, "shared")
+    assert cos < 0.5
+    sep = separate_step(tiny, rows, "separate")
+    assert (after - before) < (sep[1] - sep[0])
+
+
+def test_separate_rise_grows_with_unlearn_lr(tiny, rows):
+    rises = [(lambda b, a, c: a - b)(*separate_step(tiny, rows, "separate", unlearn_lr=lr)) for lr in (0.03, 0.1, 0.3)]
+    assert 0 < rises[0] < rises[1] < rises[2]
+
+
+def joint_rise(tiny, rows, alpha):
+    """NLL of D_U after the joint step minus after the same learning step without the term."""
+    cfg = _cfg("joint", alpha=alpha)
+    joint, log, stats = _run(tiny, rows, cfg, MethodConfig(unlearn="periodic"))
+    plain, _, _ = _run(tiny, rows, cfg, MethodConfig())
+    assert [r["step"] for r in log if r["kind"] == "unlearn"] == [N] and stats["optimizer_steps"] == N
+    return _nll_and_grad(joint, tiny[1], _d_u())[0] - _nll_and_grad(plain, tiny[1], _d_u())[0]
+
+
+def test_joint_step_ascends_and_alpha_matters(tiny, rows):
+    rises = [joint_rise(tiny, rows, a) for a in (0.1, 0.3, 1.0)]
+    assert 0 < rises[0] < rises[1] < rises[2]
+
+
+def test_early_and_periodic_unlearn_at_the_same_step_size(tiny, rows):
+    for mode, expected in (("separate", 0.05), ("shared", 3e-4)):
+        lrs = {}
+        for sched in ("early", "periodic"):
+            cfg = _cfg(mode, max_steps=8, unlearn_every=4, warmup_steps=4, lr_schedule="linear", unlearn_lr=0.05)
+            _, log, _ = _run(tiny, rows, cfg, MethodConfig(unlearn=sched))
+            lrs[sched] = [r["lr"] for r in log if r["kind"] == "unlearn"]
+        assert lrs["early"] == lrs["periodic"] == [expected, expected], mode
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_lr_schedule_warms_up_then_decays_to_zero(tiny, rows, schedule):
+    cfg = _cfg("separate", max_steps=10, warmup_steps=4, lr_schedule=schedule, lr=1e-3)
+    model = copy.deepcopy(tiny[0])
+    log, _ = finetune(model, tiny[1], rows, [], cfg, MethodConfig(), 0, 48)
+    lrs = [r["lr"] for r in log if r["kind"] == "learn"]
+    assert lrs[:5] == pytest.approx([0, 2.5e-4, 5e-4, 7.5e-4, 1e-3])  # transformers: warmup from 0
+    tail = lrs[4:]
+    if schedule == "constant":
+        assert tail == pytest.approx([1e-3] * 6)
+    else:  # decays over the remaining steps towards 0 at step 10 (the last step's LR is > 0)
+        assert all(a > b for a, b in zip(tail, tail[1:])) and 0 < tail[-1] < 3e-4
+
+
+def test_vanilla_matched_takes_the_extra_steps(tiny, rows):
+    from pipeline.train import learning_steps
+
+    m = MethodConfig(match_steps=True)
+    assert learning_steps(_cfg("separate", max_steps=35, unlearn_every=4), m) == 43
+    assert learning_steps(_cfg("joint", max_steps=35, unlearn_every=4), m) == 35  # joint takes no extra step
+    _, log, stats = _run(tiny, rows, _cfg("separate", max_steps=8, unlearn_every=4), m)
+    assert stats["learn_steps"] == 10 and stats["optimizer_steps"] == 10
+    _, _, lwf = _run(tiny, rows, _cfg("separate", max_steps=8, unlearn_every=4), MethodConfig(unlearn="periodic"))
+    assert lwf["optimizer_steps"] == 10
+
+
+@pytest.mark.parametrize("mode,kw", [("separate", {"unlearn_lr": 50.0}), ("joint", {"alpha": 1e6}),
+                                     ("shared", {"alpha": 1e6})])
+def test_guard_stops_extreme_unlearning_in_every_mode(tiny, rows, mode, kw):
+    cfg = _cfg(mode, max_steps=40, unlearn_every=1, lr=5e-2, unlearn_max_loss=7.0, **kw)
+    model = copy.deepcopy(tiny[0])
+    log, stats = finetune(model, tiny[1], rows, _d_u(), cfg, MethodConfig(unlearn="periodic"), 0, 48)
+    assert stats["unlearn_stopped_at"] is not None
+    assert any(r["kind"] == "unlearn_stopped" for r in log)
+    assert stats["unlearn_steps_taken"] < 40
+    assert all(r["loss"] <= 7.0 for r in log if r["kind"] == "unlearn")
+    assert stats["weights_finite"] and all(torch.isfinite(p).all() for p in model.parameters())
