@@ -7,11 +7,21 @@ Delta_L = -eta g_L (the learning task's), the extra learning loss a sample cause
     fisher_distance  FC(s) = sum_i F_i (g_s,i - g_L,i)^2          (default)
     fisher_conflict         -sum_i F_i g_s,i g_L,i                 (first-order part only)
     cosine                  -cos(g_s, g_L)                          (no Fisher)
+    probe            C(s) with Delta_L = Delta_probe = theta_probe - theta_0 (method.md's `probe`
+                     target) and Delta_s = -eta g_s, eta = the probe's LR:
+                     1/2 (Delta_s - Delta_L)^T F (Delta_s - Delta_L) - 1/2 Delta_L^T F Delta_L
+                       = eta^2/2 sum_i F_i g_s,i^2 + eta sum_i F_i g_s,i Delta_probe,i
+    loss_rise               l(s; theta_probe) - l(s; theta_0)      (how much plain learning on L
+                                                                    pushes this knowledge away)
     random                  seeded uniform                          (baseline)
 
-All four come from the same per-sample gradients in one streaming pass (no per-sample gradient
-matrix of the whole set is kept). High score = learning this knowledge would pull the parameters
-that matter for the learning task away from where it needs them = unlearn it.
+theta_probe = `confidence.probe.steps` plain AdamW steps on the learning task from theta_0.
+Every gradient score comes from the same per-sample gradients in one streaming pass (no
+per-sample gradient matrix of the whole set is kept). High score = learning this knowledge would
+pull the parameters that matter for the learning task away from where it needs them = unlearn it.
+`fisher_distance` grows with |g_s| (the sample's own uncertainty dominates it); `cosine` and
+`loss_rise` do not scale with |g_s|; in `probe` the first-order (directional) term dominates
+whenever eta |g_s| is small next to |Delta_probe|.
 """
 from __future__ import annotations
 
@@ -21,20 +31,62 @@ import torch
 from tqdm import tqdm
 
 from . import dist as ddp
-from .data import encode_rows
+from .data import encode_rows, sequence_nlls
 from .grads import iter_per_sample_grads
 
-SELECTIONS = {"high": "selected", "low": "selected_low", "random": "selected_random", "cosine": "selected_cosine"}
+SELECTIONS = {"high": "selected", "low": "selected_low", "random": "selected_random", "cosine": "selected_cosine",
+              "oracle": "selected_oracle"}
+
+
+def as_rows(table: pd.DataFrame) -> list[dict]:
+    """Training rows (prompt, target) of self-knowledge / confidence-table rows; a response cut at
+    max_new_tokens gets no EOS."""
+    return [{"prompt": p, "target": r, "add_eos": not t}
+            for p, r, t in zip(table["prompt"], table["response"], table["truncated"])]
+
+
+def unlearn_set(table: pd.DataFrame, selection: str) -> list[dict]:
+    """D_U of a selection rule: the confidence-table rows flagged by its column."""
+    return as_rows(table[table[SELECTIONS[selection]]])
+
+
+def probe_delta(model, tok, learn_rows: list[dict], probe, max_length: int, add_bos: bool = True,
+                param_regex: str | None = None):
+    """Fine-tune `model` in place for `probe.steps` plain AdamW steps on the learning rows
+    (constant LR, clip 1.0, no unlearning) and return (Delta_probe over the selected parameters,
+    a function that restores theta_0)."""
+    from .config import FinetuneConfig, MethodConfig
+    from .grads import select_params
+    from .train import finetune
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    theta0 = [p.detach().clone() for p in trainable]
+    before = {n: ddp.full_tensor(p).detach().double().clone() for n, p in select_params(model, param_regex).items()}
+    cfg = FinetuneConfig(max_steps=probe.steps, batch_size=probe.batch_size, lr=probe.lr, warmup_steps=0,
+                         lr_schedule="constant")
+    finetune(model, tok, learn_rows, [], cfg, MethodConfig(), probe.seed, max_length, add_bos, run_id="probe")
+    delta = {n: ddp.full_tensor(p).detach().double() - before[n] for n, p in select_params(model, param_regex).items()}
+
+    def restore():
+        with torch.no_grad():
+            for p, p0 in zip(trainable, theta0):
+                p.copy_(p0)
+        model.eval()
+
+    return delta, restore
 
 
 def confidence_sums(model, encs: list, pad_id: int, fisher: dict, mean_grad: dict, engine: str = "vectorized",
-                    chunk_size: int = 32, param_regex: str | None = None, progress=None) -> torch.Tensor:
-    """(4, len(encs)) float64 on the model's device: per sample, sum F (g_s - g_L)^2,
-    -sum g_s F g_L, g_s . g_L and |g_s|^2 over the selected parameters (no host sync inside)."""
+                    chunk_size: int = 32, param_regex: str | None = None, progress=None,
+                    delta: dict | None = None) -> torch.Tensor:
+    """(6, len(encs)) float64 on the model's device: per sample, sum F (g_s - g_L)^2,
+    -sum g_s F g_L, g_s . g_L, |g_s|^2, sum F g_s^2 and sum F g_s Delta (0 without `delta`) over the
+    selected parameters (no host sync inside)."""
     device = next(model.parameters()).device
-    out = torch.zeros(4, len(encs), dtype=torch.float64, device=device)
+    out = torch.zeros(6, len(encs), dtype=torch.float64, device=device)
     F = {k: v.to(device, torch.float64).flatten() for k, v in fisher.items()}
     gL = {k: v.to(device, torch.float64).flatten() for k, v in mean_grad.items()}
+    D = {k: v.to(device, torch.float64).flatten() for k, v in (delta or {}).items()}
     for start, grads in iter_per_sample_grads(model, encs, pad_id, engine, chunk_size, param_regex, progress):
         rows = out[:, start:start + next(iter(grads.values())).shape[0]]
         for name, g in grads.items():
@@ -46,30 +98,48 @@ def confidence_sums(model, encs: list, pad_id: int, fisher: dict, mean_grad: dic
             rows[1] -= g @ (f * gl)
             rows[2] += g @ gl
             rows[3] += (g * g).sum(1)
+            rows[4] += (g * g) @ f
+            if name in D:
+                rows[5] += g @ (f * D[name])
     return out
 
 
 def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dict, max_length: int,
                       engine: str = "vectorized", chunk_size: int = 32, param_regex: str | None = None,
-                      seed: int = 0, add_bos: bool = True) -> pd.DataFrame:
-    """One row per sample with the columns score_<variant> for every variant above."""
+                      seed: int = 0, add_bos: bool = True, learn_rows: list[dict] | None = None,
+                      probe=None, batch_size: int = 64) -> pd.DataFrame:
+    """One row per sample with the columns score_<variant> for every variant above (`probe` and
+    `loss_rise` need `learn_rows` and the `probe` settings; without them they are NaN), plus
+    grad_norm and the sample's NLL under theta_0 and theta_probe."""
     all_encs = encode_rows(tok, rows, max_length, add_bos)
     encs, _ = ddp.shard_even(all_encs)  # several processes: score a shard each, gather in the original order
     gl_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in mean_grad.values())))
+    nll0 = sequence_nlls(model, encs, tok.pad_token_id, batch_size)
+    delta, nll_probe = None, torch.full_like(nll0, float("nan"))
+    if probe is not None and learn_rows:
+        delta, restore = probe_delta(model, tok, learn_rows, probe, max_length, add_bos, param_regex)
+        nll_probe = sequence_nlls(model, encs, tok.pad_token_id, batch_size)
+        restore()
     with tqdm(total=len(encs), desc="confidence", mininterval=2, leave=False, disable=not ddp.is_main()) as bar:
         sums = confidence_sums(model, encs, tok.pad_token_id, fisher, mean_grad, engine, chunk_size, param_regex,
-                               bar).cpu().numpy()
+                               bar, delta).cpu().numpy()
+    sums = np.concatenate([sums, torch.stack([nll0, nll_probe]).cpu().numpy()])
     if ddp.active():
         sums = np.stack([np.asarray(ddp.gather_sharded(a.tolist(), len(all_encs))) for a in sums])
-    fdist, conflict, dot, norm2 = sums
+    fdist, conflict, dot, norm2, fnorm2, fdelta, nll0, nll_probe = sums
     cos = dot / np.maximum(np.sqrt(norm2) * gl_norm, 1e-30)
     rnd = np.random.default_rng(seed).random(len(all_encs))
+    eta = probe.lr if delta is not None else float("nan")
     return pd.DataFrame({
         "score_fisher_distance": fdist,
         "score_fisher_conflict": conflict,
         "score_cosine": -cos,
+        "score_probe": 0.5 * eta ** 2 * fnorm2 + eta * fdelta,
+        "score_loss_rise": nll_probe - nll0,
         "score_random": rnd,
         "grad_norm": np.sqrt(norm2),
+        "nll_base": nll0,
+        "nll_probe": nll_probe,
     })
 
 
@@ -81,10 +151,13 @@ def _top(scores: pd.Series, k: int, ascending: bool) -> pd.Series:
     return mask
 
 
-def select(df: pd.DataFrame, score: str, fraction: float, per_task: bool, seed: int) -> pd.DataFrame:
+def select(df: pd.DataFrame, score: str, fraction: float, per_task: bool, seed: int,
+           positive: list[str] = ()) -> pd.DataFrame:
     """Add `confidence`, `rank` (1 = most confident) and the selection flags of every method:
     selected (top fraction by `confidence`), selected_low (same count, lowest), selected_random
-    (same count, seeded), selected_cosine (same count, top by the cosine score)."""
+    (same count, seeded), selected_cosine (same count, top by the cosine score), selected_oracle
+    (the same total count, seeded, drawn only from the `positive` tasks: the samples known to
+    conflict; all of them if there are fewer)."""
     df = df.copy()
     df["confidence"] = df[f"score_{score}"]
     df["rank"] = df["confidence"].rank(ascending=False, method="first").astype("int64")
@@ -100,6 +173,10 @@ def select(df: pd.DataFrame, score: str, fraction: float, per_task: bool, seed: 
         df.loc[idx, "selected_cosine"] = _top(sub["score_cosine"], k, ascending=False)
         pick = rng.choice(len(sub), size=k, replace=False)
         df.loc[idx, "selected_random"] = np.isin(np.arange(len(sub)), pick)
+    pos = np.flatnonzero(df["forget_task"].isin(list(positive)).to_numpy())
+    k = min(int(df["selected"].sum()), len(pos))
+    pick = np.random.default_rng(seed + 2).choice(pos, size=k, replace=False) if k else []
+    df["selected_oracle"] = np.isin(np.arange(len(df)), pick)
     for col in SELECTIONS.values():
         df[col] = df[col].astype(bool)
     return df

@@ -98,6 +98,16 @@ def forward_loss(model, batch, output_hidden_states: bool = False):
     return per_sample_loss(out.logits, batch["labels"]), out
 
 
+@torch.no_grad()
+def sequence_nlls(model, encs: list[Encoded], pad_id: int, batch_size: int = 64) -> torch.Tensor:
+    """l(x, y) of every encoded row (float64, on the model's device), in batches, no gradients."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [forward_loss(model, collate(encs[i:i + batch_size], pad_id, device))[0].double()
+           for i in range(0, len(encs), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=device)
+
+
 def batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]

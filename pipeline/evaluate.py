@@ -2,7 +2,11 @@
 
 - learning task: held-out test split, greedy generation, the task's extraction and metric;
 - each forgetting task: its held-out test split (expected to drop: forgetting happened);
-- general text: perplexity exp(sum NLL / number of tokens) on held-out text (graceful, no collapse).
+- general text: perplexity exp(sum NLL / number of tokens) on held-out text (graceful, no collapse);
+- the mechanism: mean NLL l(s) of named sets of self-generated samples (`nll_sets`): lwf's D_U
+  (`d_u_nll`: was it unlearned, relative to vanilla?), the method's own D_U, and each forgetting
+  task's whole self-knowledge. These are the forgetting-task *training* prompts with the base
+  model's answers: a check that unlearning happened, not a held-out score.
 Per-item scores are kept so the report can run paired bootstraps.
 """
 from __future__ import annotations
@@ -12,7 +16,7 @@ import math
 import torch
 
 from . import dist
-from .data import batches, collate, encode_rows, token_nll
+from .data import batches, collate, encode_rows, sequence_nlls, token_nll
 from .elicit import generate
 from .tasks import get_task
 
@@ -57,24 +61,37 @@ def choice_scores(model, tok, task, rows: list[dict], batch_size: int, add_bos: 
 
 
 @torch.no_grad()
-def perplexity(model, tok, rows: list[dict], max_length: int, batch_size: int, add_bos: bool = True) -> float:
+def perplexity(model, tok, rows: list[dict], max_length: int, batch_size: int,
+               add_bos: bool = True) -> tuple[float, list[float], list[int]]:
+    """exp(sum NLL / number of tokens) over `rows`, and per sequence its summed NLL and token count
+    (the report bootstraps perplexity over sequences)."""
     model.eval()
     device = next(model.parameters()).device
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # total NLL, token count
-    local, n_real = dist.shard_even(encode_rows(tok, rows, max_length, add_bos))
+    encs = encode_rows(tok, rows, max_length, add_bos)
+    local, _ = dist.shard_even(encs)
+    sums, counts = [], []
     for start in range(0, len(local), batch_size):
         batch = collate(local[start:start + batch_size], tok.pad_token_id, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         nll, mask = token_nll(logits, batch["labels"])
-        real = max(0, n_real - start)  # the padding of shard_even is not counted
-        sums += torch.stack([nll[:real].double().sum(), mask[:real].double().sum()])
-    total, count = dist.all_reduce_sum_(sums).tolist()
-    return math.exp(total / max(count, 1))
+        sums += nll.double().sum(1).tolist()
+        counts += mask.sum(1).tolist()
+    sums, counts = dist.gather_sharded(sums, len(encs)), dist.gather_sharded(counts, len(encs))
+    return math.exp(sum(sums) / max(sum(counts), 1)), sums, counts
+
+
+def set_nlls(model, tok, rows: list[dict], max_length: int, batch_size: int, add_bos: bool = True) -> list[float]:
+    """Per-sample l(s) of `rows` under `model` (several processes: a shard each, gathered)."""
+    encs = encode_rows(tok, rows, max_length, add_bos)
+    local, _ = dist.shard_even(encs)
+    return dist.gather_sharded(sequence_nlls(model, local, tok.pad_token_id, batch_size).tolist(), len(encs))
 
 
 def evaluate_model(model, tok, data_cfg, learn_test: list[dict], forget_tests: dict[str, list[dict]],
-                   general_test: list[dict], cfg, add_bos: bool = True) -> dict:
-    """Scores of one model; `data_cfg` (params `data`) says which task each split belongs to."""
+                   general_test: list[dict], cfg, add_bos: bool = True,
+                   nll_sets: dict[str, list[dict]] | None = None) -> dict:
+    """Scores of one model; `data_cfg` (params `data`) says which task each split belongs to.
+    `nll_sets`: name -> rows whose mean NLL is reported under `nll` (and `d_u_nll` for "d_u")."""
     learn_task = get_task(data_cfg.learn.task, data_cfg.learn.options)
     learn_items, learn_extra = task_scores(model, tok, learn_task, learn_test, cfg.max_new_tokens, cfg.batch_size,
                                            add_bos)
@@ -87,13 +104,23 @@ def evaluate_model(model, tok, data_cfg, learn_test: list[dict], forget_tests: d
             forget_items[ref.task] = task_scores(model, tok, task, forget_tests[ref.task], cfg.max_new_tokens,
                                                  cfg.batch_size, add_bos)[0]
     max_length = data_cfg.max_length
+    ppl, seq_nll, seq_tokens = perplexity(model, tok, general_test, max_length, cfg.batch_size, add_bos)
     out = {
         "learn_score": sum(learn_items) / len(learn_items),
         "learn_extra": learn_extra,
         "forget_score": (sum(sum(v) / len(v) for v in forget_items.values()) / len(forget_items)) if forget_items else None,
         "forget_scores": {k: sum(v) / len(v) for k, v in forget_items.items()},
-        "perplexity": perplexity(model, tok, general_test, max_length, cfg.batch_size, add_bos),
+        "perplexity": ppl,
         "scoring": {**scoring, f"general/{data_cfg.general.task}": "perplexity"},
-        "items": {"learn": learn_items, **{f"forget/{k}": v for k, v in forget_items.items()}},
+        "items": {"learn": learn_items, **{f"forget/{k}": v for k, v in forget_items.items()},
+                  "general/nll": seq_nll, "general/tokens": seq_tokens},
     }
+    if nll_sets:
+        out["nll"] = {}
+        for name, rows in nll_sets.items():
+            if rows:
+                items = set_nlls(model, tok, rows, max_length, cfg.batch_size, add_bos)
+                out["nll"][name] = sum(items) / len(items)
+                out["items"][f"nll/{name}"] = items
+        out["d_u_nll"] = out["nll"].get("d_u")
     return out

@@ -2,8 +2,10 @@
 
 Paired bootstrap (two levels): a replicate resamples seeds with replacement (a method and vanilla
 share each seed) and test items with replacement (the same items for both), then averages the
-per-item differences. The 95% interval is the 2.5th-97.5th percentile of B replicates. With one
-seed the seed level is degenerate and the interval only reflects test-set sampling.
+per-item differences. Perplexity is resampled the same way over held-out *sequences*: a
+replicate recomputes exp(sum NLL / sum tokens) of the drawn sequences for both models. The 95%
+interval is the 2.5th-97.5th percentile of B replicates. With one seed the seed level is
+degenerate and the interval only reflects test-set sampling.
 """
 from __future__ import annotations
 
@@ -12,21 +14,39 @@ import math
 import numpy as np
 import pandas as pd
 
-METRICS = ("learn_score", "forget_score", "perplexity")
+METRICS = ("learn_score", "forget_score", "perplexity", "d_u_nll")
+
+
+def _draws(S: int, N: int, n_boot: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, S, size=(n_boot, S)), rng.integers(0, N, size=(n_boot, N))
 
 
 def paired_bootstrap(diff: np.ndarray, n_boot: int, seed: int = 0) -> tuple[float, float, float]:
     """diff: (n_seeds, n_items) paired differences. Returns (mean, lo95, hi95)."""
     diff = np.atleast_2d(np.asarray(diff, dtype=float))
-    S, N = diff.shape
-    rng = np.random.default_rng(seed)
-    si = rng.integers(0, S, size=(n_boot, S))
-    ii = rng.integers(0, N, size=(n_boot, N))
-    reps = np.empty(n_boot)
-    for b in range(n_boot):
-        reps[b] = diff[si[b]][:, ii[b]].mean()
+    si, ii = _draws(*diff.shape, n_boot, seed)
+    reps = np.array([diff[si[b]][:, ii[b]].mean() for b in range(n_boot)])
     lo, hi = np.percentile(reps, [2.5, 97.5])
     return float(diff.mean()), float(lo), float(hi)
+
+
+def perplexity_bootstrap(nll_a: np.ndarray, nll_b: np.ndarray, tokens: np.ndarray, n_boot: int,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """Paired bootstrap of mean-over-seeds perplexity(a) - perplexity(b). nll_*: (n_seeds, n_seqs)
+    summed NLL per held-out sequence; tokens: (n_seqs,) counted tokens (the same for a and b)."""
+    nll_a, nll_b = np.atleast_2d(nll_a), np.atleast_2d(nll_b)
+    tokens = np.asarray(tokens, dtype=float)
+
+    def ppl(nll, si, ii):
+        return np.exp(nll[si][:, ii].sum(1) / tokens[ii].sum()).mean()
+
+    S, N = nll_a.shape
+    every = (np.arange(S), np.arange(N))
+    si, ii = _draws(S, N, n_boot, seed)
+    reps = np.array([ppl(nll_a, si[b], ii[b]) - ppl(nll_b, si[b], ii[b]) for b in range(n_boot)])
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return float(ppl(nll_a, *every) - ppl(nll_b, *every)), float(lo), float(hi)
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -37,6 +57,8 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 def _items(res: dict, metric: str) -> np.ndarray:
     if metric == "learn_score":
         return np.asarray(res["items"]["learn"], dtype=float)
+    if metric == "d_u_nll":
+        return np.asarray(res["items"]["nll/d_u"], dtype=float)
     if metric == "forget_score":
         parts = [np.asarray(v, dtype=float) for k, v in res["items"].items() if k.startswith("forget/")]
         # forget_score is the mean of per-task means: weight items so their mean equals it
@@ -52,23 +74,31 @@ def summarize(evals: dict[str, dict], seeds: list[int], n_boot: int, seed: int =
         per = ev["seeds"]
         row: dict = {}
         for metric in METRICS:
-            vals = [per[str(s)][metric] for s in seeds]
+            vals = [per[str(s)].get(metric) for s in seeds]
             if any(v is None for v in vals):
                 continue
             mean, std = _mean_std(vals)
             row[metric] = mean
             row[f"{metric}_std"] = std
             row[f"{metric}_seeds"] = vals
-            if method != "vanilla":
-                diff = np.stack([_items(per[str(s)], metric) - _items(van[str(s)], metric) for s in seeds])
-                d, lo, hi = paired_bootstrap(diff, n_boot, seed)
+            if method != "vanilla" and all(van[str(s)].get(metric) is not None for s in seeds):
+                if metric == "perplexity" and "general/nll" in per[str(seeds[0])]["items"]:
+                    nll = [np.stack([ev["seeds"][str(s)]["items"]["general/nll"] for s in seeds]) for ev in (ev, evals["vanilla"])]
+                    d, lo, hi = perplexity_bootstrap(*nll, van[str(seeds[0])]["items"]["general/tokens"], n_boot, seed)
+                else:
+                    diff = np.stack([_items(per[str(s)], metric) - _items(van[str(s)], metric) for s in seeds])
+                    d, lo, hi = paired_bootstrap(diff, n_boot, seed)
                 row[f"{metric}_delta"] = d
                 row[f"{metric}_delta_ci95"] = [lo, hi]
+        nll_sets = per[str(seeds[0])].get("nll", {})
+        if nll_sets:
+            row["nll"] = {k: float(np.mean([per[str(s)]["nll"][k] for s in seeds])) for k in nll_sets}
         tasks = per[str(seeds[0])].get("forget_scores", {})
         if tasks:
             row["forget_scores"] = {t: float(np.mean([per[str(s)]["forget_scores"][t] for s in seeds])) for t in tasks}
         tr = [per[str(s)].get("train", {}) for s in seeds]
         row["unlearn_steps_taken"] = [t.get("unlearn_steps_taken", 0) for t in tr]
+        row["optimizer_steps"] = [t.get("optimizer_steps") for t in tr]
         row["unlearn_stopped"] = sum(t.get("unlearn_stopped_at") is not None for t in tr)
         out[method] = row
     return out
@@ -76,6 +106,15 @@ def summarize(evals: dict[str, dict], seeds: list[int], n_boot: int, seed: int =
 
 def _fmt(x, nd=3):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def _delta(r: dict, metric: str) -> str:
+    """'+0.012 [-0.003, +0.027] (noise)' for a method's paired delta vs vanilla, '—' if none."""
+    if f"{metric}_delta" not in r:
+        return "—"
+    lo, hi = r[f"{metric}_delta_ci95"]
+    flag = " (noise)" if lo <= 0 <= hi else ""
+    return f"{r[f'{metric}_delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]{flag}"
 
 
 SCORING = {"generate": "greedy generation + answer extraction",
@@ -99,16 +138,10 @@ def markdown(summary: dict, seeds: list[int], confidence: dict | None, notes: li
         "|---|---|---|---|---|---|---|---|",
     ]
     for m, r in summary.items():
-        def d(metric):
-            if f"{metric}_delta" not in r:
-                return "—"
-            lo, hi = r[f"{metric}_delta_ci95"]
-            flag = " (noise)" if lo <= 0 <= hi else ""
-            return f"{r[f'{metric}_delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]{flag}"
         lines.append(
-            f"| {m} | {_fmt(r.get('learn_score'))} ± {_fmt(r.get('learn_score_std'))} | {d('learn_score')} "
-            f"| {_fmt(r.get('forget_score'))} ± {_fmt(r.get('forget_score_std'))} | {d('forget_score')} "
-            f"| {_fmt(r.get('perplexity'))} ± {_fmt(r.get('perplexity_std'))} | {d('perplexity')} "
+            f"| {m} | {_fmt(r.get('learn_score'))} ± {_fmt(r.get('learn_score_std'))} | {_delta(r, 'learn_score')} "
+            f"| {_fmt(r.get('forget_score'))} ± {_fmt(r.get('forget_score_std'))} | {_delta(r, 'forget_score')} "
+            f"| {_fmt(r.get('perplexity'))} ± {_fmt(r.get('perplexity_std'))} | {_delta(r, 'perplexity')} "
             f"| {r.get('unlearn_steps_taken')} |")
     tasks = sorted({t for r in summary.values() for t in r.get("forget_scores", {})})
     if tasks:
@@ -116,6 +149,19 @@ def markdown(summary: dict, seeds: list[int], confidence: dict | None, notes: li
                   "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
         lines += [f"| {m} | " + " | ".join(_fmt(r.get("forget_scores", {}).get(t)) for t in tasks) + " |"
                   for m, r in summary.items()]
+    sets = sorted({k for r in summary.values() for k in r.get("nll", {})}, key=lambda k: (k != "d_u", k != "own_d_u", k))
+    if sets:
+        lines += ["", "Mechanism: mean NLL of self-generated sets under each fine-tuned model (higher = more "
+                  "unlearned; `d_u` = lwf's D_U, `own_d_u` = the method's own D_U, `self/<task>` = all of a "
+                  "forgetting task's self-knowledge). Δ d_u vs vanilla with its paired 95% CI.", "",
+                  "| method | optimizer steps | " + " | ".join(sets) + " | Δ d_u vs vanilla |",
+                  "|---|---|" + "---|" * (len(sets) + 1)]
+        for m, r in summary.items():
+            if "nll" not in r:
+                continue
+            steps = sorted({x for x in r.get("optimizer_steps", []) if x is not None})
+            lines.append(f"| {m} | {', '.join(map(str, steps)) or '—'} | " +
+                         " | ".join(_fmt(r["nll"].get(k)) for k in sets) + f" | {_delta(r, 'd_u_nll')} |")
     lines.append("")
     lines.append("Per-seed learning scores: " + "; ".join(
         f"{m}: {', '.join(_fmt(v) for v in r.get('learn_score_seeds', []))}" for m, r in summary.items()))

@@ -33,6 +33,65 @@ def stage(name: str):
     return deco
 
 
+class ParamsRecorder:
+    """A read-only view of a `Config` that records the dotted key of every value a stage reads
+    (`LWF_RECORD_PARAMS=<file>`: the e2e test checks them against dvc.yaml's `params`). A
+    sub-config used whole (`model_dump()`, iteration) records its own key; a list of sub-configs
+    (`data.forget`) is recorded whole, the granularity DVC can declare."""
+
+    def __init__(self, obj, path: str = "", seen: set | None = None):
+        self._obj, self._path, self._seen = obj, path, set() if seen is None else seen
+
+    def _key(self, name) -> str:
+        return f"{self._path}.{name}" if self._path else str(name)
+
+    def _wrap(self, value, key: str):
+        from pydantic import BaseModel
+
+        if isinstance(value, BaseModel) or (isinstance(value, dict) and value
+                                             and all(isinstance(v, BaseModel) for v in value.values())):
+            return ParamsRecorder(value, key, self._seen)  # a section, or `methods` (name -> method)
+        self._seen.add(key)
+        return value
+
+    def __getattr__(self, name):
+        value = getattr(self._obj, name)
+        if callable(value):  # model_dump() and friends: the whole section is used
+            self._seen.add(self._path)
+            return value
+        return self._wrap(value, self._key(name))
+
+    def __getitem__(self, name):
+        return self._wrap(self._obj[name], self._key(name))
+
+    def get(self, name, default=None):
+        return self[name] if name in self._obj else default
+
+    def __contains__(self, name):
+        return name in self._obj
+
+    def __iter__(self):
+        self._seen.add(self._path)
+        return iter(self._obj)
+
+    def items(self):
+        self._seen.add(self._path)
+        return self._obj.items()
+
+    def __eq__(self, other):
+        self._seen.add(self._path)
+        return self._obj == getattr(other, "_obj", other)
+
+    __hash__ = None
+
+
+def _record_params(path: str, stage_name: str, item: dict, rec: ParamsRecorder) -> None:
+    import json
+
+    with open(path, "a") as f:
+        f.write(json.dumps({"stage": stage_name, "item": item, "keys": sorted(rec._seen)}) + "\n")
+
+
 def fail(msg: str) -> None:
     print(f"lwf: error: {msg}", file=sys.stderr)
     raise SystemExit(2)
@@ -54,7 +113,12 @@ def main(fn: Callable, argv=None) -> None:
             item["seed"] = int(item["seed"])
         t0 = time.time()
         log.info("stage %s: start %s", fn.stage_name, " ".join(a.items))
+        record = os.environ.get("LWF_RECORD_PARAMS")
+        if record:
+            cfg = ParamsRecorder(cfg)
         fn(cfg, **item)
+        if record:
+            _record_params(record, fn.stage_name, item, cfg)
         log.info("stage %s: done in %.1fs", fn.stage_name, time.time() - t0)
     except (ConfigError, UserError, TooLongError) as e:
         fail(str(e))

@@ -4,12 +4,12 @@ import logging
 import pandas as pd
 
 from pipeline import paths
-from pipeline.confidence import SELECTIONS, auroc, confidence_scores, select
+from pipeline.confidence import SELECTIONS, as_rows, auroc, confidence_scores, select
 from pipeline.config import SCORES
 from pipeline.fisher import load_fisher
 from pipeline.io import write_json, write_parquet
 from pipeline.models import load_model, with_lora
-from pipeline.stage import main, stage
+from pipeline.stage import load_rows, main, stage
 
 log = logging.getLogger("lwf")
 
@@ -23,13 +23,14 @@ def run(cfg):
     device = next(model.parameters()).device
     F, gL, _ = load_fisher(paths.FISHER, device)
     sk = pd.read_parquet(paths.SELF_KNOWLEDGE)
-    rows = [{"prompt": p, "target": r, "add_eos": not t}
-            for p, r, t in zip(sk["prompt"], sk["response"], sk["truncated"])]
+    rows = as_rows(sk)
     log.info("stage confidence: scoring %d self-generated samples (%s)", len(rows),
              ", ".join(f"{k}: {v}" for k, v in sk["forget_task"].value_counts(sort=False).items()))
     scores = confidence_scores(model, tok, rows, F, gL, cfg.data.max_length, cfg.grads.engine, cfg.grads.chunk_size,
-                               cfg.grads.param_regex, c.seed, cfg.model.add_bos)
-    df = select(pd.concat([sk.reset_index(drop=True), scores], axis=1), c.score, c.forget_fraction, c.per_task, c.seed)
+                               cfg.grads.param_regex, c.seed, cfg.model.add_bos,
+                               learn_rows=load_rows(paths.LEARN_DATA, "train"), probe=c.probe)
+    df = select(pd.concat([sk.reset_index(drop=True), scores], axis=1), c.score, c.forget_fraction, c.per_task, c.seed,
+                c.auroc_positive)
     first = ["sample_id", "forget_task", "prompt", "response", "confidence", "rank", "selected"]
     df = df[first + [col for col in df.columns if col not in first]]
     write_parquet(paths.CONFIDENCE, df)

@@ -6,22 +6,13 @@ import logging
 import pandas as pd
 
 from pipeline import dist, paths
-from pipeline.confidence import SELECTIONS
+from pipeline.confidence import unlearn_set
 from pipeline.io import atomic_path, write_csv
 from pipeline.models import load_model, plain_model, with_lora
 from pipeline.stage import UserError, load_rows, main, stage
-from pipeline.train import finetune
+from pipeline.train import finetune, learning_steps
 
 log = logging.getLogger("lwf")
-
-
-def unlearn_rows(method_cfg) -> list[dict]:
-    """D_U for a method: the confidence-table rows flagged by its selection column."""
-    if method_cfg.unlearn == "none":
-        return []
-    df = pd.read_parquet(paths.CONFIDENCE)
-    df = df[df[SELECTIONS[method_cfg.selection]]]
-    return [{"prompt": p, "target": r, "add_eos": not t} for p, r, t in zip(df["prompt"], df["response"], df["truncated"])]
 
 
 @stage("finetune")
@@ -37,9 +28,9 @@ def run(cfg, method: str, seed: int):
         enable()
         model.config.use_cache = False
     learn = load_rows(paths.LEARN_DATA, "train")
-    d_u = unlearn_rows(m)
-    log.info("stage finetune: %s seed %d: %d learning rows, %d unlearning rows, %d steps", method, seed,
-             len(learn), len(d_u), cfg.finetune.max_steps)
+    d_u = unlearn_set(pd.read_parquet(paths.CONFIDENCE), m.selection) if m.unlearn != "none" else []
+    log.info("stage finetune: %s seed %d: %d learning rows, %d unlearning rows (%s), %d learning steps", method,
+             seed, len(learn), len(d_u), cfg.finetune.unlearn_optimizer, learning_steps(cfg.finetune, m))
     ckpt = paths.checkpoint(method, seed)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     rows, stats = finetune(model, tok, learn, d_u, cfg.finetune, m, seed, cfg.data.max_length, cfg.model.add_bos,

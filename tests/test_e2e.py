@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 SMALL = {
     ("run", "seeds"): [0],
-    ("run", "methods"): ["vanilla", "lwf"],
+    ("run", "methods"): ["vanilla", "lwf", "lwf_oracle"],
     ("model", "lab", "pretrain_steps"): 60,
     ("finetune", "max_steps"): 8,
     ("finetune", "unlearn_every"): 2,
@@ -52,8 +52,12 @@ def make_project(dst: Path) -> Path:
     return dst
 
 
+RECORD = ".lwf/params_read.jsonl"  # relative to the project: each project records its own
+
+
 def env():
-    e = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
+         "LWF_RECORD_PARAMS": RECORD}  # every stage appends the params keys it read (pipeline.stage)
     e.pop("PYTHONPATH", None)
     e["PATH"] = os.path.dirname(sys.executable) + os.pathsep + e.get("PATH", "")  # `python` in dvc.yaml = this one
     return e
@@ -89,11 +93,18 @@ def test_repro_writes_every_artifact(dvc_project):
     df = pd.read_parquet(proj / "artifacts/confidence.parquet")
     assert {"sample_id", "forget_task", "prompt", "response", "confidence", "rank", "selected"} <= set(df.columns)
     assert len(df) == 72 and df["selected"].sum() == 18
+    assert {"score_probe", "score_loss_rise", "nll_base", "nll_probe", "selected_oracle"} <= set(df.columns)
+    assert df["score_loss_rise"].notna().all() and df["score_probe"].notna().all()
+    assert df["selected_oracle"].sum() == 18 and (df.loc[df.selected_oracle, "forget_task"] == "lab_conflict").all()
     summary = json.loads((proj / "metrics/summary.json").read_text())
     assert {"vanilla", "lwf", "control"} <= set(summary)
     for m in ("vanilla", "lwf"):
         assert 0 <= summary[m]["learn_score"] <= 1 and summary[m]["perplexity"] > 1
     assert "learn_score_delta_ci95" in summary["lwf"]
+    assert "lwf_oracle" in summary and "perplexity_delta_ci95" in summary["lwf"]
+    # the mechanism in the outputs: lwf's D_U was unlearned relative to vanilla
+    assert summary["lwf"]["d_u_nll"] > summary["vanilla"]["d_u_nll"]
+    assert set(summary["lwf"]["nll"]) == {"d_u", "own_d_u", "self/lab_conflict", "self/lab_neutral", "self/lab_count"}
     conf = json.loads((proj / "metrics/confidence.json").read_text())
     assert 0 <= conf["auroc"]["fisher_distance"] <= 1
     for f in ("reports/report.md", "reports/learning_curves.png", "reports/confidence_hist.png",
@@ -109,6 +120,58 @@ def test_second_repro_has_nothing_to_do(dvc_project):
     out = run([*dvc(), "repro"], proj)
     assert ran_stages(out) == set()
     assert "Data and pipelines are up to date" in out
+
+
+def declared_params(stage: str, item: dict) -> list[str]:
+    """dvc.yaml's `params` of a stage, with ${item...} filled in for a matrix/foreach item."""
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
+    spec = spec.get("do", spec)
+    out = []
+    for p in spec.get("params", []):
+        for k, v in item.items():
+            p = p.replace(f"${{item.{k}}}", str(v))
+        out.append(p.replace("${item}", str(item.get("method", ""))))
+    return out
+
+
+def test_declared_params_cover_every_key_a_stage_reads(dvc_project):
+    """Each stage run by `dvc repro` recorded the params keys it read (LWF_RECORD_PARAMS); each
+    must be declared in dvc.yaml (a key or one of its parent sections), else DVC serves stale
+    results after a change of that key."""
+    proj, _ = dvc_project
+    records = [json.loads(line) for line in (proj / RECORD).read_text().splitlines()]
+    assert {r["stage"] for r in records} >= {"prepare", "base_model", "fisher", "elicit", "confidence", "control",
+                                             "finetune", "evaluate", "report"}
+    missing = set()
+    for r in records:
+        declared = declared_params(r["stage"], r["item"])
+        for key in r["keys"]:
+            if not any(key == d or key.startswith(d + ".") for d in declared):
+                missing.add((r["stage"], key))
+    assert not missing, f"read but not declared in dvc.yaml: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("change", [{"chat_template": True}, {"lora": {"r": 4}}, {"gradient_checkpointing": True}])
+def test_model_settings_mark_their_stages_stale(dvc_project, change):
+    """A model setting that changes prompts or trainable parameters reruns every stage that
+    tokenises or trains (the lab's base model comes out byte-identical, so the stages must
+    declare these keys themselves)."""
+    proj, _ = dvc_project
+    original = (proj / "params.yaml").read_text()
+    raw = yaml.safe_load(original)
+    raw["model"].update(change)
+    try:
+        (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        stale = set(json.loads(run([*dvc(), "status", "--json"], proj).strip().splitlines()[-1]))
+    finally:
+        (proj / "params.yaml").write_text(original)
+    key = next(iter(change))
+    expect = {"finetune@vanilla-0", "finetune@lwf-0"}
+    if key != "gradient_checkpointing":  # only the fine-tune trains with it
+        expect |= {"fisher", "confidence"}
+    if key == "chat_template":  # prompts change everywhere (evaluate reruns after a LoRA change
+        expect |= {"elicit", "control", "evaluate@vanilla", "evaluate@lwf"}  # through its new models)
+    assert expect <= stale, (change, sorted(stale))
 
 
 def test_changing_unlearn_every_reruns_only_downstream(dvc_project):

@@ -31,7 +31,9 @@ def test_empty_response_and_truncated_response_are_scored(tiny, rows):
     samples = [{"prompt": "kete lives in", "target": ""},                     # empty generation: EOS only
                {"prompt": "kete lives in", "target": " ro", "add_eos": False},  # cut at max tokens
                {"prompt": "Zürich → 東京", "target": " ok"}]                      # non-ASCII
-    df = confidence_scores(model, tok, samples, F, gL, 64)
+    from pipeline.config import ProbeConfig
+
+    df = confidence_scores(model, tok, samples, F, gL, 64, learn_rows=rows[:4], probe=ProbeConfig(steps=2, batch_size=2))
     assert df.notna().all().all() and (df["score_fisher_distance"] > 0).all()
     e = encode(tok, "kete lives in", " ro", 64, add_eos=False)
     assert e.input_ids[-1] != tok.eos_token_id and sum(x != -100 for x in e.labels) == 3

@@ -69,6 +69,44 @@ def test_confidence_matches_hand_formula(tiny, rows):
     assert np.allclose(df["score_random"], np.random.default_rng(3).random(4))
 
 
+def test_probe_and_loss_rise_match_a_separate_probe_run(tiny, rows):
+    """score_probe = eta^2/2 sum F g_s^2 + eta sum F g_s Delta_probe and score_loss_rise =
+    l(s; theta_probe) - l(s; theta_0), with theta_probe from an independent run of the same plain
+    fine-tune; the model is back at theta_0 afterwards, bit for bit."""
+    import copy
+
+    from pipeline.config import FinetuneConfig, MethodConfig, ProbeConfig
+    from pipeline.train import finetune
+
+    model, tok = tiny
+    theta0 = copy.deepcopy(model.state_dict())
+    F, gL = fisher_and_mean_grad(model, tok, rows, 48)
+    samples = [{"prompt": r["prompt"], "target": t} for r, t in zip(rows[:4], [" rome", " oslo", "", " xyz"])]
+    probe = ProbeConfig(steps=3, lr=1e-2, batch_size=4, seed=5)
+    df = confidence_scores(model, tok, samples, F, gL, 48, chunk_size=3, learn_rows=rows, probe=probe)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in theta0.items())
+
+    moved = copy.deepcopy(model)
+    finetune(moved, tok, rows, [], FinetuneConfig(max_steps=3, batch_size=4, lr=1e-2, warmup_steps=0), MethodConfig(),
+             5, 48)
+    delta = {n: p.detach().double() - dict(model.named_parameters())[n].detach().double()
+             for n, p in moved.named_parameters()}
+    batch = collate(encode_rows(tok, samples, 48), tok.pad_token_id)
+    with torch.no_grad():
+        rise = (forward_loss(moved.eval(), batch)[0] - forward_loss(model, batch)[0]).double()
+    for i, g in enumerate(brute_grads(model, tok, samples)):
+        ref = sum((F[n].double() * (0.5 * 1e-4 * g[n] ** 2 + 1e-2 * g[n] * delta[n])).sum() for n in F)
+        assert df.loc[i, "score_probe"] == pytest.approx(float(ref), rel=1e-4)
+        assert df.loc[i, "score_loss_rise"] == pytest.approx(float(rise[i]), rel=1e-4, abs=1e-6)
+
+
+def test_oracle_draws_only_from_the_positive_tasks():
+    df = select(_table(), "fisher_distance", 0.25, False, seed=0, positive=["b"])
+    assert df["selected_oracle"].sum() == 10 and (df.loc[df.selected_oracle, "forget_task"] == "b").all()
+    few = select(_table(8), "fisher_distance", 1.0, False, seed=0, positive=["b"])
+    assert few["selected_oracle"].sum() == 4  # fewer positives than the selection: all of them
+
+
 def _table(n=40):
     rng = np.random.default_rng(0)
     return pd.DataFrame({"forget_task": ["a"] * (n // 2) + ["b"] * (n // 2),
