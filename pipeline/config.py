@@ -279,7 +279,8 @@ class LaunchConfig(_Strict):
 
 class RunConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    methods: list[str] = Field(default_factory=lambda: ["vanilla", "lwf", "lwf_low", "lwf_random", "lwf_nofisher"])
+    methods: list[str] = Field(default_factory=lambda: ["vanilla", "vanilla_matched", "lwf", "lwf_low", "lwf_random",
+                                                        "lwf_oracle"])
 
     @field_validator("seeds")
     @classmethod

@@ -87,7 +87,9 @@ class ParamsRecorder:
 
 def _record_params(path: str, stage_name: str, item: dict, rec: ParamsRecorder) -> None:
     import json
+    from pathlib import Path
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps({"stage": stage_name, "item": item, "keys": sorted(rec._seen)}) + "\n")
 

@@ -1,0 +1,150 @@
+"""Does the embedded lab's story hold across pretraining seeds, thread counts (a proxy for another
+machine's float kernels) and unlearning modes? Runs the real pipeline (`dvc repro`) in copies of
+this project, one per (lab seed, threads), and for each `finetune.unlearn_optimizer` mode reruns
+what that change touches. Prints one table per question.
+
+    python benchmarks/lab_robustness.py OUT_DIR [--lab-seeds 0 1 2] [--threads 2] \
+        [--modes separate joint shared] [--set key=value ...]
+
+OUT_DIR keeps every run (rerunning the script reuses what DVC has cached there). Each cell is a
+paired bootstrap over fine-tuning seeds and test items (`pipeline/report.py`); "held" counts the
+runs in which a conclusion holds.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+from _common import table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.report import paired_bootstrap  # noqa: E402
+
+
+def sh(cmd, cwd, threads):
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"{cmd} failed in {cwd}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+
+
+def setdeep(raw: dict, key: str, value) -> None:
+    *head, last = key.split(".")
+    for k in head:
+        raw = raw.setdefault(k, {})
+    raw[last] = value
+
+
+def run(out: Path, lab_seed: int, threads: int, modes: list[str], overrides: list[str]) -> dict:
+    proj = out / f"lab{lab_seed}-t{threads}"
+    if not (proj / ".dvc").exists():
+        proj.mkdir(parents=True, exist_ok=True)
+        for name in ("pipeline", "stages"):
+            shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        for name in ("dvc.yaml", ".dvcignore", ".gitignore", "params.yaml"):
+            shutil.copy(ROOT / name, proj / name)
+        sh(["git", "init", "-q"], proj, threads)
+        sh([sys.executable, "-m", "dvc", "init", "-q"], proj, threads)
+    results = {}
+    for mode in modes:
+        raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+        setdeep(raw, "model.lab.seed", lab_seed)
+        setdeep(raw, "finetune.unlearn_optimizer", mode)
+        for kv in overrides:
+            k, v = kv.split("=", 1)
+            setdeep(raw, k, yaml.safe_load(v))
+        (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        print(f"lab seed {lab_seed}, {threads} threads, {mode}: dvc repro", file=sys.stderr, flush=True)
+        sh([sys.executable, "-m", "dvc", "repro"], proj, threads)
+        res = {"summary": json.loads((proj / "metrics/summary.json").read_text()),
+               "confidence": json.loads((proj / "metrics/confidence.json").read_text()),
+               "evals": {m: json.loads((proj / f"artifacts/eval/{m}.json").read_text()) for m in raw["run"]["methods"]},
+               "seeds": raw["run"]["seeds"]}
+        (proj / f"result-{mode}.json").write_text(json.dumps(res))
+        results[mode] = res
+    return results
+
+
+def paired(res: dict, a: str, b: str, metric: str = "learn") -> tuple[float, float, float]:
+    """a - b, paired over fine-tuning seeds and test items."""
+    ea, eb = res["evals"][a]["seeds"], res["evals"][b]["seeds"]
+    diff = np.stack([np.asarray(ea[str(s)]["items"][metric]) - np.asarray(eb[str(s)]["items"][metric])
+                     for s in res["seeds"]])
+    return paired_bootstrap(diff, 2000, 0)
+
+
+def fmt(d) -> str:
+    m, lo, hi = d
+    return f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" (noise)" if lo <= 0 <= hi else "")
+
+
+def side(lo, hi) -> str:
+    return "+" if lo > 0 else "-" if hi < 0 else "0"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--lab-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, nargs="+", default=[2])
+    ap.add_argument("--modes", nargs="+", default=["separate", "joint", "shared"])
+    ap.add_argument("--set", nargs="*", default=[], help="extra params overrides, key=value (YAML value)")
+    a = ap.parse_args()
+    out = Path(a.out).resolve()
+    runs = {(s, t): run(out, s, t, a.modes, a.set) for s in a.lab_seeds for t in a.threads}
+
+    first = next(iter(runs.values()))[a.modes[0]]
+    methods = [m for m in first["summary"] if m not in ("vanilla", "control")]
+    scores = list(first["confidence"]["auroc"])
+    for mode in a.modes:
+        rows, held = [], {}
+        for (s, t), by_mode in runs.items():
+            res = by_mode[mode]
+            summ = res["summary"]
+            row = [s, t, f"{summ['vanilla']['learn_score']:.3f}"]
+            c = summ.get("control", {})
+            if "learn_score_delta_ci95" in c:
+                row.append(fmt((c["learn_score_delta"], *c["learn_score_delta_ci95"])))
+                held.setdefault("negative transfer (control > vanilla)", []).append(
+                    side(*c["learn_score_delta_ci95"]) == "+")
+            else:
+                row.append("—")
+            for m in methods:
+                row.append(fmt((summ[m]["learn_score_delta"], *summ[m]["learn_score_delta_ci95"])))
+            if {"lwf_oracle", "lwf_random"} <= set(res["evals"]):
+                d = paired(res, "lwf_oracle", "lwf_random")
+                row.append(fmt(d))
+                held.setdefault("oracle vs random: sign", []).append(side(*d[1:]))
+            if "lwf_oracle" in summ:
+                held.setdefault("oracle > vanilla", []).append(side(*summ["lwf_oracle"]["learn_score_delta_ci95"]) == "+")
+            du = summ["lwf"].get("d_u_nll_delta_ci95")
+            if du:
+                row.append(f"{summ['vanilla']['d_u_nll']:.2f} → {summ['lwf']['d_u_nll']:.2f}")
+                held.setdefault("lwf's D_U NLL above vanilla's", []).append(du[0] > 0)
+            rows.append(row)
+            for sc in scores:
+                held.setdefault(f"AUROC {sc} side of 0.5", []).append("+" if res["confidence"]["auroc"][sc] > 0.5 else "-")
+        extra = (["oracle − random"] if "lwf_oracle" in methods and "lwf_random" in methods else []) + ["NLL of lwf's D_U: vanilla → lwf"]
+        table(f"unlearn_optimizer = {mode}: learning score, Δ vs vanilla [95% CI] per run",
+              ["lab seed", "threads", "vanilla", "control Δ", *[f"{m} Δ" for m in methods], *extra], rows)
+        summary_rows = []
+        for k, v in held.items():
+            vals = [str(x) for x in v]
+            summary_rows.append([k, ", ".join(vals), "same in all runs" if len(set(vals)) == 1 else "differs"])
+        table(f"unlearn_optimizer = {mode}: conclusions per run", ["conclusion", "per run", "stable?"], summary_rows)
+    rows = [[s, t, *[f"{by_mode[a.modes[0]]['confidence']['auroc'][sc]:.3f}" for sc in scores]]
+            for (s, t), by_mode in runs.items()]
+    table("Confidence AUROC, conflicting vs neutral self-knowledge (0.5 = chance)", ["lab seed", "threads", *scores], rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""What one unlearning step does, per `finetune.unlearn_optimizer` mode: 12 learning steps of the
+default recipe on the lab's learning task, then one unlearning step on a 16-row D_U batch
+(self-knowledge-like rows of lab_neutral and lab_count). Compared with the same run without that
+step: the rise of the D_U batch's NLL and the cosine between the weight update and the ascent
+direction grad l(D_U). For `joint` the comparison is with the same 12th learning step without the
+unlearning term (its update is mostly the learning step, so no cosine is given).
+
+    python benchmarks/unlearn_step.py [PROJECT_DIR]
+
+PROJECT_DIR: a checkout where `dvc repro base_model` has run (then its pretrained lab model is
+used); otherwise a randomly initialised lab model of the default size.
+"""
+import copy
+import sys
+from pathlib import Path
+
+import torch
+from _common import lab_model, lab_rows, machine, table
+
+from pipeline.config import FinetuneConfig, MethodConfig, load_config
+from pipeline.data import collate, encode_rows, forward_loss
+from pipeline.train import finetune
+
+N = 12
+
+
+def nll_grad(model, tok, rows):
+    batch = collate(encode_rows(tok, rows, 64), tok.pad_token_id)
+    model.zero_grad(set_to_none=True)
+    loss = forward_loss(model, batch)[0].mean()
+    loss.backward()
+    g = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+    return loss.item(), g
+
+
+def flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def trained(model, tok, learn, d_u, cfg, method, stop=None):
+    m = copy.deepcopy(model)
+    try:
+        finetune(m, tok, learn, d_u, cfg, method, 0, 64, stop_after_events=stop)
+    except KeyboardInterrupt:
+        pass
+    return m
+
+
+def main(project: str | None):
+    base = Path(project or ".") / "artifacts/base_model"
+    if base.exists():
+        from pipeline.models import load_model
+
+        model, tok = load_model(str(base), load_config(Path(project or ".") / "params.yaml").model, device="cpu")
+        what = f"pretrained lab model ({base})"
+    else:
+        torch.manual_seed(0)
+        model, tok = lab_model()
+        what = "randomly initialised lab model (w128)"
+    learn = lab_rows("lab_learn", 96)
+    d_u = lab_rows("lab_neutral", 8) + lab_rows("lab_count", 8)
+    rows = []
+    for mode, knob, values in (("separate", "unlearn_lr", (0.03, 0.1, 0.3)), ("joint", "alpha", (0.1, 0.3, 1.0)),
+                               ("shared", "alpha", (0.1, 1.0, 10.0))):
+        for v in values:
+            cfg = FinetuneConfig(max_steps=N, unlearn_every=N, unlearn_batch_size=16, warmup_steps=0,
+                                 unlearn_optimizer=mode, **{knob: v})
+            if mode == "joint":
+                ref = trained(model, tok, learn, d_u, cfg, MethodConfig())
+                done = trained(model, tok, learn, d_u, cfg, MethodConfig(unlearn="periodic"))
+                cos = "—"
+            else:
+                ref = trained(model, tok, learn, d_u, cfg, MethodConfig(unlearn="periodic"), stop=N)
+                done = trained(model, tok, learn, d_u, cfg, MethodConfig(unlearn="periodic"))
+            before, ascent = nll_grad(ref, tok, d_u)
+            after, _ = nll_grad(done, tok, d_u)
+            if mode != "joint":
+                cos = f"{torch.nn.functional.cosine_similarity(flat(done) - flat(ref), ascent, dim=0).item():.3f}"
+            rows.append([mode, f"{knob} {v}", f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}", cos])
+    table(f"One unlearning step after {N} learning steps (lr 3e-4, clip 1.0) on the {what}; {machine()}",
+          ["mode", "setting", "D_U NLL without the step", "with it", "rise", "cos(update, ascent)"], rows)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else None)
