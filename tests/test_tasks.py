@@ -57,9 +57,37 @@ def test_real_gsm8k_files():
 @pytest.mark.parametrize("text,want", [
     ("C", "C"), ("(C)", "C"), ("The answer is (C).", "C"), ("answer: b", "B"), ("  d) enamel", "D"),
     ("I think it's (A) because", "A"), ("The answer is C.", "C"), ("nothing", ""), ("H.", "H"),
+    ("C.", "C"), ("C)", "C"), ("C: enamel", "C"), ("Answer: C", "C"), ("The answer is C", "C"), ("C\nbecause", "C"),
+    ("C!", "C"), ("answer is (c)", "C"), ("(c)", "C"), ("the answer is c.", "C"), ("ANSWER IS B", "B"),
 ])
 def test_letter_extraction(text, want):
     assert extract_letter(text, 8) == want
+
+
+@pytest.mark.parametrize("text", [
+    "A 45-year-old patient presents with pain", "a tooth is made of", "The answer is a bit unclear",
+    "c", "c.", "the answer is c because", "C, D", "E.", "Everything",
+])
+def test_no_letter_unless_it_stands_as_an_answer(text):
+    assert extract_letter(text, 4) == ""
+
+
+DENTAL = ["enamel", "dentin", "pulp", "cementum"]
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Pulp", "C"), (" It is the PULP.\n", "C"), ("a tooth is made of enamel", "A"), ("pulp or dentin", ""),
+    ("the pulpit", ""), ("A 45-year-old patient", ""), ("E.", ""),
+])
+def test_choice_task_uses_the_rows_options(text, want):
+    assert get_task("dental").extract(text, DENTAL) == want
+
+
+def test_option_text_equal_to_the_generation_wins():
+    t = get_task("qasc")
+    assert t.extract("Salt water.", ["water", "salt water"]) == "B"
+    assert t.extract("salt water is wet", ["water", "salt water"]) == ""  # two options' texts occur
+    assert t.extract("E.", DENTAL + ["bone"]) == "E" and t.score("It is bone", "E", DENTAL + ["bone"]) == 1.0
 
 
 def test_qasc_dental_psychol_loaders():
@@ -110,6 +138,13 @@ def test_loglik_choice_scoring(tiny):
     rows = t.load("test", 3, 0, files("qasc.jsonl"))
     items, _ = task_scores(model, tok, t, rows, 12, 4)
     assert len(items) == 3 and set(items) <= {0.0, 1.0}
+
+
+def test_evaluation_scores_with_the_rows_options(scripted, tiny):
+    from pipeline import evaluate
+
+    rows = [{"prompt": "Question: What is the tooth's core?\nAnswer:", "target": "", "answer": "C", "choices": DENTAL}]
+    assert evaluate.task_scores(scripted(" It is the pulp."), tiny[1], get_task("dental"), rows, 64, 4)[0] == [1.0]
 
 
 def test_registry_has_the_paper_tasks():

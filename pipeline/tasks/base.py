@@ -2,7 +2,8 @@
 
 Nothing outside `pipeline/tasks/` knows a task's name. A task yields rows with three string
 fields: `prompt` (what the model sees), `target` (the training continuation, no EOS) and
-`answer` (the gold answer that `score` compares an extracted prediction with; "" if none).
+`answer` (the gold answer that `score` compares an extracted prediction with; "" if none);
+multiple-choice rows also carry `choices` (the option texts), which callers pass to `score`.
 """
 from __future__ import annotations
 
@@ -29,14 +30,15 @@ class Task:
         """Secondary metrics reported beside `score` (e.g. gsm8k "flexible")."""
         return {}
 
-    def extract(self, text: str) -> str:
-        """The answer part of a generation (default: first line, stripped)."""
+    def extract(self, text: str, choices: list[str] | None = None) -> str:
+        """The answer part of a generation (default: first line, stripped); `choices`: the row's
+        option texts, for tasks that have them."""
         text = text.strip()
         return text.splitlines()[0].strip() if text else ""
 
-    def score(self, generation: str, answer: str) -> float:
+    def score(self, generation: str, answer: str, choices: list[str] | None = None) -> float:
         """1.0 when the extracted answer matches the gold answer (case and space insensitive)."""
-        return float(_norm(self.extract(generation)) == _norm(answer))
+        return float(_norm(self.extract(generation, choices)) == _norm(answer))
 
 
 def _norm(s: str) -> str:

@@ -47,10 +47,10 @@ class GSM8K(Task):
         return [{"prompt": f"Question: {r['question'].strip()}\nAnswer:", "target": " " + r["answer"].strip(),
                  "answer": strict_answer(r["answer"])} for r in sample(recs, n, seed)]
 
-    def extract(self, text):
+    def extract(self, text, choices=None):
         return strict_answer(text)
 
-    def score(self, generation, answer):
+    def score(self, generation, answer, choices=None):
         got = strict_answer(generation)
         return float(got != "" and got == normalize_number(answer))
 
