@@ -24,7 +24,7 @@ def run(cfg):
         rows = load_rows(paths.FORGET_DATA / ref.task, "train")
         log.info("stage elicit: %s: generating for %d prompts x %d", ref.task, len(rows), e.num_return_sequences)
         gens = generate(model, tok, [r["prompt"] for r in rows], e.max_new_tokens, e.batch_size, e.do_sample,
-                        e.temperature, e.num_return_sequences, e.seed, cfg.model.add_bos)
+                        e.temperature, e.num_return_sequences, e.seed, cfg.model.add_bos, stop=task.stop)
         each = [r for r in rows for _ in range(e.num_return_sequences)]  # the row of every response
         df = pd.DataFrame(gens)
         df.insert(0, "prompt", [r["prompt"] for r in each])
