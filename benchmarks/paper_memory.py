@@ -153,11 +153,9 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)
 
-    import yaml
+    from pipeline.config import parse_config, read_params
 
-    from pipeline.config import parse_config
-
-    raw = yaml.safe_load(Path(args.params).read_text())
+    raw = read_params(args.params)
     model_name = raw.get("model", {}).get("name", "lab")
     raw.setdefault("model", {})["name"] = "lab"  # the weights are not needed (nor reachable): only the architecture
     cfg = parse_config(raw)

@@ -1,5 +1,9 @@
 """Typed, validated params: `params.yaml` is read once, here, and every stage gets a `Config`.
 
+The file is read as YAML 1.2 (ruamel.yaml), the dialect DVC writes when `dvc exp run -S` rewrites
+it: a bare `no`, `yes`, `on` or `off` is a string (YAML 1.1, e.g. PyYAML, would make it a bool);
+boolean params still accept them (pydantic reads "yes"/"no"/"on"/"off" as bools).
+
 Every bad value fails with one sentence that names the key, the value and what is allowed
 (`ConfigError`); `stages/` and the `lwf` CLI turn it into a message and exit code 2, no traceback.
 """
@@ -10,7 +14,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
@@ -383,15 +386,21 @@ def parse_config(raw: Any) -> Config:
         raise ConfigError(_explain(e, raw)) from None
 
 
-def load_config(path: str | os.PathLike = PARAMS_FILE) -> Config:
-    """Read and validate a params file; raise `ConfigError` with one clear sentence on any problem."""
+def read_params(path: str | os.PathLike = PARAMS_FILE) -> Any:
+    """The raw content of a params file (YAML 1.2); `ConfigError` if it is missing or not valid YAML."""
+    from ruamel.yaml import YAML, YAMLError
+
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"params file {str(path)!r} not found (run from the project root or pass --params)")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
+        return YAML(typ="safe", pure=True).load(path.read_text())
+    except YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"params file {str(path)!r} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    return parse_config(raw)
+
+
+def load_config(path: str | os.PathLike = PARAMS_FILE) -> Config:
+    """Read and validate a params file; raise `ConfigError` with one clear sentence on any problem."""
+    return parse_config(read_params(path))

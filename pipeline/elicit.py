@@ -1,22 +1,28 @@
 """Stage 2: elicit the base model's self-knowledge on the forgetting-task prompts.
 
 Batched generation: prompts sorted by length, left-padded, KV cache on, stop at EOS; results come
-back in the input order. Each response keeps its length, mean token log-prob and whether it was
-cut at max_new_tokens (then no EOS is appended when it is later trained on or unlearned).
+back in the input order. With `stop` strings (a task's `stop`), a response ends before the first
+one: its text is cut there, and its tokens end with the one that completes the stop string. Each
+response keeps its length, mean token log-prob and whether it was cut at max_new_tokens (then no
+EOS is appended when it is later trained on or unlearned).
 """
 from __future__ import annotations
+
+from bisect import bisect_left
 
 import torch
 from tqdm import tqdm
 
 from .data import prompt_ids
+from .tasks.base import cut_at
 
 
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_size: int = 64,
              do_sample: bool = False, temperature: float = 1.0, num_return_sequences: int = 1,
-             seed: int = 0, add_bos: bool = True, progress: bool = True) -> list[dict]:
-    """Return one dict per (prompt, sample): response, n_tokens, mean_logprob, truncated."""
+             seed: int = 0, add_bos: bool = True, progress: bool = True, stop: tuple[str, ...] = ()) -> list[dict]:
+    """Return one dict per (prompt, sample): response, n_tokens, mean_logprob, truncated; each response
+    is cut before the first of the `stop` strings (n_tokens then counts the tokens through it)."""
     from . import dist
 
     model.eval()
@@ -51,14 +57,18 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_siz
         tok_lp = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)
         for r in range(new.shape[0]):
             seq = new[r].tolist()
-            stop = seq.index(eos) if eos in seq else None
-            body = seq[:stop] if stop is not None else seq
-            counted = (stop + 1) if stop is not None else len(body)
+            end = seq.index(eos) if eos in seq else None
+            body = seq[:end] if end is not None else seq
+            counted = (end + 1) if end is not None else len(body)  # the EOS's log-prob counts
+            text, truncated = tok.decode(body, skip_special_tokens=True), end is None
+            if cut_at(text, stop) != text:  # a stop string ends it: the tokens through it, the text before it
+                body = body[:_through_stop(tok, body, stop)]
+                text, counted, truncated = cut_at(text, stop), len(body), False
             rec = {
-                "response": tok.decode(body, skip_special_tokens=True),
+                "response": text,
                 "n_tokens": len(body),
                 "mean_logprob": float(tok_lp[r, :counted].mean()) if counted else 0.0,
-                "truncated": stop is None,
+                "truncated": truncated,
             }
             i = idx[r // num_return_sequences]
             results[i] = (results[i] or []) + [rec]
@@ -66,3 +76,12 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_siz
     bar.close()
     results = dist.gather_sharded(results, n_all)
     return [rec for recs in results for rec in recs]
+
+
+def _through_stop(tok, body: list[int], stop) -> int:
+    """How many tokens of `body` it takes for the decoded text to contain one of the `stop` strings."""
+    def has_stop(k):
+        text = tok.decode(body[:k], skip_special_tokens=True)
+        return cut_at(text, stop) != text
+
+    return bisect_left(range(len(body) + 1), True, key=has_stop)

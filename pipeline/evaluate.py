@@ -1,6 +1,7 @@
 """Stage 5: scores of one fine-tuned model.
 
-- learning task: held-out test split, greedy generation, the task's extraction and metric;
+- learning task: held-out test split, greedy generation (cut at the task's stop strings), the
+  task's extraction and metric (given each row's option texts, when it has them);
 - each forgetting task: its held-out test split (expected to drop: forgetting happened);
 - general text: perplexity exp(sum NLL / number of tokens) on held-out text (graceful, no collapse);
 - the mechanism: mean NLL l(s) of named sets of self-generated samples (`nll_sets`): lwf's D_U
@@ -28,8 +29,8 @@ def task_scores(model, tok, task, rows: list[dict], max_new_tokens: int, batch_s
     if task.scoring == "loglik":
         return choice_scores(model, tok, task, rows, batch_size, add_bos), {}
     gens = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens,
-                    batch_size=batch_size, add_bos=add_bos, progress=False)
-    items = [task.score(g["response"], r["answer"]) for g, r in zip(gens, rows)]
+                    batch_size=batch_size, add_bos=add_bos, progress=False, stop=task.stop)
+    items = [task.score(g["response"], r["answer"], r.get("choices")) for g, r in zip(gens, rows)]
     extras: dict[str, list[float]] = {}
     for g, r in zip(gens, rows):
         for k, v in task.extra_scores(g["response"], r["answer"]).items():

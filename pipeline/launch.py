@@ -2,15 +2,17 @@
 
 launch.num_processes == 1 (the default): the stage runs in this process, nothing else happens.
 Otherwise the stage is started with `accelerate launch --multi_gpu --num_processes N
---mixed_precision M` (Accelerate's torchrun launcher). Without a CUDA device the same launcher
-starts N CPU processes and the process group uses gloo; `accelerate launch --cpu` would start a
-single process (Accelerate runs several CPU processes only through mpirun).
+--mixed_precision M` (Accelerate's torchrun launcher), run as `python -m accelerate.commands.launch`
+by this interpreter (no `accelerate` on PATH needed; without Accelerate installed: one line naming
+the `dist` extra, exit code 2). Without a CUDA device the same launcher starts N CPU processes and
+the process group uses gloo; `accelerate launch --cpu` would start a single process (Accelerate
+runs several CPU processes only through mpirun).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import runpy
-import shutil
 import sys
 
 DISTRIBUTED = ("fisher", "elicit", "confidence", "finetune", "evaluate")  # the stages that run under it
@@ -34,10 +36,13 @@ def main(argv=None) -> None:
         sys.argv = [module, *rest]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         return
-    exe = shutil.which("accelerate") or "accelerate"
-    cmd = [exe, "launch", "--multi_gpu", "--num_processes", str(launch.num_processes), "--num_machines", "1",
-           "--mixed_precision", launch.mixed_precision, "--dynamo_backend", "no", "-m", module, *rest]
-    os.execvp(cmd[0], cmd)
+    if importlib.util.find_spec("accelerate") is None:
+        fail(f"launch.num_processes = {launch.num_processes} needs Hugging Face Accelerate, which {sys.executable} "
+             'cannot import; install the dist extra: pip install -e ".[dist]"')
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+           str(launch.num_processes), "--num_machines", "1", "--mixed_precision", launch.mixed_precision,
+           "--dynamo_backend", "no", "-m", module, *rest]
+    os.execv(cmd[0], cmd)
 
 
 if __name__ == "__main__":

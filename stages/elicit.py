@@ -24,13 +24,14 @@ def run(cfg):
         rows = load_rows(paths.FORGET_DATA / ref.task, "train")
         log.info("stage elicit: %s: generating for %d prompts x %d", ref.task, len(rows), e.num_return_sequences)
         gens = generate(model, tok, [r["prompt"] for r in rows], e.max_new_tokens, e.batch_size, e.do_sample,
-                        e.temperature, e.num_return_sequences, e.seed, cfg.model.add_bos)
-        k = e.num_return_sequences
+                        e.temperature, e.num_return_sequences, e.seed, cfg.model.add_bos, stop=task.stop)
+        each = [r for r in rows for _ in range(e.num_return_sequences)]  # the row of every response
         df = pd.DataFrame(gens)
-        df.insert(0, "prompt", [r["prompt"] for r in rows for _ in range(k)])
+        df.insert(0, "prompt", [r["prompt"] for r in each])
         df.insert(0, "forget_task", ref.task)
-        df["gold"] = [r["answer"] for r in rows for _ in range(k)]
-        df["correct"] = [task.score(r, a) if task.has_gold else float("nan") for r, a in zip(df["response"], df["gold"])]
+        df["gold"] = [r["answer"] for r in each]
+        df["correct"] = [task.score(g["response"], r["answer"], r.get("choices")) if task.has_gold else float("nan")
+                         for g, r in zip(gens, each)]
         stats[ref.task] = {"prompts": len(rows), "responses": len(df),
                            "agreement_with_gold": float(df["correct"].mean()) if task.has_gold else None,
                            "empty": int((df["n_tokens"] == 0).sum()), "truncated": int(df["truncated"].sum())}

@@ -5,6 +5,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -32,7 +33,34 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def scripted(tiny):
+    """`scripted(text)`: a stand-in model that answers `text` to every prompt (byte tokenizer)."""
+    return lambda text: Scripted(tiny[1], text)
+
+
+@pytest.fixture(scope="session")
 def rows():
     from pipeline.tasks import get_task
 
     return get_task("lab_learn").load("train", 12, 0, {})
+
+
+class Scripted(torch.nn.Module):
+    """A stand-in causal LM for `pipeline.elicit.generate`: its greedy answer to every prompt is
+    the tokens of `text` (cut at max_new_tokens, no EOS); token k gets log-prob `logprobs()[k]`."""
+
+    def __init__(self, tok, text: str):
+        super().__init__()
+        self.ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # generate() reads the device of a parameter
+        self.logits = torch.zeros(len(self.ids), len(tok))
+        self.logits[torch.arange(len(self.ids)), self.ids] = torch.arange(len(self.ids), dtype=torch.float) / 10
+
+    def logprobs(self) -> list[float]:
+        return self.logits.log_softmax(-1)[torch.arange(len(self.ids)), self.ids].tolist()
+
+    def generate(self, input_ids, max_new_tokens, num_return_sequences=1, **_):
+        rows, n = input_ids.shape[0] * num_return_sequences, min(max_new_tokens, len(self.ids))
+        prompts = input_ids.repeat_interleave(num_return_sequences, 0)
+        return SimpleNamespace(sequences=torch.cat([prompts, self.ids[:n].repeat(rows, 1)], 1),
+                               logits=tuple(self.logits[:n].repeat(rows, 1, 1).unbind(1)))

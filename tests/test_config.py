@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, load_config, parse_config
+from pipeline.config import ConfigError, load_config, parse_config, read_params
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -87,6 +87,28 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
         load_config(p)
 
 
+def test_params_rewritten_by_dvc_exp_run_set_param_stay_valid(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with DVC's YAML 1.2 writer, which unquotes "no"; the
+    file is read back as DVC wrote it (YAML 1.1 would read `no` as False and reject it)."""
+    from dvc.utils.hydra import apply_overrides
+
+    p = tmp_path / "params.yaml"
+    p.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(str(p), ["finetune.alpha=0.05"])  # what `dvc exp run -S finetune.alpha=0.05` does
+    assert "mixed_precision: no " in p.read_text()
+    cfg = load_config(p)
+    assert cfg.launch.mixed_precision == "no" and cfg.finetune.alpha == 0.05
+
+
+def test_yaml_1_1_booleans_stay_strings_where_strings_are_expected(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("launch: {mixed_precision: no}\nrun: {methods: [vanilla, on]}\n"
+                 "methods: {vanilla: {}, on: {unlearn: periodic}}\nfinetune: {resume: off}\nelicit: {do_sample: yes}\n")
+    cfg = load_config(p)
+    assert cfg.launch.mixed_precision == "no" and cfg.run.methods == ["vanilla", "on"] and "on" in cfg.methods
+    assert cfg.finetune.resume is False and cfg.elicit.do_sample is True  # boolean params still take yes/no/on/off
+
+
 def _cli(args, cwd, extra_env=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(extra_env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
@@ -143,7 +165,7 @@ def test_readme_paper_recipes_give_valid_params(tmp_path):
         p = tmp_path / "params.yaml"
         p.write_text((ROOT / "presets/paper_llama3.2-1b.yaml").read_text())
         apply_overrides(str(p), overrides)
-        raw = yaml.safe_load(p.read_text())
+        raw = read_params(p)
         raw["model"]["name"] = "lab"
         cfg = parse_config(raw)
         for o in overrides:

@@ -2,6 +2,7 @@
 import copy
 from pathlib import Path
 
+import pytest
 import torch
 
 from pipeline.config import FinetuneConfig, MethodConfig
@@ -23,6 +24,19 @@ def test_generation_cut_at_max_tokens_duplicates_and_order(tiny):
     assert out[0] == out[2]  # duplicate prompts, same greedy answer, order kept
     one = generate(model, tok, [prompts[1]], max_new_tokens=3)
     assert one[0] == out[1]  # batching and padding do not change the answer
+
+
+def test_generation_is_cut_before_the_first_stop_string(scripted, tiny):
+    text = " 3 + 5 = 8 dollars.\nQuestion: How much is 1 + 1?"
+    model = scripted(text)
+    full, cut = (generate(model, tiny[1], ["Question: 3 + 5?\nAnswer:"], max_new_tokens=64, stop=s)[0]
+                 for s in ((), ("\n\n", "Question:")))
+    assert full["response"] == text and full["truncated"]
+    k = len(" 3 + 5 = 8 dollars.\nQuestion:")  # one token per byte: the tokens through the stop string
+    assert cut == {"response": " 3 + 5 = 8 dollars.\n", "n_tokens": k, "truncated": False,
+                   "mean_logprob": pytest.approx(sum(model.logprobs()[:k]) / k)}
+    short = generate(model, tiny[1], ["Q"], max_new_tokens=5, stop=("Question:",))[0]
+    assert short["response"] == text[:5] and short["truncated"]  # cut at max_new_tokens before any stop
 
 
 def test_empty_response_and_truncated_response_are_scored(tiny, rows):

@@ -1,7 +1,10 @@
-"""Which stages run under `accelerate launch`, in dvc.yaml and in the Prefect flow."""
+"""Which stages run under `accelerate launch`, in dvc.yaml and in the Prefect flow; how it is started."""
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipeline.config import parse_config
@@ -25,3 +28,37 @@ def test_flow_runs_distributed_stages_under_launch_only_with_several_processes()
     assert launch_command("report", four, "p.yaml", {}) is None
     assert launch_command("finetune", four, "p.yaml", {"method": "lwf", "seed": 0}) == [
         sys.executable, "-m", "pipeline.launch", "stages.finetune", "--params", "p.yaml", "method=lwf", "seed=0"]
+
+
+def test_launcher_is_accelerate_run_by_this_interpreter(tmp_path, monkeypatch):
+    """No `accelerate` executable on PATH is needed: the same command line as `accelerate launch`,
+    run by this Python."""
+    from pipeline import launch
+
+    (tmp_path / "p.yaml").write_text("launch: {num_processes: 2, mixed_precision: bf16}\n")
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    calls = []
+
+    def fake_exec(exe, cmd):
+        calls.append(cmd)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execv", fake_exec)
+    monkeypatch.setattr(os, "execvp", fake_exec)
+    with pytest.raises(SystemExit):
+        launch.main(["stages.fisher", "--params", str(tmp_path / "p.yaml")])
+    assert calls == [[sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                      "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no",
+                      "-m", "stages.fisher", "--params", str(tmp_path / "p.yaml")]]
+
+
+def test_missing_accelerate_is_one_line_naming_the_extra(tmp_path):
+    (tmp_path / "params.yaml").write_text("launch: {num_processes: 2}\n")
+    block = "import sys; sys.modules['accelerate'] = None; from pipeline.launch import main; main()"  # not importable
+    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}  # and no `accelerate` executable on PATH:
+    r = subprocess.run([sys.executable, "-c", block, "stages.fisher"], cwd=tmp_path, capture_output=True, text=True,
+                       env={**env, "PATH": os.defpath, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("lwf: error: launch.num_processes = 2 needs Hugging Face Accelerate")
+    assert 'pip install -e ".[dist]"' in r.stderr and r.stderr.count("\n") == 1

@@ -19,7 +19,8 @@ def files(name):
 
 @pytest.mark.parametrize("text,want", [
     ("so 3 + 4 = 7\n#### 7", "7"), ("#### 1,234", "1234"), ("#### -3", "-3"), ("#### 2.50", "2.5"),
-    ("#### $1,000.", "1000"), ("#### 18 dollars", "18"), ("no marker 42", ""), ("#### 5.0", "5"),
+    ("#### 1,000.", "1000"), ("#### 18 dollars", "18"), ("no marker 42", ""), ("#### 5.0", "5"), ("#### .5", "0.5"),
+    ("#### $1,000.", ""), ("####7", ""),  # lm-evaluation-harness's strict regex: "#### " then digits, no `$`
 ])
 def test_gsm8k_strict(text, want):
     assert strict_answer(text) == want
@@ -27,9 +28,29 @@ def test_gsm8k_strict(text, want):
 
 @pytest.mark.parametrize("text,want", [
     ("The answer is 1,234 apples.", "1234"), ("first 3 then 12.", "12"), ("-7 degrees", "-7"), ("none", ""),
+    ("It costs $1,000.", "1000"), ("half is .5", "0.5"),
 ])
 def test_gsm8k_flexible(text, want):
     assert flexible_answer(text) == want
+
+
+@pytest.mark.parametrize("got,gold", [(".5", "0.5"), ("5.0", "5"), ("1,000", "1000"), ("$5", "5"), ("12.", "12"),
+                                      ("-0.50", "-0.5")])
+def test_gsm8k_numbers_compare_normalised(got, gold):
+    t = get_task("gsm8k")
+    assert normalize_number(got) == gold
+    assert t.extra_scores(f"so it is {got}", gold) == {"flexible": 1.0}
+    assert t.score(f"so\n#### {got}", gold) == float(not got.startswith("$"))
+
+
+def test_gsm8k_cuts_at_the_first_stop_string_before_both_metrics():
+    t = get_task("gsm8k")
+    assert t.stop[:2] == ("Question:", "\n\n")
+    gen = " 3 + 5 = 8 dollars.\nQuestion: How much is 1 + 1? #### 2"  # the model goes on with a new question
+    assert t.extract(gen) == "" and t.score(gen, "2") == t.score(gen, "8") == 0.0  # no "####" before the cut
+    assert t.extra_scores(gen, "8") == {"flexible": 1.0} and t.extra_scores(gen, "2") == {"flexible": 0.0}
+    gen = " 6 apples.\n\nNext: 7 + 0 = 7\n#### 7"
+    assert t.score(gen, "7") == 0.0 and t.extra_scores(gen, "6") == {"flexible": 1.0}
 
 
 def test_gsm8k_loader_and_metric():
@@ -57,9 +78,37 @@ def test_real_gsm8k_files():
 @pytest.mark.parametrize("text,want", [
     ("C", "C"), ("(C)", "C"), ("The answer is (C).", "C"), ("answer: b", "B"), ("  d) enamel", "D"),
     ("I think it's (A) because", "A"), ("The answer is C.", "C"), ("nothing", ""), ("H.", "H"),
+    ("C.", "C"), ("C)", "C"), ("C: enamel", "C"), ("Answer: C", "C"), ("The answer is C", "C"), ("C\nbecause", "C"),
+    ("C!", "C"), ("answer is (c)", "C"), ("(c)", "C"), ("the answer is c.", "C"), ("ANSWER IS B", "B"),
 ])
 def test_letter_extraction(text, want):
     assert extract_letter(text, 8) == want
+
+
+@pytest.mark.parametrize("text", [
+    "A 45-year-old patient presents with pain", "a tooth is made of", "The answer is a bit unclear",
+    "c", "c.", "the answer is c because", "C, D", "E.", "Everything",
+])
+def test_no_letter_unless_it_stands_as_an_answer(text):
+    assert extract_letter(text, 4) == ""
+
+
+DENTAL = ["enamel", "dentin", "pulp", "cementum"]
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Pulp", "C"), (" It is the PULP.\n", "C"), ("a tooth is made of enamel", "A"), ("pulp or dentin", ""),
+    ("the pulpit", ""), ("A 45-year-old patient", ""), ("E.", ""),
+])
+def test_choice_task_uses_the_rows_options(text, want):
+    assert get_task("dental").extract(text, DENTAL) == want
+
+
+def test_option_text_equal_to_the_generation_wins():
+    t = get_task("qasc")
+    assert t.extract("Salt water.", ["water", "salt water"]) == "B"
+    assert t.extract("salt water is wet", ["water", "salt water"]) == ""  # two options' texts occur
+    assert t.extract("E.", DENTAL + ["bone"]) == "E" and t.score("It is bone", "E", DENTAL + ["bone"]) == 1.0
 
 
 def test_qasc_dental_psychol_loaders():
@@ -110,6 +159,20 @@ def test_loglik_choice_scoring(tiny):
     rows = t.load("test", 3, 0, files("qasc.jsonl"))
     items, _ = task_scores(model, tok, t, rows, 12, 4)
     assert len(items) == 3 and set(items) <= {0.0, 1.0}
+
+
+def test_evaluation_cuts_at_the_task_stop_and_scores_with_the_rows_options(scripted, tiny, monkeypatch):
+    from pipeline import evaluate
+
+    seen, real = [], evaluate.generate
+    monkeypatch.setattr(evaluate, "generate", lambda *a, **k: seen.append(k.get("stop")) or real(*a, **k))
+    gsm = get_task("gsm8k")
+    rows = [{"prompt": "Question: 3 + 5?\nAnswer:", "target": "", "answer": "8"}]
+    model = scripted(" 3 + 5 = 8 dollars.\nQuestion: 1 + 1? #### 2")
+    items, extra = evaluate.task_scores(model, tiny[1], gsm, rows, 64, 4)
+    assert seen == [gsm.stop] and items == [0.0] and extra == {"flexible": 1.0}
+    rows = [{"prompt": "Question: What is the tooth's core?\nAnswer:", "target": "", "answer": "C", "choices": DENTAL}]
+    assert evaluate.task_scores(scripted(" It is the pulp."), tiny[1], get_task("dental"), rows, 64, 4)[0] == [1.0]
 
 
 def test_registry_has_the_paper_tasks():

@@ -2,7 +2,10 @@
 
 Nothing outside `pipeline/tasks/` knows a task's name. A task yields rows with three string
 fields: `prompt` (what the model sees), `target` (the training continuation, no EOS) and
-`answer` (the gold answer that `score` compares an extracted prediction with; "" if none).
+`answer` (the gold answer that `score` compares an extracted prediction with; "" if none);
+multiple-choice rows also carry `choices` (the option texts), which callers pass to `score`.
+A task's `stop` strings end a generated response (`pipeline.elicit.generate` cuts it before the
+first one).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ class Task:
     name: str = ""
     has_gold: bool = True  # False: prompts only (the forgetting task's knowledge is what the model says)
     scoring: str = "generate"  # generate: greedy generation + extraction; loglik: option log-likelihood ranking
+    stop: tuple[str, ...] = ()  # strings that end a response (generation is cut before the first one)
 
     def with_options(self, options: dict) -> "Task":
         """The task configured by its params `options` (most tasks ignore them here)."""
@@ -29,14 +33,20 @@ class Task:
         """Secondary metrics reported beside `score` (e.g. gsm8k "flexible")."""
         return {}
 
-    def extract(self, text: str) -> str:
-        """The answer part of a generation (default: first line, stripped)."""
+    def extract(self, text: str, choices: list[str] | None = None) -> str:
+        """The answer part of a generation (default: first line, stripped); `choices`: the row's
+        option texts, for tasks that have them."""
         text = text.strip()
         return text.splitlines()[0].strip() if text else ""
 
-    def score(self, generation: str, answer: str) -> float:
+    def score(self, generation: str, answer: str, choices: list[str] | None = None) -> float:
         """1.0 when the extracted answer matches the gold answer (case and space insensitive)."""
-        return float(_norm(self.extract(generation)) == _norm(answer))
+        return float(_norm(self.extract(generation, choices)) == _norm(answer))
+
+
+def cut_at(text: str, stop) -> str:
+    """`text` before the earliest occurrence of any of the `stop` strings (all of it if none occurs)."""
+    return text[:min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))]
 
 
 def _norm(s: str) -> str:

@@ -3,8 +3,9 @@
 Rows carry `choices` (the option texts) and `answer` (the gold letter, or label word for sst5).
 Two scoring conventions (params: the task's `options.scoring`):
 
-- `generate` (default): greedy generation, then the letter/label is extracted from the text
-  ("C", "(C)", "The answer is C.", "c) ...", lowercase labels, extra spaces);
+- `generate` (default): greedy generation, then the chosen option is extracted from the text
+  (`extract_letter`: a letter only where it stands as an answer, else the option text the output
+  states; sst5: the earliest label word, any case); nothing found scores 0;
 - `loglik`: lm-evaluation-harness style, the option whose continuation has the highest total
   log-likelihood after the prompt wins (no generation, no extraction).
 """
@@ -24,15 +25,34 @@ def mc_prompt(question: str, choices: list[str]) -> str:
     return f"Question: {question.strip()}\n{opts}\nAnswer:"
 
 
-def extract_letter(text: str, n_choices: int) -> str:
-    """The chosen option letter of a generation, or "" if none is found."""
-    valid = LETTERS[:n_choices]
+def extract_letter(text: str, n_choices: int, choices: list[str] | None = None) -> str:
+    """The option a generation chooses, as a letter of the first `n_choices`; "" if it states none.
+
+    A letter counts only where it stands as an answer: "Answer: C", "The answer is C", "answer is
+    (C)"; "C", "C.", "C)", "C:" opening the output (a bare letter: alone, or with punctuation only);
+    "(C)" anywhere. A lowercase letter counts only in "(c)", "c)" and "answer is c" (followed by
+    punctuation or the end of the line), never as the article in "a tooth is ..." or "The answer is
+    a bit unclear". Otherwise, given the option texts `choices`: the option the generation equals,
+    or the only one whose text it contains (case-insensitive, whole words).
+    """
+    up = LETTERS[:n_choices]
+    lo = up.lower()
+    answer_is = (rf"\b(?i:answer\s*(?:is\s*:?|:))\s*"
+                 rf"(?:\(([{up}{lo}])\)|([{up}])(?![\w'-])|([{lo}])(?=[^\w\s-]|[ \t]*(?:\n|$)))")
+    opening = rf"^(?:([{up}])(?:[.):]|[^\w\s]*$)|([{lo}])\))"
+    in_parens = rf"\(([{up}{lo}])\)"
     t = text.strip()
-    pats = [rf"answer\s*(?:is|:)?\s*\(?([{valid}])\)?\b", rf"^\(?([{valid}])\)?(?:[.):\s]|$)", rf"\(([{valid}])\)"]
-    for pat in pats:
-        m = re.search(pat, t, flags=re.IGNORECASE | re.MULTILINE)
+    for pat, where in ((answer_is, t), (opening, t.split("\n", 1)[0].strip()), (in_parens, t)):
+        m = re.search(pat, where)
         if m:
-            return m.group(1).upper()
+            return next(g for g in m.groups() if g).upper()
+    if choices:
+        said = _norm(t).rstrip(".")
+        opts = [_norm(c).rstrip(".") for c in choices]
+        hits = [i for i, o in enumerate(opts) if o == said] or \
+               [i for i, o in enumerate(opts) if o and re.search(rf"(?<!\w){re.escape(o)}(?!\w)", said)]
+        if len(hits) == 1:
+            return LETTERS[hits[0]]
     return ""
 
 
@@ -53,8 +73,8 @@ class ChoiceTask(Task):
                  "answer": LETTERS[r["gold"]], "choices": list(r["choices"])}
                 for r in sample(self.records(split, options), n, seed)]
 
-    def extract(self, text):
-        return extract_letter(text, len(LETTERS))
+    def extract(self, text, choices=None):
+        return extract_letter(text, len(choices) if choices else len(LETTERS), choices)
 
     def choice_continuations(self, row) -> list[str]:
         return [" " + c for c in row["choices"]]
@@ -121,7 +141,7 @@ class SST5(ChoiceTask):
                  "answer": SST5_LABELS[int(r["label"])], "choices": list(SST5_LABELS)}
                 for r in sample(recs, n, seed)]
 
-    def extract(self, text):
+    def extract(self, text, choices=None):
         t = _norm(text)
         hits = [(t.find(lab), -len(lab), lab) for lab in SST5_LABELS if lab in t]
         return min(hits)[2] if hits else ""  # earliest mention; "very negative" beats "negative"

@@ -42,9 +42,9 @@ class Custom(Task):
                          "answer": target.strip()})
         return rows
 
-    def score(self, generation, answer):
+    def score(self, generation, answer, choices=None):
         if self.metric == "contains":
             return float(_norm(answer) in _norm(generation))
         if self.metric == "number":
             return float(flexible_answer(generation) == normalize_number(answer) != "")
-        return super().score(generation, answer)
+        return super().score(generation, answer, choices)
