@@ -6,7 +6,8 @@ what that change touches. Prints one table per question.
     python benchmarks/lab_robustness.py OUT_DIR [--lab-seeds 0 1 2] [--threads 2] \
         [--modes separate joint shared] [--set key=value ...]
 
-OUT_DIR keeps every run (rerunning the script reuses what DVC has cached there). Each cell is a
+OUT_DIR keeps every run: a (lab seed, threads, mode) whose params are unchanged is not rerun, and
+DVC reruns only what a mode change touches. Each cell is a
 paired bootstrap over fine-tuning seeds and test items (`pipeline/report.py`); "held" counts the
 runs in which a conclusion holds.
 """
@@ -62,14 +63,18 @@ def run(out: Path, lab_seed: int, threads: int, modes: list[str], overrides: lis
         for kv in overrides:
             k, v = kv.split("=", 1)
             setdeep(raw, k, yaml.safe_load(v))
+        saved = proj / f"result-{mode}.json"
+        if saved.exists() and json.loads(saved.read_text()).get("params") == raw:  # this exact run is done
+            results[mode] = json.loads(saved.read_text())
+            continue
         (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         print(f"lab seed {lab_seed}, {threads} threads, {mode}: dvc repro", file=sys.stderr, flush=True)
         sh([sys.executable, "-m", "dvc", "repro"], proj, threads)
         res = {"summary": json.loads((proj / "metrics/summary.json").read_text()),
                "confidence": json.loads((proj / "metrics/confidence.json").read_text()),
                "evals": {m: json.loads((proj / f"artifacts/eval/{m}.json").read_text()) for m in raw["run"]["methods"]},
-               "seeds": raw["run"]["seeds"]}
-        (proj / f"result-{mode}.json").write_text(json.dumps(res))
+               "seeds": raw["run"]["seeds"], "params": raw}
+        saved.write_text(json.dumps(res))
         results[mode] = res
     return results
 
