@@ -2,7 +2,7 @@
 Target: >= 4x."""
 from _common import lab_model, lab_rows, machine, table, timeit
 
-from pipeline.elicit import generate
+from pipeline.generation import generate
 
 
 def main(n=128, max_new=12):

@@ -191,3 +191,34 @@ def auroc(scores, positive) -> float:
         return float("nan")
     ranks = pd.Series(s).rank(method="average").to_numpy()
     return float((ranks[y].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def confidence_metrics(df: pd.DataFrame, c) -> dict:
+    """metrics/confidence.json of a scored and selected table (`c`: params `confidence`): sizes,
+    medians per task, mean NLL under theta_0 of each selection, and where the positive (known to
+    conflict) and negative tasks are given, the AUROC of every score and the share of positives
+    in each selection rule's D_U."""
+    from .config import SCORES
+
+    metrics = {"score": c.score, "n_samples": len(df), "n_selected": int(df["selected"].sum()),
+               "selected_by_task": {k: int(v) for k, v in df.groupby("forget_task")["selected"].sum().items()},
+               "median_by_task": {k: {"confidence": float(g["confidence"].median()), "grad_norm": float(g["grad_norm"].median())}
+                                  for k, g in df.groupby("forget_task")}}
+    pos, neg = set(c.auroc_positive), set(c.auroc_negative)
+    sub = df[df["forget_task"].isin(pos | neg)]
+    if pos and neg and not sub.empty:
+        y = sub["forget_task"].isin(pos).to_numpy()
+        metrics["auroc"] = {**{s: auroc(sub[f"score_{s}"], y) for s in SCORES}, "grad_norm": auroc(sub["grad_norm"], y)}
+        metrics["auroc_by_negative"] = {}
+        for neg_task in sorted(neg):
+            one = df[df["forget_task"].isin(pos | {neg_task})]
+            yy = one["forget_task"].isin(pos).to_numpy()
+            metrics["auroc_by_negative"][neg_task] = {s: auroc(one[col], yy) for s, col in
+                                                      [(s, f"score_{s}") for s in SCORES] + [("grad_norm", "grad_norm")]}
+        metrics["auroc_positive"], metrics["auroc_negative"] = sorted(pos), sorted(neg)
+        for name, col in SELECTIONS.items():
+            metrics.setdefault("positive_share_of_selection", {})[name] = float(
+                df.loc[df[col], "forget_task"].isin(pos).mean())
+    metrics["nll_base_of_selection"] = {name: float(df.loc[df[col], "nll_base"].mean()) for name, col in SELECTIONS.items()
+                                        if df[col].any()}
+    return metrics

@@ -1,87 +1,38 @@
 """Stage 2: elicit the base model's self-knowledge on the forgetting-task prompts.
 
-Batched generation: prompts sorted by length, left-padded, KV cache on, stop at EOS; results come
-back in the input order. With `stop` strings (a task's `stop`), a response ends before the first
-one: its text is cut there, and its tokens end with the one that completes the stop string. Each
-response keeps its length, mean token log-prob and whether it was cut at max_new_tokens (then no
-EOS is appended when it is later trained on or unlearned).
+For every forgetting task: the base model answers each training prompt (greedy by default, or k
+samples), and each answer is kept with its length, mean token log-prob, whether it was cut at
+max_new_tokens, and, for tasks with gold answers, whether the task's metric marks it correct
+(`only_wrong` keeps only the wrong ones, as the authors' precursor code did).
 """
 from __future__ import annotations
 
-from bisect import bisect_left
+import logging
 
-import torch
-from tqdm import tqdm
+import pandas as pd
 
-from .data import prompt_ids
-from .tasks.base import cut_at
+from .generation import generate
 
-
-@torch.no_grad()
-def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_size: int = 64,
-             do_sample: bool = False, temperature: float = 1.0, num_return_sequences: int = 1,
-             seed: int = 0, add_bos: bool = True, progress: bool = True, stop: tuple[str, ...] = ()) -> list[dict]:
-    """Return one dict per (prompt, sample): response, n_tokens, mean_logprob, truncated; each response
-    is cut before the first of the `stop` strings (n_tokens then counts the tokens through it)."""
-    from . import dist
-
-    model.eval()
-    device = next(model.parameters()).device
-    n_all = len(prompts)
-    prompts, _ = dist.shard_even(prompts)  # several processes: generate for a shard each, gather in order
-    ids = [prompt_ids(tok, p, add_bos) for p in prompts]
-    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
-    results: list[list[dict] | None] = [None] * len(ids)
-    eos, pad = tok.eos_token_id, tok.pad_token_id
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    bar = tqdm(total=len(ids), desc="generate", mininterval=2, leave=False, disable=not progress or not dist.is_main())
-    for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
-        n = max(len(ids[i]) for i in idx)
-        inp = torch.full((len(idx), n), pad, dtype=torch.long)
-        att = torch.zeros((len(idx), n), dtype=torch.long)
-        for r, i in enumerate(idx):  # left padding
-            inp[r, n - len(ids[i]):] = torch.tensor(ids[i], dtype=torch.long)
-            att[r, n - len(ids[i]):] = 1
-        if do_sample:  # seed per batch from our generator: results do not depend on batch order elsewhere
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        out = model.generate(
-            input_ids=inp.to(device), attention_mask=att.to(device), max_new_tokens=max_new_tokens,
-            do_sample=do_sample, temperature=temperature if do_sample else None, top_k=0 if do_sample else None,
-            top_p=None, num_return_sequences=num_return_sequences, eos_token_id=eos, pad_token_id=pad,
-            use_cache=True, output_logits=True, return_dict_in_generate=True,
-            synced_gpus=dist.is_fsdp(model),  # FSDP: every rank steps until all ranks are done
-        )
-        new = out.sequences[:, n:].cpu()
-        logp = torch.stack(out.logits, 1).float().log_softmax(-1).cpu()  # (B*k, steps, V)
-        tok_lp = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        for r in range(new.shape[0]):
-            seq = new[r].tolist()
-            end = seq.index(eos) if eos in seq else None
-            body = seq[:end] if end is not None else seq
-            counted = (end + 1) if end is not None else len(body)  # the EOS's log-prob counts
-            text, truncated = tok.decode(body, skip_special_tokens=True), end is None
-            if cut_at(text, stop) != text:  # a stop string ends it: the tokens through it, the text before it
-                body = body[:_through_stop(tok, body, stop)]
-                text, counted, truncated = cut_at(text, stop), len(body), False
-            rec = {
-                "response": text,
-                "n_tokens": len(body),
-                "mean_logprob": float(tok_lp[r, :counted].mean()) if counted else 0.0,
-                "truncated": truncated,
-            }
-            i = idx[r // num_return_sequences]
-            results[i] = (results[i] or []) + [rec]
-        bar.update(len(idx))
-    bar.close()
-    results = dist.gather_sharded(results, n_all)
-    return [rec for recs in results for rec in recs]
+log = logging.getLogger("lwf")
 
 
-def _through_stop(tok, body: list[int], stop) -> int:
-    """How many tokens of `body` it takes for the decoded text to contain one of the `stop` strings."""
-    def has_stop(k):
-        text = tok.decode(body[:k], skip_special_tokens=True)
-        return cut_at(text, stop) != text
-
-    return bisect_left(range(len(body) + 1), True, key=has_stop)
+def elicit_task(model, tok, task, rows: list[dict], e, add_bos: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Self-knowledge of one forgetting task (`e`: params `elicit`): a frame with forget_task,
+    prompt, response, n_tokens, mean_logprob, truncated, gold, correct; and its statistics."""
+    log.info("stage elicit: %s: generating for %d prompts x %d", task.name, len(rows), e.num_return_sequences)
+    gens = generate(model, tok, [r["prompt"] for r in rows], e.max_new_tokens, e.batch_size, e.do_sample,
+                    e.temperature, e.num_return_sequences, e.seed, add_bos, stop=task.stop)
+    each = [r for r in rows for _ in range(e.num_return_sequences)]  # the row of every response
+    df = pd.DataFrame(gens)
+    df.insert(0, "prompt", [r["prompt"] for r in each])
+    df.insert(0, "forget_task", task.name)
+    df["gold"] = [r["answer"] for r in each]
+    df["correct"] = [task.score(g["response"], r["answer"], r.get("choices")) if task.has_gold else float("nan")
+                     for g, r in zip(gens, each)]
+    stats = {"prompts": len(rows), "responses": len(df),
+             "agreement_with_gold": float(df["correct"].mean()) if task.has_gold else None,
+             "empty": int((df["n_tokens"] == 0).sum()), "truncated": int(df["truncated"].sum())}
+    if e.only_wrong and task.has_gold:
+        df = df[df["correct"] < 1]
+        stats["kept_only_wrong"] = len(df)
+    return df, stats

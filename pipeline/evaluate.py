@@ -18,7 +18,7 @@ import torch
 
 from . import dist
 from .data import batches, collate, encode_rows, sequence_nlls, token_nll
-from .elicit import generate
+from .generation import generate
 from .tasks import get_task
 
 
@@ -125,3 +125,32 @@ def evaluate_model(model, tok, data_cfg, learn_test: list[dict], forget_tests: d
                 out["items"][f"nll/{name}"] = items
         out["d_u_nll"] = out["nll"].get("d_u")
     return out
+
+
+def held_out(cfg) -> tuple[list[dict], dict[str, list[dict]], list[dict]]:
+    """The test splits the `prepare` stage wrote: learning task, each forgetting task, general text."""
+    from . import paths
+    from .stage import load_rows
+
+    return (load_rows(paths.LEARN_DATA, "test"),
+            {ref.task: load_rows(paths.FORGET_DATA / ref.task, "test") for ref in cfg.data.forget},
+            load_rows(paths.GENERAL_DATA, "test"))
+
+
+def nll_sets(cfg, method: str | None = None) -> dict[str, list[dict]]:
+    """The self-generated sets whose NLL every evaluation reports: lwf's D_U (`d_u`: the
+    confidence selection), the method's own D_U (`own_d_u`) and each forgetting task's
+    self-knowledge (`self/<task>`)."""
+    import pandas as pd
+
+    from . import paths
+    from .confidence import as_rows, unlearn_set
+
+    table = pd.read_parquet(paths.CONFIDENCE)
+    sets = {"d_u": unlearn_set(table, "high")}
+    m = cfg.methods.get(method)
+    if m is not None and m.unlearn != "none":
+        sets["own_d_u"] = unlearn_set(table, m.selection)
+    for task, g in table.groupby("forget_task", sort=True):
+        sets[f"self/{task}"] = as_rows(g)
+    return sets

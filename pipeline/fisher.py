@@ -46,7 +46,7 @@ def fisher_and_mean_grad(model, tok, rows: list[dict], max_length: int, engine: 
 
 def true_fisher_rows(model, tok, rows, max_new_tokens: int, seed: int, add_bos: bool = True) -> list[dict]:
     """Replace each target by a sample from the model (the "true" Fisher's y ~ p_theta(y|x))."""
-    from .elicit import generate
+    from .generation import generate
 
     gens = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens, do_sample=True,
                     seed=seed, add_bos=add_bos)

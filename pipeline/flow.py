@@ -1,17 +1,25 @@
-"""The same stages as one Prefect flow (`lwf run`), for users who orchestrate with Prefect.
+"""`lwf run`: the DVC pipeline as one Prefect flow, one task run per DVC stage, DVC deciding.
 
-`dvc repro` stays the main path and owns caching: Prefect result persistence is off and task
-caching disabled (no second, hidden cache). Tasks take only plain values (stage name, matrix
-item) and communicate through the artifact paths on disk, never models or DataFrames.
+One execution model: the flow never calls a stage function itself. Each stage of `dvc.yaml`
+(matrix items expanded, in the file's order, which is a dependency order) becomes a Prefect task
+run named after it. One `dvc repro --dry` first lists the stages DVC would consider; every other
+stage is reported at once as a task run in the state `Skipped` (DVC: nothing changed). Each listed
+stage runs as `dvc repro --single-item <stage>`, so DVC checks its deps, params and outputs again
+at that moment (after the upstream stages ran), skips it when nothing it depends on changed, and
+otherwise runs the stage's own `cmd` (with `launch.num_processes > 1` that is the
+`python -m pipeline.launch` command of `dvc.yaml`) and records it in `dvc.lock`. After any change
+`lwf run` therefore reruns exactly what `dvc repro` would, and a no-op `lwf run` runs no stage.
 
-Prefect state lives in the project (`.prefect/`, git-ignored) unless the user has set
+Prefect keeps only run metadata: result persistence is off and task caching disabled (DVC is the
+cache). Prefect state lives in the project (`.prefect/`, git-ignored) unless the user has set
 PREFECT_HOME or points PREFECT_API_URL at their own server (`prefect server start` for the UI).
-With no server configured Prefect starts a temporary local one for the process (7-15 s here,
-paid once per `lwf run`, not once per stage).
+With no server configured Prefect starts a temporary local one for the process (7-15 s here).
 """
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -27,87 +35,41 @@ def configure_prefect_env(root: str | os.PathLike = ".") -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
-def launch_command(name: str, cfg, params_path: str, item: dict) -> list[str] | None:
-    """The `python -m pipeline.launch` command that runs stage `name` in its own processes when
-    `launch.num_processes > 1` and the stage is one of the distributable five; else None (the
-    task calls the stage function in the flow's process)."""
-    import sys
-
-    from .launch import DISTRIBUTED
-
-    if cfg.launch.num_processes == 1 or name not in DISTRIBUTED:
-        return None
-    return [sys.executable, "-m", "pipeline.launch", f"stages.{name}", "--params", str(params_path),
-            *(f"{k}={v}" for k, v in item.items())]
+def dvc(*args: str) -> str:
+    """Run `python -m dvc ARGS` (this interpreter's DVC); its output, or RuntimeError with it."""
+    r = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"dvc {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r.stdout + r.stderr
 
 
-def _launched(name: str):
-    def run(cmd: list[str]) -> None:
-        import subprocess
+def ran_stages(output: str) -> list[str]:
+    """Stages a `dvc repro` output says it ran (or, with --dry, would run)."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
 
-        subprocess.run(cmd, check=True)
 
-    run.__name__ = f"{name}_launched"
-    return run
+def stage_names() -> list[str]:
+    """Every stage of dvc.yaml, matrix and foreach items expanded, in the file's (dependency) order."""
+    return [line.split()[0] for line in dvc("stage", "list", "--name-only").splitlines() if line.strip()]
 
 
 def build_flow():
     configure_prefect_env()
     from prefect import flow, task
+    from prefect.states import Completed
 
-    from pipeline.stage import STAGES
-    import stages.base_model  # noqa: F401  (registers the stage functions)
-    import stages.confidence  # noqa: F401
-    import stages.control  # noqa: F401
-    import stages.elicit  # noqa: F401
-    import stages.evaluate  # noqa: F401
-    import stages.finetune  # noqa: F401
-    import stages.fisher  # noqa: F401
-    import stages.prepare  # noqa: F401
-    import stages.report  # noqa: F401
-
-    tasks = {name: task(fn, name=name, persist_result=False, cache_policy=None, retries=0)
-             for name, fn in STAGES.items()}
-    from pipeline.launch import DISTRIBUTED
-
-    launched = {name: task(_launched(name), name=name, persist_result=False, cache_policy=None, retries=0)
-                for name in DISTRIBUTED}
+    @task(persist_result=False, cache_policy=None, retries=0)
+    def stage(name: str, candidate: bool):
+        """One DVC stage: `dvc repro --single-item <name>` when DVC may need it, else Skipped."""
+        if candidate and ran_stages(dvc("repro", "--single-item", name)):
+            return Completed(message="ran", data="ran")
+        return Completed(name="Skipped", message="DVC: unchanged", data="skipped")
 
     @flow(name="lwf", persist_result=False, log_prints=True)
-    def lwf_flow(params_path: str = "params.yaml", only: list[str] | None = None):
-        """prepare -> base_model -> fisher, elicit -> confidence -> control, finetune x (method, seed)
-        -> evaluate x method -> report; each a task that reads and writes the DVC artifact paths."""
-        import time
-
-        from pipeline.config import load_config
-
-        cfg = load_config(params_path)
-        timings = {}
-
-        def call(name, **item):
-            if only and name not in only:
-                return
-            t0 = time.time()
-            run_name = f"{name}{'-' + '-'.join(map(str, item.values())) if item else ''}"
-            cmd = launch_command(name, cfg, params_path, item)
-            if cmd is None:
-                tasks[name].with_options(task_run_name=run_name)(cfg, **item)
-            else:  # launch.num_processes > 1: the stage runs under `accelerate launch`, as in dvc.yaml
-                launched[name].with_options(task_run_name=run_name)(cmd)
-            timings[f"{name}{'@' + '-'.join(map(str, item.values())) if item else ''}"] = round(time.time() - t0, 2)
-
-        call("prepare")
-        call("base_model")
-        call("fisher")
-        call("elicit")
-        call("confidence")
-        call("control")
-        for m in cfg.run.methods:
-            for s in cfg.run.seeds:
-                call("finetune", method=m, seed=s)
-        for m in cfg.run.methods:
-            call("evaluate", method=m)
-        call("report")
-        return timings
+    def lwf_flow(only: list[str] | None = None) -> dict:
+        """Every DVC stage as a task run, in dependency order; returns {stage: 'ran' | 'skipped'}."""
+        names = [n for n in stage_names() if not only or n.split("@")[0] in only]
+        candidates = set(ran_stages(dvc("repro", "--dry", *(names if only else []))))
+        return {n: stage.with_options(task_run_name=n)(n, n in candidates) for n in names}
 
     return lwf_flow

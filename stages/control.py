@@ -7,12 +7,10 @@ import logging
 
 from pipeline import paths
 from pipeline.config import MethodConfig
-from pipeline.evaluate import evaluate_model
+from pipeline.evaluate import evaluate_model, held_out
 from pipeline.io import write_json
 from pipeline.stage import load_rows, main, stage
 from pipeline.train import finetune
-
-from .evaluate import held_out
 
 log = logging.getLogger("lwf")
 

@@ -2,36 +2,13 @@
 import json
 import logging
 
-import pandas as pd
-
 from pipeline import paths
-from pipeline.confidence import as_rows, unlearn_set
-from pipeline.evaluate import evaluate_model
+from pipeline.evaluate import evaluate_model, held_out, nll_sets
 from pipeline.io import write_json
 from pipeline.models import load_model
-from pipeline.stage import load_rows, main, stage
+from pipeline.stage import main, stage
 
 log = logging.getLogger("lwf")
-
-
-def held_out(cfg):
-    return (load_rows(paths.LEARN_DATA, "test"),
-            {ref.task: load_rows(paths.FORGET_DATA / ref.task, "test") for ref in cfg.data.forget},
-            load_rows(paths.GENERAL_DATA, "test"))
-
-
-def nll_sets(cfg, method: str | None = None) -> dict[str, list[dict]]:
-    """The self-generated sets whose NLL every evaluation reports: lwf's D_U (`d_u`: the
-    confidence selection), the method's own D_U (`own_d_u`) and each forgetting task's
-    self-knowledge (`self/<task>`)."""
-    table = pd.read_parquet(paths.CONFIDENCE)
-    sets = {"d_u": unlearn_set(table, "high")}
-    m = cfg.methods.get(method)
-    if m is not None and m.unlearn != "none":
-        sets["own_d_u"] = unlearn_set(table, m.selection)
-    for task, g in table.groupby("forget_task", sort=True):
-        sets[f"self/{task}"] = as_rows(g)
-    return sets
 
 
 @stage("evaluate")

@@ -8,7 +8,7 @@ import torch
 from pipeline.config import FinetuneConfig, MethodConfig
 from pipeline.confidence import confidence_scores
 from pipeline.data import encode
-from pipeline.elicit import generate
+from pipeline.generation import generate
 from pipeline.fisher import fisher_and_mean_grad
 from pipeline.io import atomic_path
 from pipeline.train import finetune
