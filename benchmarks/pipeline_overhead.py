@@ -1,5 +1,6 @@
-"""Orchestration overheads: a no-op `dvc repro` in this project (after a full run) and Prefect's
-cost (temporary server start once per `lwf run`, then per task), measured with no-op tasks."""
+"""Orchestration overheads: a no-op `dvc repro` and a no-op `lwf run` (the Prefect flow whose
+tasks are the DVC stages) in a project after a full run, side by side; and Prefect's own cost
+(temporary server start once per `lwf run`, then per task), measured with no-op tasks."""
 import os
 import subprocess
 import sys
@@ -19,6 +20,21 @@ def noop_repro(project, repeat=3):
         if "up to date" not in r.stdout + r.stderr:
             return None, "pipeline not up to date: run `dvc repro` first"
     return min(ts), ""
+
+
+def noop_flow(project):
+    """Wall time of a no-op `lwf run` (one process: Prefect start, `dvc repro --dry`, a Skipped task
+    run per stage) and how many stages it ran (must be 0)."""
+    import json
+
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "run"], cwd=project, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    out = r.stdout
+    if r.returncode or '"wall_s"' not in out:
+        return None, f"lwf run failed: {r.stderr[-300:]}"
+    res = json.loads(out[out.rindex('{\n  "wall_s"'):].split("\n}\n")[0] + "\n}")
+    return wall, f"{len(res['ran'])} stages ran, {len(res['skipped'])} skipped"
 
 
 PREFECT_PROBE = r"""
@@ -60,9 +76,11 @@ def main(project=None):
     """project: a checkout where `dvc repro` has completed (default: this one; or argv[1])."""
     project = project or (sys.argv[1] if len(sys.argv) > 1 and __name__ == "__main__" else ROOT)
     t_noop, why = noop_repro(project)
+    t_flow, flow_note = noop_flow(project) if t_noop is not None else (None, why)
     p = prefect_costs()
     table(f"Orchestration overhead ({machine()})", ["what", "seconds"], [
         ["no-op `dvc repro` (best of 3)", t_noop if t_noop is not None else why],
+        [f"no-op `lwf run` ({flow_note})", t_flow if t_flow is not None else flow_note],
         ["import prefect (avoided by the DVC stage commands)", p["import"]],
         ["first flow run in a process (temporary server start + 1 task)", p["first_flow"]],
         ["flow of 20 no-op tasks (server already up)", p["flow_20_tasks"]],

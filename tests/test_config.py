@@ -174,3 +174,25 @@ def test_readme_paper_recipes_give_valid_params(tmp_path):
                 assert cfg.data.learn.task == value
             if key == "data.forget":
                 assert [f.task for f in cfg.data.forget] == re.findall(r"task: (\w+)", value)
+
+
+def test_readme_inline_experiment_commands_give_valid_params(tmp_path):
+    """The `dvc exp run -S ...` commands quoted inline in the README, applied to the shipped
+    params.yaml with DVC's own override parser, validate (and set what they say)."""
+    import re
+    import shlex
+
+    from dvc.utils.hydra import apply_overrides
+
+    inline = re.findall(r"`(dvc exp run -S [^`]+)`", (ROOT / "README.md").read_text())
+    assert inline
+    for cmd in inline:
+        overrides = [a for a in shlex.split(cmd)[3:] if a != "-S"]
+        p = tmp_path / "params.yaml"
+        p.write_text((ROOT / "params.yaml").read_text())
+        apply_overrides(str(p), overrides)
+        cfg = load_config(p)
+        for o in overrides:
+            key, value = o.split("=", 1)
+            if key == "run.methods":
+                assert cfg.run.methods == value.strip("[]").split(",")

@@ -341,3 +341,25 @@ def test_fsdp_finetune_resumes_bit_identically(dvc_project, tmp_path):
     r = json.loads(result.read_text())
     assert r["max_abs_diff"] == 0.0 and r["n_tensors"] > 0
     assert 0.45 < r["shard_fraction"] <= 0.55
+
+
+def test_readme_commands_on_the_shipped_params(dvc_project):
+    """The README's experiment and inspection commands, as a user types them: `dvc exp run -S`
+    (DVC rewrites params.yaml with its YAML 1.2 writer, which drops the quotes of "no"), `dvc exp
+    show` lists the experiment with its metrics, `dvc metrics show`, `lwf inspect`, `lwf check`.
+    Runs last: it leaves the workspace at the experiment's state."""
+    proj, _ = dvc_project
+    git = ["git", "-c", "user.name=lwf-test", "-c", "user.email=lwf-test@localhost"]
+    run([*git, "add", "-A"], proj)
+    run([*git, "commit", "-qm", "baseline"], proj)
+    run([*dvc(), "exp", "run", "-S", "finetune.unlearn_every=8"], proj)
+    run([*dvc(), "exp", "run", "-S", "finetune.unlearn_optimizer=joint", "-S", "finetune.alpha=0.3"], proj)
+    assert "mixed_precision: no\n" in (proj / "params.yaml").read_text()  # DVC's writer: unquoted
+    shown = json.loads(run([*dvc(), "exp", "show", "--json"], proj).strip().splitlines()[-1])
+    text = json.dumps(shown)
+    assert '"unlearn_every": 8' in text and '"unlearn_optimizer": "joint"' in text and '"d_u_nll"' in text
+    assert "unlearn_optimizer" in run([*dvc(), "exp", "show", "--only-changed"], proj)
+    assert "learn_score" in run([*dvc(), "metrics", "show"], proj)
+    out = run([sys.executable, "-m", "pipeline.cli", "inspect", "--top", "5", "--selected"], proj)
+    assert "selected per task" in out
+    assert json.loads(run([sys.executable, "-m", "pipeline.cli", "check"], proj))["launch"]["mixed_precision"] == "no"
