@@ -51,21 +51,24 @@ def unlearn_set(table: pd.DataFrame, selection: str) -> list[dict]:
 
 
 def probe_delta(model, tok, learn_rows: list[dict], probe, max_length: int, add_bos: bool = True,
-                param_regex: str | None = None):
-    """Fine-tune `model` in place for `probe.steps` plain AdamW steps on the learning rows
-    (constant LR, clip 1.0, no unlearning) and return (Delta_probe over the selected parameters,
-    a function that restores theta_0)."""
+                param_regex: str | None = None, replica=None):
+    """theta_probe: `probe.steps` plain AdamW steps on the learning rows (constant LR, clip 1.0, no
+    unlearning) from theta_0 = `model`'s weights. Trains `replica` (an unsharded copy of the base
+    model: needed under FSDP) when given, else `model` itself in place. Returns (Delta_probe over
+    the selected parameters, the probed model, a function that puts `model` back at theta_0)."""
     from .config import FinetuneConfig, MethodConfig
     from .grads import select_params
     from .train import finetune
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    theta0 = [p.detach().clone() for p in trainable]
+    target = model if replica is None else replica
+    trainable = [p for p in target.parameters() if p.requires_grad]
+    theta0 = [p.detach().clone() for p in trainable] if replica is None else []
     before = {n: ddp.full_tensor(p).detach().double().clone() for n, p in select_params(model, param_regex).items()}
     cfg = FinetuneConfig(max_steps=probe.steps, batch_size=probe.batch_size, lr=probe.lr, warmup_steps=0,
                          lr_schedule="constant")
-    finetune(model, tok, learn_rows, [], cfg, MethodConfig(), probe.seed, max_length, add_bos, run_id="probe")
-    delta = {n: ddp.full_tensor(p).detach().double() - before[n] for n, p in select_params(model, param_regex).items()}
+    finetune(target, tok, learn_rows, [], cfg, MethodConfig(), probe.seed, max_length, add_bos, run_id="probe")
+    delta = {n: ddp.full_tensor(p).detach().double().to(before[n].device) - before[n]
+             for n, p in select_params(target, param_regex).items()}
 
     def restore():
         with torch.no_grad():
@@ -73,7 +76,7 @@ def probe_delta(model, tok, learn_rows: list[dict], probe, max_length: int, add_
                 p.copy_(p0)
         model.eval()
 
-    return delta, restore
+    return delta, target, restore
 
 
 def confidence_sums(model, encs: list, pad_id: int, fisher: dict, mean_grad: dict, engine: str = "vectorized",
@@ -107,18 +110,21 @@ def confidence_sums(model, encs: list, pad_id: int, fisher: dict, mean_grad: dic
 def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dict, max_length: int,
                       engine: str = "vectorized", chunk_size: int = 32, param_regex: str | None = None,
                       seed: int = 0, add_bos: bool = True, learn_rows: list[dict] | None = None,
-                      probe=None, batch_size: int = 64) -> pd.DataFrame:
+                      probe=None, batch_size: int = 64, probe_replica=None) -> pd.DataFrame:
     """One row per sample with the columns score_<variant> for every variant above (`probe` and
     `loss_rise` need `learn_rows` and the `probe` settings; without them they are NaN), plus
-    grad_norm and the sample's NLL under theta_0 and theta_probe."""
+    grad_norm and the sample's NLL under theta_0 and theta_probe. `probe_replica`: an unsharded
+    copy of the base model for the probe fine-tune (FSDP); by default `model` is probed in place
+    and restored."""
     all_encs = encode_rows(tok, rows, max_length, add_bos)
     encs, _ = ddp.shard_even(all_encs)  # several processes: score a shard each, gather in the original order
     gl_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in mean_grad.values())))
     nll0 = sequence_nlls(model, encs, tok.pad_token_id, batch_size)
     delta, nll_probe = None, torch.full_like(nll0, float("nan"))
     if probe is not None and learn_rows:
-        delta, restore = probe_delta(model, tok, learn_rows, probe, max_length, add_bos, param_regex)
-        nll_probe = sequence_nlls(model, encs, tok.pad_token_id, batch_size)
+        delta, probed, restore = probe_delta(model, tok, learn_rows, probe, max_length, add_bos, param_regex,
+                                             probe_replica)
+        nll_probe = sequence_nlls(probed, encs, tok.pad_token_id, batch_size).to(nll0.device)
         restore()
     with tqdm(total=len(encs), desc="confidence", mininterval=2, leave=False, disable=not ddp.is_main()) as bar:
         sums = confidence_sums(model, encs, tok.pad_token_id, fisher, mean_grad, engine, chunk_size, param_regex,

@@ -3,7 +3,8 @@
 One execution model: the flow never calls a stage function itself. Each stage of `dvc.yaml`
 (matrix items expanded, in the file's order, which is a dependency order) becomes a Prefect task
 run named after it. One `dvc repro --dry` first lists the stages DVC would consider; every other
-stage is reported at once as a task run in the state `Skipped` (DVC: nothing changed). Each listed
+stage is reported at once as a task run in the state `Skipped` (DVC: nothing changed); in a
+fresh project, where `--dry` cannot inspect outputs that do not exist yet, every stage is listed. Each listed
 stage runs as `dvc repro --single-item <stage>`, so DVC checks its deps, params and outputs again
 at that moment (after the upstream stages ran), skips it when nothing it depends on changed, and
 otherwise runs the stage's own `cmd` (with `launch.num_processes > 1` that is the
@@ -69,7 +70,10 @@ def build_flow():
     def lwf_flow(only: list[str] | None = None) -> dict:
         """Every DVC stage as a task run, in dependency order; returns {stage: 'ran' | 'skipped'}."""
         names = [n for n in stage_names() if not only or n.split("@")[0] in only]
-        candidates = set(ran_stages(dvc("repro", "--dry", *(names if only else []))))
+        try:
+            candidates = set(ran_stages(dvc("repro", "--dry")))
+        except RuntimeError:  # a fresh project: --dry cannot look into outputs not made yet
+            candidates = set(names)
         return {n: stage.with_options(task_run_name=n)(n, n in candidates) for n in names}
 
     return lwf_flow

@@ -17,8 +17,11 @@ log = logging.getLogger("lwf")
 def run(cfg):
     """Write artifacts/confidence.parquet and metrics/confidence.json."""
     c = cfg.confidence
-    model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
+    fsdp = cfg.launch.strategy == "fsdp"
+    model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=fsdp)
     model = with_lora(model, cfg.model.lora)  # the same seeded adapters as the fisher stage
+    # the probe fine-tune trains an unsharded replica under FSDP (the sharded model stays theta_0)
+    replica = load_model(paths.BASE_MODEL, cfg.model)[0] if fsdp else None
     device = next(model.parameters()).device
     F, gL, _ = load_fisher(paths.FISHER, device)
     sk = pd.read_parquet(paths.SELF_KNOWLEDGE)
@@ -27,7 +30,7 @@ def run(cfg):
              ", ".join(f"{k}: {v}" for k, v in sk["forget_task"].value_counts(sort=False).items()))
     scores = confidence_scores(model, tok, rows, F, gL, cfg.data.max_length, cfg.grads.engine, cfg.grads.chunk_size,
                                cfg.grads.param_regex, c.seed, cfg.model.add_bos,
-                               learn_rows=load_rows(paths.LEARN_DATA, "train"), probe=c.probe)
+                               learn_rows=load_rows(paths.LEARN_DATA, "train"), probe=c.probe, probe_replica=replica)
     df = select(pd.concat([sk.reset_index(drop=True), scores], axis=1), c.score, c.forget_fraction, c.per_task, c.seed,
                 c.auroc_positive)
     first = ["sample_id", "forget_task", "prompt", "response", "confidence", "rank", "selected"]

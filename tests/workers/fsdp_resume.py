@@ -8,17 +8,19 @@ from pathlib import Path
 
 import torch
 
+import pandas as pd
+
 from pipeline import dist, paths
+from pipeline.confidence import unlearn_set
 from pipeline.config import load_config
 from pipeline.models import load_model
 from pipeline.stage import load_rows
 from pipeline.train import finetune
-from stages.finetune import unlearn_rows
 
 
 def trained(cfg, ckpt=None, stop=None) -> dict:
     model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=True)
-    args = (model, tok, load_rows(paths.LEARN_DATA, "train"), unlearn_rows(cfg.methods["lwf"]), cfg.finetune,
+    args = (model, tok, load_rows(paths.LEARN_DATA, "train"), unlearn_set(pd.read_parquet(paths.CONFIDENCE), cfg.methods["lwf"].selection), cfg.finetune,
             cfg.methods["lwf"], 0, cfg.data.max_length, cfg.model.add_bos)
     try:
         finetune(*args, ckpt_path=ckpt, run_id="fsdp-resume", stop_after_events=stop)
