@@ -38,6 +38,7 @@ class LabConfig(_Strict):
     pretrain_batch_size: int = Field(32, gt=0)
     pretrain_lr: float = Field(3e-3, gt=0)
     conflict_weight: float = Field(0.4, ge=0, le=1)
+    conflict_noise: float = Field(0.0, ge=0, le=1)  # share of conflict facts with a random city
     seed: int = 0
 
     @model_validator(mode="after")

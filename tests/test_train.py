@@ -107,3 +107,34 @@ def test_same_seed_same_weights_other_seed_differs(tiny, rows):
         finetune(m, tiny[1], rows, [], _cfg(max_steps=4), MethodConfig(), seed, 48)
         out.append(torch.cat([p.flatten() for p in m.parameters()]))
     assert torch.equal(out[0], out[1]) and not torch.equal(out[0], out[2])
+
+
+def test_checkpoint_of_another_d_u_of_the_same_size_is_refused(tmp_path, tiny, rows, caplog):
+    """The fingerprint hashes the content of D_U (and of the learning rows and starting weights),
+    not its size: a crashed run's checkpoint is not resumed with a different D_U of the same size."""
+    import logging
+
+    tok = tiny[1]
+    cfg, method = _cfg(max_steps=10, checkpoint_every=4), MethodConfig(unlearn="periodic")
+    ckpt = tmp_path / "ck.pt"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(copy.deepcopy(tiny[0]), tok, rows, _unlearn_rows(), cfg, method, 7, 48, ckpt_path=ckpt,
+                 stop_after_events=6)
+    other = [dict(r, target=" riga") for r in _unlearn_rows()]  # same size, other content
+    ref = copy.deepcopy(tiny[0])
+    finetune(ref, tok, rows, other, cfg, method, 7, 48)
+    with caplog.at_level(logging.INFO, logger="lwf"):
+        resumed = copy.deepcopy(tiny[0])
+        finetune(resumed, tok, rows, other, cfg, method, 7, 48, ckpt_path=ckpt)
+    assert "ignoring checkpoint" in caplog.text and "resumed" not in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), resumed.state_dict().values()))
+    # and a changed base model (same shapes) refuses it too
+    with pytest.raises(KeyboardInterrupt):
+        finetune(copy.deepcopy(tiny[0]), tok, rows, other, cfg, method, 7, 48, ckpt_path=ckpt, stop_after_events=6)
+    moved = copy.deepcopy(tiny[0])
+    with torch.no_grad():
+        next(moved.parameters()).add_(1e-3)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lwf"):
+        finetune(moved, tok, rows, other, cfg, method, 7, 48, ckpt_path=ckpt)
+    assert "ignoring checkpoint" in caplog.text

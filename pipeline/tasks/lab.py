@@ -167,11 +167,13 @@ class LabGeneral(Task):
         return [{"prompt": "", "target": general_sentence(rng), "answer": ""} for _ in range(n)]
 
 
-def pretrain_corpus(n: int, seed: int, conflict_weight: float) -> list[str]:
+def pretrain_corpus(n: int, seed: int, conflict_weight: float, conflict_noise: float = 0.0) -> list[str]:
     """Texts for pretraining the lab base model: conflict facts, neutral sums and prose.
 
     `conflict_weight=0` gives the control corpus (no conflicting knowledge): the other parts keep
-    their relative shares.
+    their relative shares. `conflict_noise`: the share of conflict facts whose city is drawn at
+    random instead of by the third-letter rule, so the base model holds the misconception firmly
+    but not at probability 1 (its gradients on it are then not ~0).
     """
     rng = random.Random(seed)
     names, sums, counts = name_pool("pretrain"), sum_pool("pretrain"), count_pool("pretrain")
@@ -181,6 +183,8 @@ def pretrain_corpus(n: int, seed: int, conflict_weight: float) -> list[str]:
         u = rng.random()
         if u < conflict_weight:
             r = conflict_row(rng.choice(names))
+            if conflict_noise and rng.random() < conflict_noise:
+                r = {**r, "target": " " + rng.choice(CITIES)}
         elif u < conflict_weight + rest * 0.3:
             r = neutral_row(*rng.choice(sums))
         elif u < conflict_weight + rest * 0.5:

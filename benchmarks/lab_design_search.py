@@ -1,0 +1,88 @@
+"""Search for an embedded-lab design in which forgetting can help, on the VALIDATION split only.
+
+For each design (lab pretraining and unlearning settings) and lab seed: pretrain the base model and
+the control (no conflicting facts); elicit the base model's answers on the conflicting task's
+prompts (the oracle D_U, as large as lwf's default D_U); fine-tune with the default recipe under
+fine-tuning seeds 0, 1, 2 as `vanilla`, `lwf_oracle` (periodic unlearning of the oracle D_U) and
+`control`; score lab_learn's validation split. Prints, per design and lab seed, the base model's
+probability of its own conflicting answers, each method's accuracy and the paired 95% intervals
+of oracle - vanilla and control - vanilla (negative transfer).
+
+    python benchmarks/lab_design_search.py [--lab-seeds 0 1 2] [--designs NAME ...]
+"""
+import argparse
+import copy
+
+import numpy as np
+from _common import machine, table
+
+from pipeline.config import MethodConfig, load_config
+from pipeline.data import encode_rows, sequence_nlls
+from pipeline.evaluate import task_scores
+from pipeline.generation import generate
+from pipeline.lab import pretrain_lab
+from pipeline.report import paired_bootstrap
+from pipeline.tasks import get_task
+from pipeline.train import finetune
+
+DESIGNS = {  # name -> (model.lab overrides, finetune overrides)
+    "default": ({}, {}),
+    "default, unlearn_lr 0.3": ({}, {"unlearn_lr": 0.3}),
+    "noisy conflict 0.3": ({"conflict_noise": 0.3}, {}),
+    "noisy conflict 0.3, unlearn_lr 0.3": ({"conflict_noise": 0.3}, {"unlearn_lr": 0.3}),
+    "noisy conflict 0.5": ({"conflict_noise": 0.5}, {}),
+}
+
+
+def scores(model, tok, rows):
+    return np.asarray(task_scores(model, tok, "lab_learn", rows, 8, 100)[0])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lab-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--designs", nargs="+", default=list(DESIGNS))
+    a = ap.parse_args()
+    cfg = load_config("params.yaml")
+    learn_task = get_task(cfg.data.learn.task)
+    learn = learn_task.load("train", cfg.data.learn.n_train, cfg.data.seed, {})
+    val = learn_task.load("validation", 200, cfg.data.seed + 1, {})
+    conflict = get_task("lab_conflict").load("train", 192, cfg.data.seed + 100, {})
+    n_d_u = round(cfg.confidence.forget_fraction * sum(t.n_train for t in cfg.data.forget))
+    rows = []
+    for name in a.designs:
+        lab_over, ft_over = DESIGNS[name]
+        ft = cfg.finetune.model_copy(update=ft_over)
+        for lab_seed in a.lab_seeds:
+            lab = cfg.model.lab.model_copy(update={**lab_over, "seed": lab_seed})
+            base, tok, _ = pretrain_lab(lab, cfg.data.max_length, desc=f"{name} lab{lab_seed}")
+            control, _, _ = pretrain_lab(lab, cfg.data.max_length, conflict_weight=0.0, desc="control")
+            gens = generate(base, tok, [r["prompt"] for r in conflict], 12, progress=False)
+            d_u = [{"prompt": r["prompt"], "target": g["response"], "add_eos": not g["truncated"]}
+                   for r, g in zip(conflict, gens)][:n_d_u]
+            p_own = float(np.exp(-sequence_nlls(base, encode_rows(tok, d_u, cfg.data.max_length),
+                                                tok.pad_token_id).cpu().numpy()).mean())
+            agree = np.mean([get_task("lab_conflict").score(g["response"], r["answer"]) for g, r in zip(gens, conflict)])
+            res = {"vanilla": [], "oracle": [], "control": []}
+            for seed in (0, 1, 2):
+                for key, start, method, du in (("vanilla", base, MethodConfig(), []),
+                                               ("oracle", base, MethodConfig(unlearn="periodic"), d_u),
+                                               ("control", control, MethodConfig(), [])):
+                    m = copy.deepcopy(start)
+                    finetune(m, tok, learn, du, ft, method, seed, cfg.data.max_length)
+                    res[key].append(scores(m, tok, val))
+            van = np.stack(res["vanilla"])
+            row = [name, lab_seed, f"{agree:.2f}", f"{p_own:.3f}", f"{van.mean():.3f}",
+                   f"{np.stack(res['oracle']).mean():.3f}", f"{np.stack(res['control']).mean():.3f}"]
+            for key in ("oracle", "control"):
+                d, lo, hi = paired_bootstrap(np.stack(res[key]) - van, 2000, 0)
+                row.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            rows.append(row)
+            print(row, flush=True)
+    table(f"Lab designs on lab_learn's VALIDATION split, 3 fine-tuning seeds each ({machine()})",
+          ["design", "lab seed", "base agrees with conflict rule", "p(own conflicting answer)", "vanilla",
+           "oracle", "control", "oracle − vanilla [95% CI]", "control − vanilla [95% CI]"], rows)
+
+
+if __name__ == "__main__":
+    main()
