@@ -27,10 +27,9 @@ from pipeline.train import finetune
 
 DESIGNS = {  # name -> (model.lab overrides, finetune overrides)
     "default": ({}, {}),
-    "default, unlearn_lr 0.3": ({}, {"unlearn_lr": 0.3}),
+    "default, unlearn_lr 0.03": ({}, {"unlearn_lr": 0.03}),
     "noisy conflict 0.3": ({"conflict_noise": 0.3}, {}),
-    "noisy conflict 0.3, unlearn_lr 0.3": ({"conflict_noise": 0.3}, {"unlearn_lr": 0.3}),
-    "noisy conflict 0.5": ({"conflict_noise": 0.5}, {}),
+    "noisy conflict 0.3, unlearn_lr 0.03": ({"conflict_noise": 0.3}, {"unlearn_lr": 0.03}),
 }
 
 
@@ -49,14 +48,17 @@ def main():
     val = learn_task.load("validation", 200, cfg.data.seed + 1, {})
     conflict = get_task("lab_conflict").load("train", 192, cfg.data.seed + 100, {})
     n_d_u = round(cfg.confidence.forget_fraction * sum(t.n_train for t in cfg.data.forget))
-    rows = []
+    rows, pretrained = [], {}
     for name in a.designs:
         lab_over, ft_over = DESIGNS[name]
         ft = cfg.finetune.model_copy(update=ft_over)
         for lab_seed in a.lab_seeds:
             lab = cfg.model.lab.model_copy(update={**lab_over, "seed": lab_seed})
-            base, tok, _ = pretrain_lab(lab, cfg.data.max_length, desc=f"{name} lab{lab_seed}")
-            control, _, _ = pretrain_lab(lab, cfg.data.max_length, conflict_weight=0.0, desc="control")
+            key = lab.model_dump_json()
+            if key not in pretrained:  # designs that differ only in unlearning share their pretraining
+                pretrained[key] = (*pretrain_lab(lab, cfg.data.max_length, desc=f"{name} lab{lab_seed}")[:2],
+                                   pretrain_lab(lab, cfg.data.max_length, conflict_weight=0.0, desc="control")[0])
+            base, tok, control = pretrained[key]
             gens = generate(base, tok, [r["prompt"] for r in conflict], 12, progress=False)
             d_u = [{"prompt": r["prompt"], "target": g["response"], "add_eos": not g["truncated"]}
                    for r, g in zip(conflict, gens)][:n_d_u]

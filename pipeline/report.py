@@ -83,7 +83,7 @@ def summarize(evals: dict[str, dict], seeds: list[int], n_boot: int, seed: int =
             row[f"{metric}_seeds"] = vals
             if method != "vanilla" and all(van[str(s)].get(metric) is not None for s in seeds):
                 if metric == "perplexity" and "general/nll" in per[str(seeds[0])]["items"]:
-                    nll = [np.stack([ev["seeds"][str(s)]["items"]["general/nll"] for s in seeds]) for ev in (ev, evals["vanilla"])]
+                    nll = [np.stack([e["seeds"][str(s)]["items"]["general/nll"] for s in seeds]) for e in (ev, evals["vanilla"])]
                     d, lo, hi = perplexity_bootstrap(*nll, van[str(seeds[0])]["items"]["general/tokens"], n_boot, seed)
                 else:
                     diff = np.stack([_items(per[str(s)], metric) - _items(van[str(s)], metric) for s in seeds])
