@@ -39,9 +39,9 @@ def cfg():
         "data": {"learn": {"task": "sst5", "n_train": 16, "n_test": 4, "options": VENDORED},
                  "forget": [{"task": "psychol", "n_train": 8, "n_test": 4,
                              "options": {**VENDORED, "subjects": ["high_school_psychology"]}}],
-                 "general": {"task": "custom", "n_test": 2, "options": {
-                     **VENDORED, "hub_id": "SetFit/sst5", "prompt_field": "text", "target_field": "text",
-                     "prompt_template": "", "metric": "none"}},
+                 "general": {"task": "custom", "n_test": 2, "options": {  # GSM8K questions as plain text
+                     **VENDORED, "hub_id": "openai/gsm8k", "hub_config": "main", "prompt_field": "question",
+                     "target_field": "question", "prompt_template": "", "metric": "none"}},
                  "max_length": 1024},
         "grads": {"param_regex": rf"{LAST.replace('.', '[.]')}mlp[.]", "chunk_size": 8},
         "elicit": {"max_new_tokens": 12, "batch_size": 8},
