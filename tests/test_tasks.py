@@ -199,7 +199,7 @@ def test_vendored_subsets_load_through_the_registry(name, split, opts, n):
 
 
 def test_vendored_source_errors_and_precedence():
-    with pytest.raises(ValueError, match="no vendored copy of 'allenai/qasc'.*vendored: SetFit/sst5, cais/mmlu, openai/gsm8k"):
+    with pytest.raises(ValueError, match="no vendored copy of 'allenai/qasc'.*: SetFit/sst5, cais/mmlu, openai/gsm8k"):
         get_task("qasc").load("train", 4, 0, {"source": "vendored"})
     with pytest.raises(ValueError, match="options.source 'web' must be one of hub, vendored"):
         get_task("sst5").load("train", 4, 0, {"source": "web"})
