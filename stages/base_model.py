@@ -1,8 +1,11 @@
-"""base_model: pretrain the embedded lab model, or load a Hugging Face model; save_pretrained."""
+"""base_model: pretrain the embedded lab model, convert a packaged (GGUF) model, or load a Hugging
+Face model; save_pretrained."""
 import logging
+from importlib.metadata import version
 
 from pipeline import paths
 from pipeline.io import save_pretrained, write_json
+from pipeline.models import PACKAGED
 from pipeline.stage import main, stage
 
 log = logging.getLogger("lwf")
@@ -15,6 +18,13 @@ def run(cfg):
         from pipeline.lab import pretrain_lab
 
         model, tok, stats = pretrain_lab(cfg.model.lab, cfg.data.max_length)
+    elif cfg.model.name in PACKAGED:  # converted once: every later stage loads the saved checkpoint
+        from pipeline.models import load_packaged
+
+        src = PACKAGED[cfg.model.name]
+        model, tok = load_packaged(cfg.model.name, cfg.model)
+        stats = {"source": cfg.model.name, "n_params": sum(p.numel() for p in model.parameters()),
+                 "gguf": f"{src.package} {version(src.package)}: {src.file}"}
     else:
         from pipeline.models import load_model
 

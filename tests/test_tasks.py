@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.tasks import TASKS, get_task
-from pipeline.tasks.choice import extract_letter
+from pipeline.tasks.choice import SST5_LABELS, extract_letter
 from pipeline.tasks.gsm8k import flexible_answer, normalize_number, strict_answer
 
 FIX = Path(__file__).parent / "fixtures"
@@ -177,3 +177,65 @@ def test_evaluation_cuts_at_the_task_stop_and_scores_with_the_rows_options(scrip
 
 def test_registry_has_the_paper_tasks():
     assert {"gsm8k", "qasc", "sst5", "dental", "psychol", "custom"} <= set(TASKS)
+
+
+VENDORED_COUNTS = [  # task, split, params options, rows (every vendored row: n above the split's size)
+    ("sst5", "train", {}, 2000), ("sst5", "test", {}, 500), ("sst5", "test", {"test_split": "validation"}, 300),
+    ("psychol", "train", {}, 60 + 69), ("psychol", "test", {}, 545 + 612),  # MMLU validation / test, both subjects
+    ("gsm8k", "train", {}, 1000), ("gsm8k", "test", {}, 300),
+]
+
+
+@pytest.mark.parametrize("name,split,opts,n", VENDORED_COUNTS, ids=[f"{t}-{s}-{n}" for t, s, _, n in VENDORED_COUNTS])
+def test_vendored_subsets_load_through_the_registry(name, split, opts, n):
+    opts = {"source": "vendored", **opts}
+    rows = get_task(name, opts).load(split, 10**6, 0, opts)
+    assert len(rows) == n and all(r["prompt"] and r["target"].strip() and r["answer"] for r in rows)
+    if name == "gsm8k":
+        assert all(r["prompt"].startswith("Question: ") and r["target"].split("#### ")[-1].strip() for r in rows)
+    else:
+        assert {r["answer"] for r in rows} == ({"A", "B", "C", "D"} if name == "psychol" else set(SST5_LABELS))
+        assert all(len(r["choices"]) == (4 if name == "psychol" else 5) for r in rows)
+
+
+def test_vendored_source_errors_and_precedence():
+    with pytest.raises(ValueError, match="no vendored copy of 'allenai/qasc'.*: SetFit/sst5, cais/mmlu, openai/gsm8k"):
+        get_task("qasc").load("train", 4, 0, {"source": "vendored"})
+    with pytest.raises(ValueError, match="options.source 'web' must be one of hub, vendored"):
+        get_task("sst5").load("train", 4, 0, {"source": "web"})
+    rows = get_task("sst5").load("train", 100, 0, {"source": "vendored", **files("sst5.jsonl")})
+    assert len(rows) == 5  # the user's data_files win over the vendored copy
+    with pytest.raises(ValueError, match=r"options.data_files.train or options.source: vendored"):
+        get_task("gsm8k").load("train", 4, 0, {})  # offline (conftest): the hub fails, the message points here
+
+
+def test_vendored_files_match_their_provenance():
+    """Every vendored dataset has a LICENSE and a PROVENANCE.md that lists each of its files with
+    its row count and sha256."""
+    import hashlib
+
+    from pipeline.tasks.files import VENDORED, vendored_datasets
+
+    assert vendored_datasets() == ["SetFit/sst5", "cais/mmlu", "openai/gsm8k"]
+    for ds in vendored_datasets():
+        prov = (VENDORED / ds / "PROVENANCE.md").read_text()
+        assert (VENDORED / ds / "LICENSE").read_text().strip()
+        for f in sorted((VENDORED / ds).rglob("*.jsonl")):
+            data = f.read_bytes()
+            rows = data.count(b"\n")
+            assert f"| {f.relative_to(VENDORED / ds)} | {rows} |" in prov
+            assert hashlib.sha256(data).hexdigest() in prov, f
+
+
+@pytest.mark.skipif(not SHARED_GSM8K.exists(), reason="../shared/data not present (fresh clone)")
+def test_vendored_subsets_rebuild_from_the_full_copies():
+    import importlib.util
+
+    from pipeline.tasks.files import VENDORED
+
+    spec = importlib.util.spec_from_file_location("make_subsets", VENDORED / "make_subsets.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    built = mod.build(SHARED_GSM8K.parent)
+    assert built and all((VENDORED / rel).read_text(encoding="utf-8") == text for rel, text in built.items())
+    assert sorted(built) == sorted(p.relative_to(VENDORED) for p in VENDORED.rglob("*.jsonl"))
