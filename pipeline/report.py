@@ -97,6 +97,7 @@ def summarize(evals: dict[str, dict], seeds: list[int], n_boot: int, seed: int =
         if tasks:
             row["forget_scores"] = {t: float(np.mean([per[str(s)]["forget_scores"][t] for s in seeds])) for t in tasks}
         tr = [per[str(s)].get("train", {}) for s in seeds]
+        row["pretrainings"] = 1  # every interval is over fine-tuning seeds and test items of ONE base model
         row["unlearn_steps_taken"] = [t.get("unlearn_steps_taken", 0) for t in tr]
         row["optimizer_steps"] = [t.get("optimizer_steps") for t in tr]
         row["unlearn_stopped"] = sum(t.get("unlearn_stopped_at") is not None for t in tr)
@@ -133,7 +134,9 @@ def markdown(summary: dict, seeds: list[int], confidence: dict | None, notes: li
         "# LWF comparison", "",
         *([scoring_line(scoring), ""] if scoring else []),
         f"Seeds: {seeds}. Mean ± std over seeds; delta = method − vanilla with a paired bootstrap 95% interval "
-        "(seeds and test items resampled). A delta whose interval contains 0 is **within the noise**.", "",
+        "(seeds and test items resampled). A delta whose interval contains 0 is **within the noise**. "
+        "The intervals cover ONE pretraining of the base model (one `base_model` run): they do not include the "
+        "variation between pretrainings (for the embedded lab, see the README's results over lab seeds).", "",
         "| method | learn score | Δ learn vs vanilla [95% CI] | forget score | Δ forget | perplexity | Δ ppl | unlearn steps |",
         "|---|---|---|---|---|---|---|---|",
     ]

@@ -45,7 +45,9 @@ def test_summarize_means_stds_and_deltas():
     assert s["lwf"]["learn_score_delta"] == pytest.approx(0.25)
     lo, hi = s["lwf"]["learn_score_delta_ci95"]
     assert 0 <= lo <= 0.25 <= hi
+    assert s["lwf"]["pretrainings"] == 1
     md = markdown(s, [0, 1], None, [])
+    assert "ONE pretraining" in md
     assert "| lwf | 0.625" in md and "+0.250" in md
 
 
