@@ -119,17 +119,21 @@ def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dic
     all_encs = encode_rows(tok, rows, max_length, add_bos)
     encs, _ = ddp.shard_even(all_encs)  # several processes: score a shard each, gather in the original order
     gl_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in mean_grad.values())))
-    nll0 = sequence_nlls(model, encs, tok.pad_token_id, batch_size)
-    delta, nll_probe = None, torch.full_like(nll0, float("nan"))
+    # the probe first (it needs no gradients of theta_0); then the per-sample gradients at theta_0, and only
+    # then forwards without gradients (after one, FSDP2 leaves the root's parameters gathered)
+    delta = probed = restore = None
     if probe is not None and learn_rows:
         delta, probed, restore = probe_delta(model, tok, learn_rows, probe, max_length, add_bos, param_regex,
                                              probe_replica)
-        nll_probe = sequence_nlls(probed, encs, tok.pad_token_id, batch_size).to(nll0.device)
+        nll_probe = sequence_nlls(probed, encs, tok.pad_token_id, batch_size).cpu()
         restore()
     with tqdm(total=len(encs), desc="confidence", mininterval=2, leave=False, disable=not ddp.is_main()) as bar:
         sums = confidence_sums(model, encs, tok.pad_token_id, fisher, mean_grad, engine, chunk_size, param_regex,
                                bar, delta).cpu().numpy()
-    sums = np.concatenate([sums, torch.stack([nll0, nll_probe]).cpu().numpy()])
+    nll0 = sequence_nlls(model, encs, tok.pad_token_id, batch_size).cpu()
+    if delta is None:
+        nll_probe = torch.full_like(nll0, float("nan"))
+    sums = np.concatenate([sums, torch.stack([nll0, nll_probe]).numpy()])
     if ddp.active():
         sums = np.stack([np.asarray(ddp.gather_sharded(a.tolist(), len(all_encs))) for a in sums])
     fdist, conflict, dot, norm2, fnorm2, fdelta, nll0, nll_probe = sums

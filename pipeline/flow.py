@@ -63,8 +63,8 @@ def build_flow():
     def stage(name: str, candidate: bool):
         """One DVC stage: `dvc repro --single-item <name>` when DVC may need it, else Skipped."""
         if candidate and ran_stages(dvc("repro", "--single-item", name)):
-            return Completed(message="ran", data="ran")
-        return Completed(name="Skipped", message="DVC: unchanged", data="skipped")
+            return Completed(message="DVC ran the stage")
+        return Completed(name="Skipped", message="DVC: nothing it depends on changed")
 
     @flow(name="lwf", persist_result=False, log_prints=True)
     def lwf_flow(only: list[str] | None = None) -> dict:
@@ -74,6 +74,8 @@ def build_flow():
             candidates = set(ran_stages(dvc("repro", "--dry")))
         except RuntimeError:  # a fresh project: --dry cannot look into outputs not made yet
             candidates = set(names)
-        return {n: stage.with_options(task_run_name=n)(n, n in candidates) for n in names}
+        # calling a task that returns a State gives that State
+        states = {n: stage.with_options(task_run_name=n)(n, n in candidates) for n in names}
+        return {n: "skipped" if st.name == "Skipped" else "ran" for n, st in states.items()}
 
     return lwf_flow
