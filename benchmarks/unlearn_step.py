@@ -18,20 +18,9 @@ import torch
 from _common import lab_model, lab_rows, machine, table
 
 from pipeline.config import FinetuneConfig, MethodConfig, load_config
-from pipeline.data import collate, encode_rows, forward_loss
-from pipeline.train import finetune
+from pipeline.train import ascent_direction, finetune
 
 N = 12
-
-
-def nll_grad(model, tok, rows):
-    batch = collate(encode_rows(tok, rows, 64), tok.pad_token_id)
-    model.zero_grad(set_to_none=True)
-    loss = forward_loss(model, batch)[0].mean()
-    loss.backward()
-    g = torch.cat([p.grad.flatten() for p in model.parameters()])
-    model.zero_grad(set_to_none=True)
-    return loss.item(), g
 
 
 def flat(model):
@@ -73,8 +62,8 @@ def main(project: str | None):
             else:
                 ref = trained(model, tok, learn, d_u, cfg, MethodConfig(unlearn="periodic"), stop=N)
                 done = trained(model, tok, learn, d_u, cfg, MethodConfig(unlearn="periodic"))
-            before, ascent = nll_grad(ref, tok, d_u)
-            after, _ = nll_grad(done, tok, d_u)
+            before, ascent = ascent_direction(ref, tok, d_u, 64)
+            after, _ = ascent_direction(done, tok, d_u, 64)
             if mode != "joint":
                 cos = f"{torch.nn.functional.cosine_similarity(flat(done) - flat(ref), ascent, dim=0).item():.3f}"
             rows.append([mode, f"{knob} {v}", f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}", cos])

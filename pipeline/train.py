@@ -105,6 +105,18 @@ class Stream:
         return out
 
 
+def ascent_direction(model, tok, rows: list[dict], max_length: int, add_bos: bool = True):
+    """(mean l over `rows`, its gradient flattened over all parameters): the direction an
+    unlearning step on that batch ascends (the mechanism tests and benchmark compare with it)."""
+    batch = collate(encode_rows(tok, rows, max_length, add_bos), tok.pad_token_id, next(model.parameters()).device)
+    model.zero_grad(set_to_none=True)
+    loss = forward_loss(model, batch)[0].mean()
+    loss.backward()
+    g = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+    return loss.item(), g
+
+
 def bss_term(features: torch.Tensor, k: int, eta: float) -> torch.Tensor:
     """Batch Spectral Shrinkage (Chen et al. 2019): eta * sum of the k smallest squared singular
     values of the (batch x hidden) feature matrix."""

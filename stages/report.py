@@ -1,7 +1,5 @@
 """report: aggregate all methods over seeds -> metrics/summary.json, reports/report.md, plots."""
-import json
 import logging
-from pathlib import Path
 
 import pandas as pd
 

@@ -3,7 +3,6 @@ import copy
 from pathlib import Path
 
 import pytest
-import torch
 
 from pipeline.config import FinetuneConfig, MethodConfig
 from pipeline.confidence import confidence_scores

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from pipeline.config import FinetuneConfig, MethodConfig
-from pipeline.data import collate, encode_rows, forward_loss
-from pipeline.train import finetune
+from pipeline.train import ascent_direction, finetune
 
 N = 12  # learning steps before the unlearning step
 
@@ -35,14 +34,7 @@ def _flat(model):
 
 
 def _nll_and_grad(model, tok, rows):
-    """Mean NLL of `rows` (the unlearning batch) and its gradient (the ascent direction)."""
-    batch = collate(encode_rows(tok, rows, 48), tok.pad_token_id)
-    model.zero_grad(set_to_none=True)
-    loss = forward_loss(model, batch)[0].mean()
-    loss.backward()
-    g = torch.cat([p.grad.flatten() for p in model.parameters()])
-    model.zero_grad(set_to_none=True)
-    return loss.item(), g
+    return ascent_direction(model, tok, rows, 48)
 
 
 def _run(tiny, rows, cfg, method, stop=None):
