@@ -2,10 +2,11 @@
 
 One execution model: the flow never calls a stage function itself. Each stage of `dvc.yaml`
 (matrix items expanded, in the file's order, which is a dependency order) becomes a Prefect task
-run named after it. One `dvc repro --dry` first lists the stages DVC would consider; every other
-stage is reported at once as a task run in the state `Skipped` (DVC: nothing changed); in a
-fresh project, where `--dry` cannot inspect outputs that do not exist yet, every stage is listed. Each listed
-stage runs as `dvc repro --single-item <stage>`, so DVC checks its deps, params and outputs again
+run named after it. One `dvc repro --dry` first lists the stages that are stale now (it cannot
+know which downstream stages will be stale once those have run); a stage that is neither listed
+nor after a stage that ran is reported at once as a task run in the state `Skipped`. In a fresh
+project, where `--dry` cannot inspect outputs that do not exist yet, every stage is a candidate.
+Each candidate stage runs as `dvc repro --single-item <stage>`, so DVC checks its deps, params and outputs again
 at that moment (after the upstream stages ran), skips it when nothing it depends on changed, and
 otherwise runs the stage's own `cmd` (with `launch.num_processes > 1` that is the
 `python -m pipeline.launch` command of `dvc.yaml`) and records it in `dvc.lock`. After any change
@@ -74,8 +75,11 @@ def build_flow():
             candidates = set(ran_stages(dvc("repro", "--dry")))
         except RuntimeError:  # a fresh project: --dry cannot look into outputs not made yet
             candidates = set(names)
-        # calling a task that returns a State gives that State
-        states = {n: stage.with_options(task_run_name=n)(n, n in candidates) for n in names}
-        return {n: "skipped" if st.name == "Skipped" else "ran" for n, st in states.items()}
+        out, upstream_ran = {}, False
+        for n in names:  # dependency order; a stage after one that ran may be stale too (--dry cannot know)
+            st = stage.with_options(task_run_name=n)(n, upstream_ran or n in candidates)  # (a State: the task
+            out[n] = "skipped" if st.name == "Skipped" else "ran"                          # returned one)
+            upstream_ran = upstream_ran or out[n] == "ran"
+        return out
 
     return lwf_flow
