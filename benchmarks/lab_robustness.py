@@ -6,12 +6,13 @@ what that change touches. Prints one table per question.
     python benchmarks/lab_robustness.py OUT_DIR [--lab-seeds 0 1 2] [--threads 2] \
         [--modes separate joint shared] [--set key=value ...]
 
-OUT_DIR keeps every run: a (lab seed, threads, mode) whose params are unchanged is not rerun, and
+OUT_DIR keeps every run: a (lab seed, threads, mode) whose params and code are unchanged is not rerun, and
 DVC reruns only what a mode change touches. Each cell is a
 paired bootstrap over fine-tuning seeds and test items (`pipeline/report.py`); "held" counts the
 runs in which a conclusion holds.
 """
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -45,14 +46,26 @@ def setdeep(raw: dict, key: str, value) -> None:
     raw[last] = value
 
 
+def code_digest() -> str:
+    """Hash of the code a run executes: a saved result is reused only for the same code and params."""
+    h = hashlib.sha256()
+    files = sorted([*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "stages").rglob("*.py"), ROOT / "dvc.yaml"])
+    for f in files:
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def run(out: Path, lab_seed: int, threads: int, modes: list[str], overrides: list[str]) -> dict:
     proj = out / f"lab{lab_seed}-t{threads}"
-    if not (proj / ".dvc").exists():
-        proj.mkdir(parents=True, exist_ok=True)
-        for name in ("pipeline", "stages"):
-            shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-        for name in ("dvc.yaml", ".dvcignore", ".gitignore", "params.yaml"):
-            shutil.copy(ROOT / name, proj / name)
+    fresh = not (proj / ".dvc").exists()
+    proj.mkdir(parents=True, exist_ok=True)
+    for name in ("pipeline", "stages"):  # today's code, every time: DVC reruns what a code change touches
+        shutil.rmtree(proj / name, ignore_errors=True)
+        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, proj / name)
+    if fresh:
+        shutil.copy(ROOT / "params.yaml", proj / "params.yaml")
         sh(["git", "init", "-q"], proj, threads)
         sh([sys.executable, "-m", "dvc", "init", "-q"], proj, threads)
     results = {}
@@ -64,7 +77,8 @@ def run(out: Path, lab_seed: int, threads: int, modes: list[str], overrides: lis
             k, v = kv.split("=", 1)
             setdeep(raw, k, yaml.safe_load(v))
         saved = proj / f"result-{mode}.json"
-        if saved.exists() and json.loads(saved.read_text()).get("params") == raw:  # this exact run is done
+        code = code_digest()
+        if saved.exists() and (old := json.loads(saved.read_text())).get("params") == raw and old.get("code") == code:
             results[mode] = json.loads(saved.read_text())
             continue
         (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -73,7 +87,7 @@ def run(out: Path, lab_seed: int, threads: int, modes: list[str], overrides: lis
         res = {"summary": json.loads((proj / "metrics/summary.json").read_text()),
                "confidence": json.loads((proj / "metrics/confidence.json").read_text()),
                "evals": {m: json.loads((proj / f"artifacts/eval/{m}.json").read_text()) for m in raw["run"]["methods"]},
-               "seeds": raw["run"]["seeds"], "params": raw}
+               "seeds": raw["run"]["seeds"], "params": raw, "code": code}
         saved.write_text(json.dumps(res))
         results[mode] = res
     return results
