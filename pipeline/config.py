@@ -70,7 +70,20 @@ class ModelConfig(_Strict):
     chat_template: bool = False
     gradient_checkpointing: bool = False
     lora: Optional[LoraConfig] = None
+    # regex over parameter names: only matching parameters are trained (fine-tune, probe) and have
+    # Fisher/confidence gradients; the rest are frozen (a forward pass still runs through them)
+    trainable: Optional[str] = None
     lab: LabConfig = LabConfig()
+
+    @field_validator("trainable")
+    @classmethod
+    def _trainable_compiles(cls, v):
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression: {e}") from None
+        return v
 
     @field_validator("name")
     @classmethod
@@ -331,6 +344,8 @@ class Config(_Strict):
         if self.launch.strategy == "fsdp" and self.grads.engine == "loop":
             raise ValueError("launch.strategy 'fsdp' needs grads.engine 'vectorized' (the loop engine needs whole "
                              "parameters on every process)")
+        if self.model.lora is not None and self.model.trainable is not None:
+            raise ValueError("model.lora and model.trainable both set: LoRA trains its adapters only; set one of them")
         if self.launch.strategy == "fsdp" and self.model.lora is not None:
             raise ValueError("launch.strategy 'fsdp' cannot shard model.lora adapters; use 'ddp' (LoRA trains few "
                              "parameters, so the AdamW state fits every process)")

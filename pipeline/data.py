@@ -100,12 +100,16 @@ def forward_loss(model, batch, output_hidden_states: bool = False):
 
 @torch.no_grad()
 def sequence_nlls(model, encs: list[Encoded], pad_id: int, batch_size: int = 64) -> torch.Tensor:
-    """l(x, y) of every encoded row (float64, on the model's device), in batches, no gradients."""
+    """l(x, y) of every encoded row (float64, on the model's device), in batches of similar
+    lengths (less padding), no gradients; in the order of `encs`."""
     model.eval()
     device = next(model.parameters()).device
-    out = [forward_loss(model, collate(encs[i:i + batch_size], pad_id, device))[0].double()
-           for i in range(0, len(encs), batch_size)]
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=device)
+    order = sorted(range(len(encs)), key=lambda i: len(encs[i].input_ids))
+    out = torch.zeros(len(encs), dtype=torch.float64, device=device)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        out[torch.tensor(idx, device=device)] = forward_loss(model, collate([encs[j] for j in idx], pad_id, device))[0].double()
+    return out
 
 
 def batches(items: list, size: int):

@@ -116,11 +116,14 @@ def evaluate_model(model, tok, data_cfg, learn_test: list[dict], forget_tests: d
         "items": {"learn": learn_items, **{f"forget/{k}": v for k, v in forget_items.items()},
                   "general/nll": seq_nll, "general/tokens": seq_tokens},
     }
-    if nll_sets:
+    if nll_sets:  # each distinct sample scored once (D_U sets are subsets of the self-knowledge sets)
+        key = lambda r: (r["prompt"], r["target"], r.get("add_eos", True))  # noqa: E731
+        unique = list({key(r): r for rows in nll_sets.values() for r in rows}.values())
+        nll_of = dict(zip(map(key, unique), set_nlls(model, tok, unique, max_length, cfg.batch_size, add_bos)))
         out["nll"] = {}
         for name, rows in nll_sets.items():
             if rows:
-                items = set_nlls(model, tok, rows, max_length, cfg.batch_size, add_bos)
+                items = [nll_of[key(r)] for r in rows]
                 out["nll"][name] = sum(items) / len(items)
                 out["items"][f"nll/{name}"] = items
         out["d_u_nll"] = out["nll"].get("d_u")

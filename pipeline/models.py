@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +170,25 @@ def with_lora(model, lora):
     torch.manual_seed(lora.seed)
     return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+
+
+def trainable_model(model, model_cfg):
+    """The model the training-side stages (fisher, confidence, finetune) work on: LoRA adapters
+    (`model.lora`) or, with `model.trainable`, only the parameters whose names match that regex
+    left trainable (all others frozen: no gradients, no optimizer state, a shorter backward)."""
+    model = with_lora(model, model_cfg.lora)
+    if model_cfg.trainable is None:
+        return model
+    pat = re.compile(model_cfg.trainable)
+    n = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(bool(pat.search(name)))
+        n += p.numel() if p.requires_grad else 0
+    if not n:
+        raise ValueError(f"model.trainable={model_cfg.trainable!r} matches no parameter")
+    log.info("model.trainable %r: %.2fM of %.2fM parameters trainable", model_cfg.trainable, n / 1e6,
+             sum(p.numel() for p in model.parameters()) / 1e6)
+    return model
 
 
 def plain_model(model):

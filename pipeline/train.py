@@ -112,7 +112,7 @@ def ascent_direction(model, tok, rows: list[dict], max_length: int, add_bos: boo
     model.zero_grad(set_to_none=True)
     loss = forward_loss(model, batch)[0].mean()
     loss.backward()
-    g = torch.cat([p.grad.flatten() for p in model.parameters()])
+    g = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
     model.zero_grad(set_to_none=True)
     return loss.item(), g
 

@@ -7,7 +7,7 @@ from pipeline import paths
 from pipeline.confidence import as_rows, confidence_metrics, confidence_scores, select
 from pipeline.fisher import load_fisher
 from pipeline.io import write_json, write_parquet
-from pipeline.models import load_model, with_lora
+from pipeline.models import load_model, trainable_model
 from pipeline.stage import load_rows, main, stage
 
 log = logging.getLogger("lwf")
@@ -19,9 +19,9 @@ def run(cfg):
     c = cfg.confidence
     fsdp = cfg.launch.strategy == "fsdp"
     model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=fsdp)
-    model = with_lora(model, cfg.model.lora)  # the same seeded adapters as the fisher stage
+    model = trainable_model(model, cfg.model)  # the same seeded adapters / trainable subset as fisher
     # the probe fine-tune trains an unsharded replica under FSDP (the sharded model stays theta_0)
-    replica = load_model(paths.BASE_MODEL, cfg.model)[0] if fsdp else None
+    replica = trainable_model(load_model(paths.BASE_MODEL, cfg.model)[0], cfg.model) if fsdp else None
     device = next(model.parameters()).device
     F, gL, _ = load_fisher(paths.FISHER, device)
     sk = pd.read_parquet(paths.SELF_KNOWLEDGE)

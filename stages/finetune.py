@@ -8,7 +8,7 @@ import pandas as pd
 from pipeline import dist, paths
 from pipeline.confidence import unlearn_set
 from pipeline.io import atomic_path, write_csv
-from pipeline.models import load_model, plain_model, with_lora
+from pipeline.models import load_model, plain_model, trainable_model
 from pipeline.stage import UserError, load_rows, main, stage
 from pipeline.train import finetune, learning_steps
 
@@ -22,7 +22,7 @@ def run(cfg, method: str, seed: int):
         raise UserError(f"unknown method {method!r}; defined: {', '.join(cfg.methods)}")
     m = cfg.methods[method]
     model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
-    model = with_lora(model, cfg.model.lora)
+    model = trainable_model(model, cfg.model)
     if cfg.model.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()

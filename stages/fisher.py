@@ -5,7 +5,7 @@ import time
 from pipeline import paths
 from pipeline.fisher import fisher_and_mean_grad, fisher_summary, save_fisher, true_fisher_rows
 from pipeline.io import write_json
-from pipeline.models import load_model, with_lora
+from pipeline.models import load_model, trainable_model
 from pipeline.stage import load_rows, main, stage
 
 log = logging.getLogger("lwf")
@@ -15,7 +15,7 @@ log = logging.getLogger("lwf")
 def run(cfg):
     """Write artifacts/fisher.safetensors (fisher.<param>, grad.<param>) and metrics/fisher.json."""
     model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
-    model = with_lora(model, cfg.model.lora)  # LoRA: Fisher over the adapters (the trainable parameters)
+    model = trainable_model(model, cfg.model)  # Fisher over the trainable parameters (LoRA adapters, model.trainable)
     rows = load_rows(paths.LEARN_DATA, "train")[: cfg.fisher.n_samples]
     if cfg.fisher.kind == "true":
         rows = true_fisher_rows(model, tok, rows, cfg.elicit.max_new_tokens, cfg.fisher.seed, cfg.model.add_bos)

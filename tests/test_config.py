@@ -48,6 +48,7 @@ BAD = [
     ("finetune.alpha", "lots", "finetune.alpha"),
     ("grads.engine", "magic", "grads.engine"),
     ("grads.param_regex", "(", "not a valid regular expression"),
+    ("model.trainable", "([", "model.trainable"),
     ("confidence.score", "vibes", "confidence.score"),
     ("model.lab.num_heads", 3, "multiple of model.lab.num_heads"),
     ("run.methods", ["lwf"], "must include 'vanilla'"),
@@ -62,6 +63,13 @@ def test_fsdp_with_loop_engine_is_rejected_by_name():
     raw = _with("launch.strategy", "fsdp")
     raw["grads"]["engine"] = "loop"
     with pytest.raises(ConfigError, match="launch.strategy 'fsdp' needs grads.engine 'vectorized'"):
+        parse_config(raw)
+
+
+def test_lora_with_trainable_is_rejected_by_name():
+    raw = _with("model.trainable", "layers")
+    raw["model"]["lora"] = {"r": 2}
+    with pytest.raises(ConfigError, match="model.lora and model.trainable both set"):
         parse_config(raw)
 
 

@@ -136,3 +136,45 @@ def test_lora_chat_template_and_gradient_checkpointing(tmp_path, monkeypatch, ro
     e = encode(ctok, "kete lives in", " rome", 64)
     assert ctok.decode(e.input_ids).startswith("<s>[kete lives in]")
     assert e.input_ids.count(ctok.bos_token_id) == 1
+
+
+def test_trainable_subset_freezes_the_rest(tmp_path, monkeypatch):
+    """model.trainable: Fisher has entries for the matching parameters only, and the fine-tune
+    (learning and unlearning steps) changes exactly those; the others keep the base weights."""
+    import stages.base_model
+    import stages.confidence
+    import stages.elicit
+    import stages.finetune
+    import stages.fisher
+    import stages.prepare
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    cfg = parse_config({
+        "run": {"seeds": [0], "methods": ["vanilla", "lwf"]},
+        "model": {"lab": {"pretrain_steps": 5}, "trainable": r"layers\.1\.mlp\."},
+        "data": {"learn": {"task": "lab_learn", "n_train": 8, "n_test": 6},
+                 "forget": [{"task": "lab_conflict", "n_train": 6, "n_test": 4}, {"task": "lab_count", "n_train": 6, "n_test": 4}],
+                 "general": {"task": "lab_general", "n_test": 4}},
+        "fisher": {"n_samples": 8}, "confidence": {"auroc_negative": ["lab_count"], "probe": {"steps": 2}},
+        "finetune": {"max_steps": 2, "batch_size": 4, "unlearn_every": 1, "unlearn_batch_size": 2},
+    })
+    monkeypatch.chdir(tmp_path)
+    for st in (stages.prepare, stages.base_model, stages.fisher, stages.elicit, stages.confidence):
+        st.run(cfg)
+    with safe_open("artifacts/fisher.safetensors", "pt") as f:
+        names = sorted(k[len("fisher."):] for k in f.keys() if k.startswith("fisher."))
+    assert names and all(".layers.1.mlp." in n for n in names)
+    stages.finetune.run(cfg, method="lwf", seed=0)
+    base = load_file("artifacts/base_model/model.safetensors")
+    tuned = load_file("artifacts/models/lwf/seed0/model.safetensors")
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and changed == {k for k in base if ".layers.1.mlp." in k}
+
+
+def test_trainable_matching_nothing_is_an_error():
+    from pipeline.models import trainable_model
+
+    cfg = parse_config({"model": {"trainable": "no_such_param"}})
+    with pytest.raises(ValueError, match="model.trainable='no_such_param' matches no parameter"):
+        trainable_model(torch.nn.Linear(2, 2), cfg.model)

@@ -1,6 +1,7 @@
 """Aggregation and the paired bootstrap."""
 import numpy as np
 import pytest
+import torch
 
 from pipeline.report import markdown, paired_bootstrap, perplexity_bootstrap, summarize
 
@@ -65,3 +66,37 @@ def test_perplexity_bootstrap_resamples_sequences():
     assert perplexity_bootstrap(a, a, tokens, 200) == (0.0, 0.0, 0.0)
     one = perplexity_bootstrap(a[:1], b[:1], tokens, 300)
     assert one[1] < one[0] < one[2]  # one seed: still an interval, from the sequences
+
+
+def test_sequence_nlls_in_input_order_whatever_the_batching(tiny, rows):
+    """Batches are formed by length; each row's l(x, y) comes back in input order and equals the
+    row scored alone."""
+    from pipeline.data import collate, encode_rows, forward_loss, sequence_nlls
+
+    model, tok = tiny
+    mixed = [dict(r, target=r["target"] * (1 + i % 3)) for i, r in enumerate(rows)]  # mixed lengths
+    encs = encode_rows(tok, mixed, 64)
+    alone = torch.stack([forward_loss(model, collate([e], tok.pad_token_id))[0][0].double() for e in encs])
+    for bs in (1, 4, 64):
+        torch.testing.assert_close(sequence_nlls(model, encs, tok.pad_token_id, bs), alone, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_scores_each_nll_sample_once(tiny, rows, monkeypatch):
+    """Overlapping NLL sets (D_U within the self-knowledge) are scored once per distinct sample and
+    give each set the same numbers as scoring it alone."""
+    from pipeline import evaluate
+    from pipeline.config import parse_config
+
+    model, tok = tiny
+    cfg = parse_config({})
+    seen = []
+    real = evaluate.set_nlls
+    monkeypatch.setattr(evaluate, "set_nlls", lambda m, t, r, *a, **k: seen.append(len(r)) or real(m, t, r, *a, **k))
+    monkeypatch.setattr(evaluate, "task_scores", lambda *a, **k: ([1.0], {}))
+    sets = {"d_u": rows[:3], "own_d_u": rows[2:5], "self/x": rows}
+    forget = {ref.task: [{}] for ref in cfg.data.forget}
+    out = evaluate.evaluate_model(model, tok, cfg.data, [{}], forget, rows[:2], cfg.evaluate, nll_sets=sets)
+    assert seen == [len(rows)]
+    for name, rs in sets.items():
+        alone = real(model, tok, rs, cfg.data.max_length, 8)
+        assert out["items"][f"nll/{name}"] == pytest.approx(alone, rel=1e-5)
