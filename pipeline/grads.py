@@ -9,11 +9,15 @@ Two engines give the same numbers (tested to 1e-5 relative):
   leaf module's input; the backward asks only for the gradients of those modules' *outputs*
   (no parameter-gradient GEMMs at all), and per-sample parameter gradients are formed from
   (input, output-gradient) pairs, the Opacus/BackPACK way:
-    nn.Linear     dW_b = sum_t g_bt a_bt^T (one batched einsum), db_b = sum_t g_bt
+    nn.Linear     dW_b = sum_t g_bt a_bt^T (one bmm), db_b = sum_t g_bt
     nn.Embedding  dE_b = scatter-add of g_bt into the rows of the tokens of sample b
     other leaves  (RMSNorm, LayerNorm, ...) torch.func.vmap of the module's own VJP.
   This is exact because the loss is a sum of per-sample losses and no layer mixes samples
   (right padding + causal attention keep padding out of every real position).
+
+Samples are taken sorted by length (`length_chunks`), logits only at target positions
+(`data.forward_loss`); embedding matrices of large vocabularies are left out by default
+(`select_params`, grads.embeddings).
 
 Tied parameters (one tensor used by several modules, e.g. tied embeddings) get the sum of
 their per-call contributions, as autograd would. Memory is bounded by the chunk size: the
