@@ -7,11 +7,15 @@ from pipeline.grads import iter_per_sample_grads
 
 
 def grads_all(model, encs, pad, engine, chunk):
-    out = {}
-    for _, g in iter_per_sample_grads(model, encs, pad, engine, chunk):
+    import torch
+
+    out, order = {}, []
+    for idx, g in iter_per_sample_grads(model, encs, pad, engine, chunk):
+        order.append(idx)
         for k, v in g.items():
             out.setdefault(k, []).append(v)
-    return out
+    inv = torch.argsort(torch.cat(order))  # input order (the vectorised engine takes samples by length)
+    return {k: [torch.cat(v)[inv]] for k, v in out.items()}
 
 
 def main(n=128, chunk=32):

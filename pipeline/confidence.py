@@ -51,7 +51,7 @@ def unlearn_set(table: pd.DataFrame, selection: str) -> list[dict]:
 
 
 def probe_delta(model, tok, learn_rows: list[dict], probe, max_length: int, add_bos: bool = True,
-                param_regex: str | None = None, replica=None):
+                param_regex: str | None = None, replica=None, embeddings: str = "auto"):
     """theta_probe: `probe.steps` plain AdamW steps on the learning rows (constant LR, clip 1.0, no
     unlearning) from theta_0 = `model`'s weights. Trains `replica` (an unsharded copy of the base
     model: needed under FSDP) when given, else `model` itself in place. Returns (Delta_probe over
@@ -63,12 +63,13 @@ def probe_delta(model, tok, learn_rows: list[dict], probe, max_length: int, add_
     target = model if replica is None else replica
     trainable = [p for p in target.parameters() if p.requires_grad]
     theta0 = [p.detach().clone() for p in trainable] if replica is None else []
-    before = {n: ddp.full_tensor(p).detach().double().clone() for n, p in select_params(model, param_regex).items()}
+    before = {n: ddp.full_tensor(p).detach().double().clone()
+              for n, p in select_params(model, param_regex, embeddings).items()}
     cfg = FinetuneConfig(max_steps=probe.steps, batch_size=probe.batch_size, lr=probe.lr, warmup_steps=0,
                          lr_schedule="constant")
     finetune(target, tok, learn_rows, [], cfg, MethodConfig(), probe.seed, max_length, add_bos, run_id="probe")
     delta = {n: ddp.full_tensor(p).detach().double().to(before[n].device) - before[n]
-             for n, p in select_params(target, param_regex).items()}
+             for n, p in select_params(target, param_regex, embeddings).items()}
 
     def restore():
         with torch.no_grad():
@@ -80,8 +81,8 @@ def probe_delta(model, tok, learn_rows: list[dict], probe, max_length: int, add_
 
 
 def confidence_sums(model, encs: list, pad_id: int, fisher: dict, mean_grad: dict, engine: str = "vectorized",
-                    chunk_size: int = 32, param_regex: str | None = None, progress=None,
-                    delta: dict | None = None) -> torch.Tensor:
+                    chunk_size: int | str = 32, param_regex: str | None = None, progress=None,
+                    delta: dict | None = None, embeddings: str = "auto") -> torch.Tensor:
     """(6, len(encs)) float64 on the model's device: per sample, sum F (g_s - g_L)^2,
     -sum g_s F g_L, g_s . g_L, |g_s|^2, sum F g_s^2 and sum F g_s Delta (0 without `delta`) over the
     selected parameters (no host sync inside)."""
@@ -90,8 +91,8 @@ def confidence_sums(model, encs: list, pad_id: int, fisher: dict, mean_grad: dic
     F = {k: v.to(device, torch.float64).flatten() for k, v in fisher.items()}
     gL = {k: v.to(device, torch.float64).flatten() for k, v in mean_grad.items()}
     D = {k: v.to(device, torch.float64).flatten() for k, v in (delta or {}).items()}
-    for start, grads in iter_per_sample_grads(model, encs, pad_id, engine, chunk_size, param_regex, progress):
-        rows = out[:, start:start + next(iter(grads.values())).shape[0]]
+    for idx, grads in iter_per_sample_grads(model, encs, pad_id, engine, chunk_size, param_regex, progress, embeddings):
+        rows = torch.zeros(6, len(idx), dtype=torch.float64, device=device)
         for name, g in grads.items():
             if name not in F:
                 raise KeyError(f"parameter {name} has no Fisher entry (fisher and confidence must select the same params)")
@@ -104,13 +105,14 @@ def confidence_sums(model, encs: list, pad_id: int, fisher: dict, mean_grad: dic
             rows[4] += (g * g) @ f
             if name in D:
                 rows[5] += g @ (f * D[name])
+        out[:, idx.to(device)] = rows
     return out
 
 
 def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dict, max_length: int,
-                      engine: str = "vectorized", chunk_size: int = 32, param_regex: str | None = None,
+                      engine: str = "vectorized", chunk_size: int | str = 32, param_regex: str | None = None,
                       seed: int = 0, add_bos: bool = True, learn_rows: list[dict] | None = None,
-                      probe=None, batch_size: int = 64, probe_replica=None) -> pd.DataFrame:
+                      probe=None, batch_size: int = 64, probe_replica=None, embeddings: str = "auto") -> pd.DataFrame:
     """One row per sample with the columns score_<variant> for every variant above (`probe` and
     `loss_rise` need `learn_rows` and the `probe` settings; without them they are NaN), plus
     grad_norm and the sample's NLL under theta_0 and theta_probe. `probe_replica`: an unsharded
@@ -124,12 +126,12 @@ def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dic
     delta = probed = restore = None
     if probe is not None and learn_rows:
         delta, probed, restore = probe_delta(model, tok, learn_rows, probe, max_length, add_bos, param_regex,
-                                             probe_replica)
+                                             probe_replica, embeddings)
         nll_probe = sequence_nlls(probed, encs, tok.pad_token_id, batch_size).cpu()
         restore()
     with tqdm(total=len(encs), desc="confidence", mininterval=2, leave=False, disable=not ddp.is_main()) as bar:
         sums = confidence_sums(model, encs, tok.pad_token_id, fisher, mean_grad, engine, chunk_size, param_regex,
-                               bar, delta).cpu().numpy()
+                               bar, delta, embeddings).cpu().numpy()
     nll0 = sequence_nlls(model, encs, tok.pad_token_id, batch_size).cpu()
     if delta is None:
         nll_probe = torch.full_like(nll0, float("nan"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -162,8 +162,22 @@ class GradsConfig(_Strict):
     """The per-sample-gradient engine shared by the Fisher and confidence stages."""
 
     engine: Literal["vectorized", "loop"] = "vectorized"
-    chunk_size: int = Field(32, gt=0)
+    # samples per chunk, or "auto": sized from free memory (CUDA mem_get_info / host MemAvailable)
+    # and an estimate of one sample's bytes (pipeline.grads.resolve_chunk_size; logged)
+    chunk_size: Union[int, str] = 32
     param_regex: Optional[str] = None
+    # embedding matrices (and tied output embeddings) in the per-sample gradients: "auto" leaves
+    # them out above pipeline.grads.EMBEDDINGS_AUTO_MAX_VOCAB (16384) tokens (logged), "include", "exclude"
+    embeddings: Literal["auto", "include", "exclude"] = "auto"
+
+    @field_validator("chunk_size", mode="before")
+    @classmethod
+    def _chunk_size(cls, v):
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"grads.chunk_size must be an integer >= 1 or 'auto', not {v!r}")
+        return v
 
     @field_validator("param_regex")
     @classmethod

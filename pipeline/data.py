@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 IGNORE = -100
 
@@ -79,10 +78,14 @@ def collate(encs: list[Encoded], pad_id: int, device=None) -> dict:
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token NLL (B, T-1) of the shifted labels and the mask of counted tokens."""
-    logits = logits[:, :-1].float()
-    labels = labels[:, 1:]
+    return kept_token_nll(logits[:, :-1], labels[:, 1:])
+
+
+def kept_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token NLL (B, K) of logits (B, K, V) that predict `labels` (B, K; IGNORE = not counted)."""
     mask = labels != IGNORE
-    nll = F.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")
+    logp = logits.float().log_softmax(-1)  # over the contiguous last dim (a transposed copy is slower)
+    nll = -logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     return nll * mask, mask
 
 
@@ -92,9 +95,56 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nll.sum(1) / mask.sum(1).clamp_min(1)
 
 
+def target_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions whose logits predict a target token, per row, right-padded to the longest
+    row's count: (positions (B, K), their labels (B, K), IGNORE on the padding slots)."""
+    nxt = labels[:, 1:]
+    mask = nxt != IGNORE
+    k = max(int(mask.sum(1).max()) if mask.numel() else 0, 1)
+    # stable sort puts each row's target positions first, in order
+    pos = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :k]
+    keep = torch.gather(mask, 1, pos)
+    lab = torch.where(keep, torch.gather(nxt, 1, pos), torch.full_like(pos, IGNORE))
+    return pos, lab
+
+
+_KEEPS: dict[type, bool] = {}
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    """Whether the (unwrapped: DDP, PEFT) model's forward takes `logits_to_keep` (most HF causal LMs)."""
+    import inspect
+
+    m = model
+    for _ in range(4):
+        if hasattr(m, "get_base_model"):
+            m = m.get_base_model()
+        elif hasattr(m, "module") and isinstance(getattr(m, "module"), torch.nn.Module):
+            m = m.module
+        else:
+            break
+    t = type(m)
+    if t not in _KEEPS:
+        try:
+            _KEEPS[t] = "logits_to_keep" in inspect.signature(m.forward).parameters
+        except (TypeError, ValueError):
+            _KEEPS[t] = False
+    return _KEEPS[t]
+
+
 def forward_loss(model, batch, output_hidden_states: bool = False):
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                output_hidden_states=output_hidden_states, use_cache=False)
+    """(per-row loss l(x, y) (B,), the model output). Logits are computed only at the positions that
+    predict a target token (`logits_to_keep` with per-row positions, for models that accept it):
+    over a large vocabulary the output projection and softmax at prompt and padding positions are
+    most of the work otherwise. `out.logits` is then (B, K, V) over those positions."""
+    kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+              output_hidden_states=output_hidden_states, use_cache=False)
+    if _accepts_logits_to_keep(model):
+        pos, lab = target_positions(batch["labels"])
+        out = model(**kw, logits_to_keep=pos)
+        nll, mask = kept_token_nll(out.logits, lab)
+        return nll.sum(1) / mask.sum(1).clamp_min(1), out
+    out = model(**kw)
     return per_sample_loss(out.logits, batch["labels"]), out
 
 

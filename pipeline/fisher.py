@@ -23,17 +23,20 @@ log = logging.getLogger("lwf")
 
 
 def fisher_and_mean_grad(model, tok, rows: list[dict], max_length: int, engine: str = "vectorized",
-                         chunk_size: int = 32, param_regex: str | None = None, add_bos: bool = True):
+                         chunk_size: int | str = 32, param_regex: str | None = None, add_bos: bool = True,
+                         embeddings: str = "auto"):
     """Return ({name: F}, {name: g_L}) over `rows` (prompt/target dicts)."""
     encs = encode_rows(tok, rows, max_length, add_bos)
-    params = select_params(model, param_regex)
+    params = select_params(model, param_regex, embeddings)
     sq = {n: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for n, p in params.items()}
     sm = {n: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for n, p in params.items()}
     local, n_real = dist.shard_even(encs)  # several processes: each sums its shard, then the sums are all-reduced
     with tqdm(total=len(local), desc="fisher", mininterval=2, leave=False, disable=not dist.is_main()) as bar:
-        for start, grads in iter_per_sample_grads(model, local, tok.pad_token_id, engine, chunk_size, param_regex, bar):
+        for idx, grads in iter_per_sample_grads(model, local, tok.pad_token_id, engine, chunk_size, param_regex, bar,
+                                                embeddings):
+            real = idx < n_real  # the padding of shard_even is not counted
             for n, g in grads.items():
-                g = g[:max(0, n_real - start)].double()  # the padding of shard_even is not counted
+                g = (g if bool(real.all()) else g[real.to(g.device)]).double()
                 sq[n] += (g * g).sum(0)
                 sm[n] += g.sum(0)
     for t in (*sq.values(), *sm.values()):

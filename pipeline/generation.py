@@ -12,6 +12,7 @@ from bisect import bisect_left
 
 import torch
 from tqdm import tqdm
+from transformers import LogitsProcessorList, TemperatureLogitsWarper
 
 from .data import prompt_ids
 from .tasks.base import cut_at
@@ -45,16 +46,19 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_siz
             att[r, n - len(ids[i]):] = 1
         if do_sample:  # seed per batch from our generator: results do not depend on batch order elsewhere
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        # the temperature is applied after the recorder (so it sees the logits before it); top-k/top-p off
+        rec = ChosenLogprobs()
+        procs = LogitsProcessorList([rec] + ([TemperatureLogitsWarper(temperature)]
+                                             if do_sample and temperature != 1.0 else []))
         out = model.generate(
             input_ids=inp.to(device), attention_mask=att.to(device), max_new_tokens=max_new_tokens,
-            do_sample=do_sample, temperature=temperature if do_sample else None, top_k=0 if do_sample else None,
+            do_sample=do_sample, temperature=1.0 if do_sample else None, top_k=0 if do_sample else None,
             top_p=None, num_return_sequences=num_return_sequences, eos_token_id=eos, pad_token_id=pad,
-            use_cache=True, output_logits=True, return_dict_in_generate=True,
+            use_cache=True, return_dict_in_generate=True, logits_processor=procs,
             synced_gpus=dist.is_fsdp(model),  # FSDP: every rank steps until all ranks are done
         )
         new = out.sequences[:, n:].cpu()
-        logp = torch.stack(out.logits, 1).float().log_softmax(-1).cpu()  # (B*k, steps, V)
-        tok_lp = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        tok_lp = rec.chosen(new)  # (B*k, steps): log-prob of each generated token
         for r in range(new.shape[0]):
             seq = new[r].tolist()
             end = seq.index(eos) if eos in seq else None
@@ -76,6 +80,32 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_siz
     bar.close()
     results = dist.gather_sharded(results, n_all)
     return [rec for recs in results for rec in recs]
+
+
+class ChosenLogprobs:
+    """A logits processor that keeps, step by step, only the log-prob of the token each row goes on
+    to choose (log_softmax of the logits it is given), instead of B x steps x V logits: at step t it
+    reads the token chosen at t-1 (the last column of input_ids) from the previous step's log-softmax
+    and keeps one float per row. `chosen(new_tokens)` adds the last step's and returns (B, steps).
+    It is the first processor `generate` applies (custom processors come after the model's own
+    defaults, of which sampling here turns all off; the temperature warper is placed after it)."""
+
+    def __init__(self):
+        self.prev: torch.Tensor | None = None
+        self.kept: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.prev is not None:
+            self.kept.append(self.prev.gather(-1, input_ids[:, -1:].to(self.prev.device)).squeeze(-1).cpu())
+        self.prev = scores.float().log_softmax(-1)
+        return scores
+
+    def chosen(self, new: torch.Tensor) -> torch.Tensor:
+        steps = list(self.kept)
+        if self.prev is not None and len(steps) < new.shape[1]:
+            steps.append(self.prev.gather(-1, new[:, len(steps):len(steps) + 1].to(self.prev.device)).squeeze(-1).cpu())
+        self.prev = None
+        return torch.stack(steps, 1)[:, :new.shape[1]] if steps else torch.zeros(new.shape[0], 0)
 
 
 def _through_stop(tok, body: list[int], stop) -> int:

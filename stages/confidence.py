@@ -30,7 +30,8 @@ def run(cfg):
              ", ".join(f"{k}: {v}" for k, v in sk["forget_task"].value_counts(sort=False).items()))
     scores = confidence_scores(model, tok, rows, F, gL, cfg.data.max_length, cfg.grads.engine, cfg.grads.chunk_size,
                                cfg.grads.param_regex, c.seed, cfg.model.add_bos,
-                               learn_rows=load_rows(paths.LEARN_DATA, "train"), probe=c.probe, probe_replica=replica)
+                               learn_rows=load_rows(paths.LEARN_DATA, "train"), probe=c.probe, probe_replica=replica,
+                               embeddings=cfg.grads.embeddings)
     df = select(pd.concat([sk.reset_index(drop=True), scores], axis=1), c.score, c.forget_fraction, c.per_task, c.seed,
                 c.auroc_positive)
     first = ["sample_id", "forget_task", "prompt", "response", "confidence", "rank", "selected"]

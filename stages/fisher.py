@@ -23,7 +23,7 @@ def run(cfg):
              cfg.data.learn.task, cfg.grads.engine)
     t0 = time.time()
     F, gL = fisher_and_mean_grad(model, tok, rows, cfg.data.max_length, cfg.grads.engine, cfg.grads.chunk_size,
-                                 cfg.grads.param_regex, cfg.model.add_bos)
+                                 cfg.grads.param_regex, cfg.model.add_bos, cfg.grads.embeddings)
     meta = {"n_samples": len(rows), "kind": cfg.fisher.kind, "loss": "per-sequence mean target-token NLL",
             "param_regex": cfg.grads.param_regex or ""}
     save_fisher(paths.FISHER, F, gL, meta)

@@ -59,8 +59,11 @@ class Scripted(torch.nn.Module):
     def logprobs(self) -> list[float]:
         return self.logits.log_softmax(-1)[torch.arange(len(self.ids)), self.ids].tolist()
 
-    def generate(self, input_ids, max_new_tokens, num_return_sequences=1, **_):
+    def generate(self, input_ids, max_new_tokens, num_return_sequences=1, logits_processor=(), **_):
         rows, n = input_ids.shape[0] * num_return_sequences, min(max_new_tokens, len(self.ids))
         prompts = input_ids.repeat_interleave(num_return_sequences, 0)
-        return SimpleNamespace(sequences=torch.cat([prompts, self.ids[:n].repeat(rows, 1)], 1),
-                               logits=tuple(self.logits[:n].repeat(rows, 1, 1).unbind(1)))
+        seq = torch.cat([prompts, self.ids[:n].repeat(rows, 1)], 1)
+        for k in range(n):  # as transformers' generate: each step's logits through the processors
+            for proc in logits_processor or ():
+                proc(seq[:, :prompts.shape[1] + k], self.logits[k].repeat(rows, 1))
+        return SimpleNamespace(sequences=seq, logits=tuple(self.logits[:n].repeat(rows, 1, 1).unbind(1)))

@@ -7,11 +7,15 @@ from pipeline.grads import iter_per_sample_grads, select_params
 
 
 def _all(model, encs, pad, engine, chunk=5, regex=None):
-    out = {}
-    for _, g in iter_per_sample_grads(model, encs, pad, engine, chunk, regex):
+    """Per-sample gradients of every sample, in input order (the engine yields chunks by index)."""
+    out, order = {}, []
+    for idx, g in iter_per_sample_grads(model, encs, pad, engine, chunk, regex):
+        order.append(idx)
         for k, v in g.items():
             out.setdefault(k, []).append(v)
-    return {k: torch.cat(v) for k, v in out.items()}
+    inv = torch.argsort(torch.cat(order))
+    assert torch.equal(torch.cat(order)[inv], torch.arange(len(encs)))  # every sample exactly once
+    return {k: torch.cat(v)[inv] for k, v in out.items()}
 
 
 def _close(a, b, rtol=1e-5):
