@@ -293,6 +293,9 @@ class FinetuneConfig(_Strict):
 class EvaluateConfig(_Strict):
     batch_size: int = Field(100, gt=0)
     max_new_tokens: int = Field(12, gt=0)
+    # NLL of each forgetting task's whole self-knowledge (`self/<task>`) in every evaluation; false:
+    # only lwf's D_U and the method's own D_U (one forward pass over D_F less per model)
+    self_nll: bool = True
 
 
 class ReportConfig(_Strict):

@@ -143,7 +143,7 @@ def held_out(cfg) -> tuple[list[dict], dict[str, list[dict]], list[dict]]:
 def nll_sets(cfg, method: str | None = None) -> dict[str, list[dict]]:
     """The self-generated sets whose NLL every evaluation reports: lwf's D_U (`d_u`: the
     confidence selection), the method's own D_U (`own_d_u`) and each forgetting task's
-    self-knowledge (`self/<task>`)."""
+    self-knowledge (`self/<task>`, unless `evaluate.self_nll` is false)."""
     import pandas as pd
 
     from . import paths
@@ -154,6 +154,7 @@ def nll_sets(cfg, method: str | None = None) -> dict[str, list[dict]]:
     m = cfg.methods.get(method)
     if m is not None and m.unlearn != "none":
         sets["own_d_u"] = unlearn_set(table, m.selection)
-    for task, g in table.groupby("forget_task", sort=True):
-        sets[f"self/{task}"] = as_rows(g)
+    if cfg.evaluate.self_nll:
+        for task, g in table.groupby("forget_task", sort=True):
+            sets[f"self/{task}"] = as_rows(g)
     return sets
