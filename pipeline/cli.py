@@ -2,7 +2,7 @@
 
     lwf run [--only STAGE ...]                           the DVC pipeline as one Prefect flow (DVC decides)
     lwf stage NAME [key=value ...]                       one stage, as dvc.yaml runs it
-    lwf inspect [--task T] [--top N] [--selected]        print rows of artifacts/confidence.parquet
+    lwf inspect [--task T] [--top N] [--bottom N] [--selected]   rows of artifacts/confidence.parquet by rank
     lwf check [--params P]                               validate params and print the parsed config
 """
 from __future__ import annotations
@@ -56,8 +56,14 @@ def _inspect(a) -> None:
     if a.selected:
         df = df[df["selected"]]
     cols = ["sample_id", "forget_task", "prompt", "response", "confidence", "rank", "selected"]
-    with pd.option_context("display.width", 160, "display.max_colwidth", 40):
-        print(df.sort_values("rank")[cols].head(a.top).to_string(index=False))
+    cols += [c for c in ("correct",) if c in df]  # the base model's answer vs gold, where the task has gold
+    ranked = df.sort_values("rank")[cols].copy()
+    for c, n in (("prompt", 48), ("response", 32)):  # one line each, cut: `pd.read_parquet` has the full text
+        ranked[c] = [t if len(t) <= n else t[:n - 1] + "…" for t in ranked[c].astype(str).str.replace(r"\s+", " ", regex=True)]
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print(ranked.head(a.top).to_string(index=False))
+        if a.bottom:
+            print(f"\nleast confident {a.bottom}:\n" + ranked.tail(a.bottom).to_string(index=False))
         print(f"\n{len(df)} rows; selected per task:\n{df.groupby('forget_task')['selected'].agg(['sum', 'count'])}")
 
 
@@ -83,6 +89,7 @@ def main(argv=None) -> None:
     i = sub.add_parser("inspect", help="show the confidence table")
     i.add_argument("--task")
     i.add_argument("--top", type=int, default=20)
+    i.add_argument("--bottom", type=int, default=0, help="also print the N least confident rows")
     i.add_argument("--selected", action="store_true")
     i.set_defaults(fn=_inspect)
     c = sub.add_parser("check", help="validate params")

@@ -367,4 +367,7 @@ def test_readme_commands_on_the_shipped_params(dvc_project):
     assert "learn_score" in run([*dvc(), "metrics", "show"], proj)
     out = run([sys.executable, "-m", "pipeline.cli", "inspect", "--top", "5", "--selected"], proj)
     assert "selected per task" in out
+    out = run([sys.executable, "-m", "pipeline.cli", "inspect", "--top", "2", "--bottom", "3"], proj)
+    lines = out.split("least confident 3:\n")[1].split("\n\n")[0].strip().splitlines()
+    assert len(lines) == 4 and "correct" in lines[0]  # header + the 3 rows of highest rank
     assert json.loads(run([sys.executable, "-m", "pipeline.cli", "check"], proj))["launch"]["mixed_precision"] == "no"
