@@ -28,8 +28,10 @@ def test_fisher_equals_brute_force_and_not_batch_mean_square(tiny, rows):
     for n in F:
         ref_f = sum(g[n] ** 2 for g in per) / len(per)
         ref_g = sum(g[n] for g in per) / len(per)
-        assert torch.allclose(F[n].double(), ref_f, rtol=1e-4, atol=1e-12), n
-        assert torch.allclose(gL[n].double(), ref_g, rtol=1e-4, atol=1e-10), n
+        # float32 sums in another order (threads, batching): entries that nearly cancel (|g_L| ~ 1e-6
+        # of a tensor whose largest entry is ~0.1) differ by more than rtol; tolerate 1e-5 of the scale
+        assert torch.allclose(F[n].double(), ref_f, rtol=1e-4, atol=1e-5 * float(ref_f.abs().max())), n
+        assert torch.allclose(gL[n].double(), ref_g, rtol=1e-4, atol=1e-5 * float(ref_g.abs().max())), n
     # the square of the batch-mean gradient is a different (wrong) quantity
     wrong = {n: gL[n].double() ** 2 for n in F}
     total_f = sum(F[n].double().sum() for n in F)
