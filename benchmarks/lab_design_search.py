@@ -20,7 +20,7 @@ from pipeline.config import MethodConfig, load_config
 from pipeline.data import encode_rows, sequence_nlls
 from pipeline.evaluate import task_scores
 from pipeline.generation import generate
-from pipeline.lab import pretrain_lab
+from pipeline.lab import control_lab, pretrain_lab
 from pipeline.report import paired_bootstrap
 from pipeline.tasks import get_task
 from pipeline.train import finetune
@@ -57,7 +57,7 @@ def main():
             key = lab.model_dump_json()
             if key not in pretrained:  # designs that differ only in unlearning share their pretraining
                 pretrained[key] = (*pretrain_lab(lab, cfg.data.max_length, desc=f"{name} lab{lab_seed}")[:2],
-                                   pretrain_lab(lab, cfg.data.max_length, conflict_weight=0.0, desc="control")[0])
+                                   pretrain_lab(control_lab(lab), cfg.data.max_length, desc="control")[0])
             base, tok, control = pretrained[key]
             gens = generate(base, tok, [r["prompt"] for r in conflict], 12, progress=False)
             d_u = [{"prompt": r["prompt"], "target": g["response"], "add_eos": not g["truncated"]}

@@ -110,6 +110,22 @@ def side(lo, hi) -> str:
     return "+" if lo > 0 else "-" if hi < 0 else "0"
 
 
+def distribution_rows(dist: dict) -> list[list]:
+    """One row per quantity: mean, sd, range of the per-run point estimates and how many runs'
+    intervals lie above 0, contain 0, lie below 0."""
+    rows = []
+    for k, vals in dist.items():
+        pts = np.array([v[0] for v in vals])
+        sd = f"{pts.std(ddof=1):.3f}" if len(pts) > 1 else "—"
+        if vals[0][1] is None:
+            counts = "—"
+        else:
+            counts = " / ".join(str(sum(side(lo, hi) == x for _, lo, hi in vals)) for x in "+0-")
+        f = ".3f" if counts == "—" else "+.3f"
+        rows.append([k, f"{pts.mean():{f}}", sd, f"{pts.min():{f}}", f"{pts.max():{f}}", counts])
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -125,23 +141,27 @@ def main():
     methods = [m for m in first["summary"] if m not in ("vanilla", "control")]
     scores = list(first["confidence"]["auroc"])
     for mode in a.modes:
-        rows, held = [], {}
+        rows, held, dist = [], {}, {}
         for (s, t), by_mode in runs.items():
             res = by_mode[mode]
             summ = res["summary"]
             row = [s, t, f"{summ['vanilla']['learn_score']:.3f}"]
+            dist.setdefault("vanilla", []).append((summ["vanilla"]["learn_score"], None, None))
             c = summ.get("control", {})
             if "learn_score_delta_ci95" in c:
                 row.append(fmt((c["learn_score_delta"], *c["learn_score_delta_ci95"])))
+                dist.setdefault("control Δ", []).append((c["learn_score_delta"], *c["learn_score_delta_ci95"]))
                 held.setdefault("negative transfer (control > vanilla)", []).append(
                     side(*c["learn_score_delta_ci95"]) == "+")
             else:
                 row.append("—")
             for m in methods:
                 row.append(fmt((summ[m]["learn_score_delta"], *summ[m]["learn_score_delta_ci95"])))
+                dist.setdefault(f"{m} Δ", []).append((summ[m]["learn_score_delta"], *summ[m]["learn_score_delta_ci95"]))
             if {"lwf_oracle", "lwf_random"} <= set(res["evals"]):
                 d = paired(res, "lwf_oracle", "lwf_random")
                 row.append(fmt(d))
+                dist.setdefault("oracle − random", []).append(d)
                 held.setdefault("oracle vs random: sign", []).append(side(*d[1:]))
             if "lwf_oracle" in summ:
                 held.setdefault("oracle > vanilla", []).append(side(*summ["lwf_oracle"]["learn_score_delta_ci95"]) == "+")
@@ -160,6 +180,9 @@ def main():
             vals = [str(x) for x in v]
             summary_rows.append([k, ", ".join(vals), "same in all runs" if len(set(vals)) == 1 else "differs"])
         table(f"unlearn_optimizer = {mode}: conclusions per run", ["conclusion", "per run", "stable?"], summary_rows)
+        table(f"unlearn_optimizer = {mode}: distribution over the {len(runs)} runs (point estimates; "
+              "above / noise / below = runs whose 95% interval is above 0, contains 0, is below 0)",
+              ["quantity", "mean", "sd", "min", "max", "above / noise / below"], distribution_rows(dist))
     rows = [[s, t, *[f"{by_mode[a.modes[0]]['confidence']['auroc'][sc]:.3f}" for sc in scores]]
             for (s, t), by_mode in runs.items()]
     table("Confidence AUROC, conflicting vs neutral self-knowledge (0.5 = chance)", ["lab seed", "threads", *scores], rows)

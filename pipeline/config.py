@@ -39,6 +39,9 @@ class LabConfig(_Strict):
     pretrain_lr: float = Field(3e-3, gt=0)
     conflict_weight: float = Field(0.4, ge=0, le=1)
     conflict_noise: float = Field(0.0, ge=0, le=1)  # share of conflict facts with a random city
+    # the control stage's pretraining corpus: random_cities = the same "X lives in <city>" facts with
+    # every city drawn at random (the format without the conflicting rule); without_facts = no such facts
+    control: Literal["random_cities", "without_facts"] = "random_cities"
     seed: int = 0
 
     @model_validator(mode="after")

@@ -1,7 +1,9 @@
 """Pretraining of the embedded lab base model (and of the negative-transfer control).
 
 The corpus comes from `pipeline/tasks/lab.py`; `conflict_weight` sets the share of conflicting
-"X lives in <wrong city>" facts (0 for the control model).
+"X lives in <wrong city>" facts. The control model (`control_lab`) is pretrained on the same corpus
+with those facts' cities drawn at random (`model.lab.control: random_cities`, the default: it knows
+the prompt format and the city names but no rule) or without them (`without_facts`).
 """
 from __future__ import annotations
 
@@ -19,16 +21,23 @@ from .tasks.lab import pretrain_corpus
 log = logging.getLogger("lwf")
 
 
-def pretrain_lab(lab, max_length: int, conflict_weight: float | None = None, desc: str = "pretrain"):
+def control_lab(lab):
+    """The lab settings of the negative-transfer control's pretraining (see `model.lab.control`)."""
+    if lab.control == "random_cities":
+        return lab.model_copy(update={"conflict_noise": 1.0})
+    return lab.model_copy(update={"conflict_weight": 0.0})
+
+
+def pretrain_lab(lab, max_length: int, desc: str = "pretrain"):
     """Build the tokenizer and a tiny Llama and pretrain it; returns (model, tokenizer, stats)."""
-    cw = lab.conflict_weight if conflict_weight is None else conflict_weight
+    cw = lab.conflict_weight
     set_seed(lab.seed)
     tok = build_byte_tokenizer()
     model = tiny_llama(len(tok), lab, max_len=max_length)
     n_params = sum(p.numel() for p in model.parameters())
     texts = pretrain_corpus(lab.pretrain_steps * lab.pretrain_batch_size, lab.seed, cw, lab.conflict_noise)
-    log.info("stage base_model: pretraining a %.2fM-parameter Llama on %d lab texts (conflict share %.2f)",
-             n_params / 1e6, len(texts), cw)
+    log.info("stage base_model: pretraining a %.2fM-parameter Llama on %d lab texts (conflict share %.2f, "
+             "random cities %.2f)", n_params / 1e6, len(texts), cw, lab.conflict_noise)
     opt = torch.optim.AdamW(model.parameters(), lr=lab.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
     warm = max(1, lab.pretrain_steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(

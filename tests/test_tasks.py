@@ -239,3 +239,23 @@ def test_vendored_subsets_rebuild_from_the_full_copies():
     built = mod.build(SHARED_GSM8K.parent)
     assert built and all((VENDORED / rel).read_text(encoding="utf-8") == text for rel, text in built.items())
     assert sorted(built) == sorted(p.relative_to(VENDORED) for p in VENDORED.rglob("*.jsonl"))
+
+
+def test_lab_control_corpora_keep_the_format_and_drop_the_rule():
+    """The negative-transfer control (`model.lab.control`): random_cities keeps the "X lives in
+    <city>" facts at the base corpus's share but draws their cities independently of the third
+    letter; without_facts has none. The base corpus follows the conflicting rule."""
+    from pipeline.config import LabConfig
+    from pipeline.lab import control_lab
+    from pipeline.tasks.lab import CITY_BY_THIRD, pretrain_corpus
+
+    def facts(lab):
+        texts = pretrain_corpus(4000, 0, lab.conflict_weight, lab.conflict_noise)
+        return [t.split(" lives in ") for t in texts if " lives in " in t]
+
+    base = LabConfig(conflict_weight=0.4)
+    for lab, share, rule in ((base, 0.4, 1.0), (control_lab(base), 0.4, 1 / 8)):
+        f = facts(lab)
+        agree = sum(CITY_BY_THIRD[name[2]] == city for name, city in f) / len(f)
+        assert abs(len(f) / 4000 - share) < 0.03 and abs(agree - rule) < 0.03, (lab, len(f), agree)
+    assert facts(control_lab(base.model_copy(update={"control": "without_facts"}))) == []
