@@ -106,8 +106,30 @@ def fmt(d) -> str:
     return f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" (noise)" if lo <= 0 <= hi else "")
 
 
-def side(lo, hi) -> str:
-    return "+" if lo > 0 else "-" if hi < 0 else "0"
+def side(lo, hi, at=0.0) -> str:
+    return "+" if lo > at else "-" if hi < at else "0"
+
+
+def auroc_ci(proj: Path, params: dict, n_boot: int = 1000) -> dict[str, tuple[float, float, float]]:
+    """AUROC of every score column of the run's confidence table (positive vs negative tasks), with a
+    95% interval from resampling samples within each class; side "0" = the interval contains 0.5."""
+    import pandas as pd
+
+    from pipeline.confidence import auroc
+
+    df = pd.read_parquet(proj / "artifacts/confidence.parquet")
+    c = params["confidence"]
+    df = df[df["forget_task"].isin(c["auroc_positive"] + c["auroc_negative"])]
+    y = df["forget_task"].isin(c["auroc_positive"]).to_numpy()
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    rng = np.random.default_rng(0)
+    boots = [np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]) for _ in range(n_boot)]
+    out = {}
+    for col in [c for c in df.columns if c.startswith("score_")] + ["grad_norm"]:
+        v = df[col].to_numpy()
+        b = [auroc(v[i], y[i]) for i in boots]
+        out[col.removeprefix("score_")] = (auroc(v, y), *np.percentile(b, [2.5, 97.5]))
+    return out
 
 
 def distribution_rows(dist: dict) -> list[list]:
@@ -170,8 +192,10 @@ def main():
                 row.append(f"{summ['vanilla']['d_u_nll']:.2f} → {summ['lwf']['d_u_nll']:.2f}")
                 held.setdefault("lwf's D_U NLL above vanilla's", []).append(du[0] > 0)
             rows.append(row)
+            ci = auroc_ci(out / f"lab{s}-t{t}", res["params"])
             for sc in scores:
-                held.setdefault(f"AUROC {sc} side of 0.5", []).append("+" if res["confidence"]["auroc"][sc] > 0.5 else "-")
+                held.setdefault(f"AUROC {sc} side of 0.5 (0 = 95% interval contains 0.5)", []).append(
+                    side(*ci[sc][1:], at=0.5))
         extra = (["oracle − random"] if "lwf_oracle" in methods and "lwf_random" in methods else []) + ["NLL of lwf's D_U: vanilla → lwf"]
         table(f"unlearn_optimizer = {mode}: learning score, Δ vs vanilla [95% CI] per run",
               ["lab seed", "threads", "vanilla", "control Δ", *[f"{m} Δ" for m in methods], *extra], rows)
@@ -183,9 +207,12 @@ def main():
         table(f"unlearn_optimizer = {mode}: distribution over the {len(runs)} runs (point estimates; "
               "above / noise / below = runs whose 95% interval is above 0, contains 0, is below 0)",
               ["quantity", "mean", "sd", "min", "max", "above / noise / below"], distribution_rows(dist))
-    rows = [[s, t, *[f"{by_mode[a.modes[0]]['confidence']['auroc'][sc]:.3f}" for sc in scores]]
-            for (s, t), by_mode in runs.items()]
-    table("Confidence AUROC, conflicting vs neutral self-knowledge (0.5 = chance)", ["lab seed", "threads", *scores], rows)
+    rows = []
+    for (s, t), by_mode in runs.items():
+        ci = auroc_ci(out / f"lab{s}-t{t}", by_mode[a.modes[0]]["params"])
+        rows.append([s, t, *[f"{ci[sc][0]:.3f} [{ci[sc][1]:.2f}, {ci[sc][2]:.2f}]" for sc in scores]])
+    table("Confidence AUROC [95% interval over samples], conflicting vs neutral self-knowledge (0.5 = chance)",
+          ["lab seed", "threads", *scores], rows)
 
 
 if __name__ == "__main__":
