@@ -187,6 +187,13 @@ def main():
                 held.setdefault("oracle vs random: sign", []).append(side(*d[1:]))
             if "lwf_oracle" in summ:
                 held.setdefault("oracle > vanilla", []).append(side(*summ["lwf_oracle"]["learn_score_delta_ci95"]) == "+")
+            for m in ("lwf", "lwf_oracle"):
+                if "perplexity_delta_ci95" in summ.get(m, {}):
+                    dist.setdefault(f"{m} perplexity Δ", []).append(
+                        (summ[m]["perplexity_delta"], *summ[m]["perplexity_delta_ci95"]))
+                if "forget_score_delta_ci95" in summ.get(m, {}):
+                    dist.setdefault(f"{m} forget score Δ", []).append(
+                        (summ[m]["forget_score_delta"], *summ[m]["forget_score_delta_ci95"]))
             du = summ["lwf"].get("d_u_nll_delta_ci95")
             if du:
                 row.append(f"{summ['vanilla']['d_u_nll']:.2f} → {summ['lwf']['d_u_nll']:.2f}")
