@@ -1,7 +1,7 @@
 """Search for an embedded-lab design in which forgetting can help, on the VALIDATION split only.
 
 For each design (lab pretraining, control corpus, unlearning step sizes) and lab seed: pretrain the
-base model and the control (`model.lab.control`); elicit the base model's answers on the
+base model and the control (`control.corpus`); elicit the base model's answers on the
 conflicting task's prompts (the oracle D_U, as large as lwf's default D_U); fine-tune with the
 default recipe under fine-tuning seeds 0, 1, 2 as `vanilla`, `control` and `lwf_oracle` (periodic
 unlearning of the oracle D_U) at each of the design's `unlearn_lr`; score lab_learn's validation
@@ -26,12 +26,11 @@ from pipeline.report import paired_bootstrap
 from pipeline.tasks import get_task
 from pipeline.train import finetune
 
-DESIGNS = {  # name -> (model.lab overrides, the oracle's unlearn_lr values, cities as single tokens)
-    "control without facts": ({"control": "without_facts"}, [0.1, 0.03], False),
-    "noisy conflict 0.3, control without facts": ({"conflict_noise": 0.3, "control": "without_facts"}, [0.1, 0.03],
-                                                  False),
-    "cities as single tokens, control without facts": ({"control": "without_facts"}, [0.1], True),
-    "control random cities (default)": ({}, [0.1, 0.03, 0.01], False),
+DESIGNS = {  # name -> (model.lab overrides, control.corpus, the oracle's unlearn_lr values, cities as single tokens)
+    "control without facts": ({}, "without_facts", [0.1, 0.03], False),
+    "noisy conflict 0.3, control without facts": ({"conflict_noise": 0.3}, "without_facts", [0.1, 0.03], False),
+    "cities as single tokens, control without facts": ({}, "without_facts", [0.1], True),
+    "control random cities (default)": ({}, "random_cities", [0.1, 0.03, 0.01], False),
 }
 
 
@@ -66,14 +65,14 @@ def main():
     n_d_u = round(cfg.confidence.forget_fraction * sum(t.n_train for t in cfg.data.forget))
     rows, pretrained = [], {}
     for name in a.designs:
-        lab_over, unlearn_lrs, tokens = DESIGNS[name]
+        lab_over, corpus, unlearn_lrs, tokens = DESIGNS[name]
         city_tokens(tokens)
         for lab_seed in a.lab_seeds:
             lab = cfg.model.lab.model_copy(update={**lab_over, "seed": lab_seed})
-            key = lab.model_dump_json() + str(tokens)
+            key = lab.model_dump_json() + corpus + str(tokens)
             if key not in pretrained:
                 pretrained[key] = (*pretrain_lab(lab, cfg.data.max_length, desc=f"{name} lab{lab_seed}")[:2],
-                                   pretrain_lab(control_lab(lab), cfg.data.max_length, desc="control")[0])
+                                   pretrain_lab(control_lab(lab, corpus), cfg.data.max_length, desc="control")[0])
             base, tok, control = pretrained[key]
             gens = generate(base, tok, [r["prompt"] for r in conflict], 12, progress=False)
             d_u = [{"prompt": r["prompt"], "target": g["response"], "add_eos": not g["truncated"]}

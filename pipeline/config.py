@@ -39,9 +39,6 @@ class LabConfig(_Strict):
     pretrain_lr: float = Field(3e-3, gt=0)
     conflict_weight: float = Field(0.4, ge=0, le=1)
     conflict_noise: float = Field(0.0, ge=0, le=1)  # share of conflict facts with a random city
-    # the control stage's pretraining corpus: random_cities = the same "X lives in <city>" facts with
-    # every city drawn at random (the format without the conflicting rule); without_facts = no such facts
-    control: Literal["random_cities", "without_facts"] = "random_cities"
     seed: int = 0
 
     @model_validator(mode="after")
@@ -310,6 +307,9 @@ class ControlConfig(_Strict):
     """Negative-transfer check: the same fine-tune from a base model pretrained without the conflict."""
 
     enabled: bool = True
+    # the control's pretraining corpus: random_cities = the lab's "X lives in <city>" facts with every
+    # city drawn at random (the format without the conflicting rule); without_facts = no such facts
+    corpus: Literal["random_cities", "without_facts"] = "random_cities"
 
 
 class LaunchConfig(_Strict):

@@ -2,7 +2,7 @@
 
 The corpus comes from `pipeline/tasks/lab.py`; `conflict_weight` sets the share of conflicting
 "X lives in <wrong city>" facts. The control model (`control_lab`) is pretrained on the same corpus
-with those facts' cities drawn at random (`model.lab.control: random_cities`, the default: it knows
+with those facts' cities drawn at random (`control.corpus: random_cities`, the default: it knows
 the prompt format and the city names but no rule) or without them (`without_facts`).
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ from .tasks.lab import pretrain_corpus
 log = logging.getLogger("lwf")
 
 
-def control_lab(lab):
-    """The lab settings of the negative-transfer control's pretraining (see `model.lab.control`)."""
-    if lab.control == "random_cities":
+def control_lab(lab, corpus: str):
+    """The lab settings of the negative-transfer control's pretraining (`control.corpus`)."""
+    if corpus == "random_cities":
         return lab.model_copy(update={"conflict_noise": 1.0})
     return lab.model_copy(update={"conflict_weight": 0.0})
 

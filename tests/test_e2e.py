@@ -98,7 +98,7 @@ def test_repro_writes_every_artifact(dvc_project):
     assert df["selected_oracle"].sum() == 18 and (df.loc[df.selected_oracle, "forget_task"] == "lab_conflict").all()
     summary = json.loads((proj / "metrics/summary.json").read_text())
     assert {"vanilla", "lwf", "control"} <= set(summary)
-    control = json.loads((proj / "metrics/control.json").read_text())  # model.lab.control: random_cities
+    control = json.loads((proj / "metrics/control.json").read_text())  # control.corpus: random_cities
     assert control["pretrain"]["conflict_noise"] == 1.0 and control["pretrain"]["conflict_weight"] > 0
     for m in ("vanilla", "lwf"):
         assert 0 <= summary[m]["learn_score"] <= 1 and summary[m]["perplexity"] > 1

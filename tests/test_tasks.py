@@ -242,7 +242,7 @@ def test_vendored_subsets_rebuild_from_the_full_copies():
 
 
 def test_lab_control_corpora_keep_the_format_and_drop_the_rule():
-    """The negative-transfer control (`model.lab.control`): random_cities keeps the "X lives in
+    """The negative-transfer control (`control.corpus`): random_cities keeps the "X lives in
     <city>" facts at the base corpus's share but draws their cities independently of the third
     letter; without_facts has none. The base corpus follows the conflicting rule."""
     from pipeline.config import LabConfig
@@ -254,8 +254,8 @@ def test_lab_control_corpora_keep_the_format_and_drop_the_rule():
         return [t.split(" lives in ") for t in texts if " lives in " in t]
 
     base = LabConfig(conflict_weight=0.4)
-    for lab, share, rule in ((base, 0.4, 1.0), (control_lab(base), 0.4, 1 / 8)):
+    for lab, share, rule in ((base, 0.4, 1.0), (control_lab(base, "random_cities"), 0.4, 1 / 8)):
         f = facts(lab)
         agree = sum(CITY_BY_THIRD[name[2]] == city for name, city in f) / len(f)
         assert abs(len(f) / 4000 - share) < 0.03 and abs(agree - rule) < 0.03, (lab, len(f), agree)
-    assert facts(control_lab(base.model_copy(update={"control": "without_facts"}))) == []
+    assert facts(control_lab(base, "without_facts")) == []
