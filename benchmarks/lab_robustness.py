@@ -139,11 +139,9 @@ def distribution_rows(dist: dict) -> list[list]:
     for k, vals in dist.items():
         pts = np.array([v[0] for v in vals])
         sd = f"{pts.std(ddof=1):.3f}" if len(pts) > 1 else "—"
-        if vals[0][1] is None:
-            counts = "—"
-        else:
-            counts = " / ".join(str(sum(side(lo, hi) == x for _, lo, hi in vals)) for x in "+0-")
-        f = ".3f" if counts == "—" else "+.3f"
+        has_ci = vals[0][1] is not None
+        counts = " / ".join(str(sum(side(lo, hi) == x for _, lo, hi in vals)) for x in "+0-") if has_ci else "—"
+        f = "+.3f" if has_ci else ".3f"
         rows.append([k, f"{pts.mean():{f}}", sd, f"{pts.min():{f}}", f"{pts.max():{f}}", counts])
     return rows
 
@@ -162,6 +160,8 @@ def main():
     first = next(iter(runs.values()))[a.modes[0]]
     methods = [m for m in first["summary"] if m not in ("vanilla", "control")]
     scores = list(first["confidence"]["auroc"])
+    # the confidence table does not depend on the unlearning mode: one AUROC interval per run
+    cis = {(s, t): auroc_ci(out / f"lab{s}-t{t}", by_mode[a.modes[0]]["params"]) for (s, t), by_mode in runs.items()}
     for mode in a.modes:
         rows, held, dist = [], {}, {}
         for (s, t), by_mode in runs.items():
@@ -178,8 +178,9 @@ def main():
             else:
                 row.append("—")
             for m in methods:
-                row.append(fmt((summ[m]["learn_score_delta"], *summ[m]["learn_score_delta_ci95"])))
-                dist.setdefault(f"{m} Δ", []).append((summ[m]["learn_score_delta"], *summ[m]["learn_score_delta_ci95"]))
+                d = (summ[m]["learn_score_delta"], *summ[m]["learn_score_delta_ci95"])
+                row.append(fmt(d))
+                dist.setdefault(f"{m} Δ", []).append(d)
             if {"lwf_oracle", "lwf_random"} <= set(res["evals"]):
                 d = paired(res, "lwf_oracle", "lwf_random")
                 row.append(fmt(d))
@@ -199,10 +200,9 @@ def main():
                 row.append(f"{summ['vanilla']['d_u_nll']:.2f} → {summ['lwf']['d_u_nll']:.2f}")
                 held.setdefault("lwf's D_U NLL above vanilla's", []).append(du[0] > 0)
             rows.append(row)
-            ci = auroc_ci(out / f"lab{s}-t{t}", res["params"])
             for sc in scores:
                 held.setdefault(f"AUROC {sc} side of 0.5 (0 = 95% interval contains 0.5)", []).append(
-                    side(*ci[sc][1:], at=0.5))
+                    side(*cis[s, t][sc][1:], at=0.5))
         extra = (["oracle − random"] if "lwf_oracle" in methods and "lwf_random" in methods else []) + ["NLL of lwf's D_U: vanilla → lwf"]
         table(f"unlearn_optimizer = {mode}: learning score, Δ vs vanilla [95% CI] per run",
               ["lab seed", "threads", "vanilla", "control Δ", *[f"{m} Δ" for m in methods], *extra], rows)
@@ -214,10 +214,8 @@ def main():
         table(f"unlearn_optimizer = {mode}: distribution over the {len(runs)} runs (point estimates; "
               "above / noise / below = runs whose 95% interval is above 0, contains 0, is below 0)",
               ["quantity", "mean", "sd", "min", "max", "above / noise / below"], distribution_rows(dist))
-    rows = []
-    for (s, t), by_mode in runs.items():
-        ci = auroc_ci(out / f"lab{s}-t{t}", by_mode[a.modes[0]]["params"])
-        rows.append([s, t, *[f"{ci[sc][0]:.3f} [{ci[sc][1]:.2f}, {ci[sc][2]:.2f}]" for sc in scores]])
+    rows = [[s, t, *[f"{ci[sc][0]:.3f} [{ci[sc][1]:.2f}, {ci[sc][2]:.2f}]" for sc in scores]]
+            for (s, t), ci in cis.items()]
     table("Confidence AUROC [95% interval over samples], conflicting vs neutral self-knowledge (0.5 = chance)",
           ["lab seed", "threads", *scores], rows)
 

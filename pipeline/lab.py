@@ -30,14 +30,14 @@ def control_lab(lab, corpus: str):
 
 def pretrain_lab(lab, max_length: int, desc: str = "pretrain"):
     """Build the tokenizer and a tiny Llama and pretrain it; returns (model, tokenizer, stats)."""
-    cw = lab.conflict_weight
     set_seed(lab.seed)
     tok = build_byte_tokenizer()
     model = tiny_llama(len(tok), lab, max_len=max_length)
     n_params = sum(p.numel() for p in model.parameters())
-    texts = pretrain_corpus(lab.pretrain_steps * lab.pretrain_batch_size, lab.seed, cw, lab.conflict_noise)
+    texts = pretrain_corpus(lab.pretrain_steps * lab.pretrain_batch_size, lab.seed, lab.conflict_weight,
+                            lab.conflict_noise)
     log.info("stage base_model: pretraining a %.2fM-parameter Llama on %d lab texts (conflict share %.2f, "
-             "random cities %.2f)", n_params / 1e6, len(texts), cw, lab.conflict_noise)
+             "random cities %.2f)", n_params / 1e6, len(texts), lab.conflict_weight, lab.conflict_noise)
     opt = torch.optim.AdamW(model.parameters(), lr=lab.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
     warm = max(1, lab.pretrain_steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -59,6 +59,7 @@ def pretrain_lab(lab, max_length: int, desc: str = "pretrain"):
             losses.append((step, out.loss.item()))
     model.eval()
     stats = {"n_params": n_params, "steps": lab.pretrain_steps, "final_loss": losses[-1][1],
-             "seconds": round(time.time() - t0, 1), "conflict_weight": cw, "conflict_noise": lab.conflict_noise}
+             "seconds": round(time.time() - t0, 1), "conflict_weight": lab.conflict_weight,
+             "conflict_noise": lab.conflict_noise}
     log.info("stage base_model: done in %.0fs, final loss %.3f", stats["seconds"], stats["final_loss"])
     return model, tok, stats

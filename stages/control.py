@@ -1,7 +1,8 @@
 """control: is the negative transfer real? Pretrain a control base model WITHOUT the conflicting
 rule (`control.corpus`: by default the same corpus with the conflicting facts' cities drawn at
 random, so it knows the prompt format and the cities but no rule; same steps), fine-tune it with the
-vanilla recipe under every seed, and score it on the same held-out data. The report compares it with `vanilla` from the base model.
+vanilla recipe under every seed, and score it on the same held-out data. The report compares it
+with `vanilla` from the base model.
 Only meaningful for the embedded lab (model.name: lab); otherwise it records that it was skipped.
 """
 import logging
@@ -24,7 +25,8 @@ def run(cfg):
         return
     from pipeline.lab import control_lab, pretrain_lab
 
-    model0, tok, stats = pretrain_lab(control_lab(cfg.model.lab, cfg.control.corpus), cfg.data.max_length, desc="pretrain control")
+    lab = control_lab(cfg.model.lab, cfg.control.corpus)
+    model0, tok, stats = pretrain_lab(lab, cfg.data.max_length, desc="pretrain control")
     learn = load_rows(paths.LEARN_DATA, "train")
     learn_test, forget_tests, general = held_out(cfg)
     base_state = {k: v.clone() for k, v in model0.state_dict().items()}
