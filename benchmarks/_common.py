@@ -53,3 +53,23 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
     print("|" + "---|" * len(header))
     for r in rows:
         print("| " + " | ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in r) + " |")
+
+
+def auroc_ci(df, positive: list[str], negative: list[str], n_boot: int = 1000) -> dict[str, tuple[float, float, float]]:
+    """AUROC of every score column of a confidence table (`positive` vs `negative` forgetting tasks), with a
+    95% interval from resampling samples within each class (an interval containing 0.5 = no side)."""
+    import numpy as np
+
+    from pipeline.confidence import auroc
+
+    df = df[df["forget_task"].isin(list(positive) + list(negative))]
+    y = df["forget_task"].isin(list(positive)).to_numpy()
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    rng = np.random.default_rng(0)
+    boots = [np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]) for _ in range(n_boot)]
+    out = {}
+    for col in [c for c in df.columns if c.startswith("score_")] + ["grad_norm"]:
+        v = df[col].to_numpy()
+        b = [auroc(v[i], y[i]) for i in boots]
+        out[col.removeprefix("score_")] = (auroc(v, y), *np.percentile(b, [2.5, 97.5]))
+    return out

@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
-from _common import table
+from _common import auroc_ci, table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -110,28 +111,6 @@ def side(lo, hi, at=0.0) -> str:
     return "+" if lo > at else "-" if hi < at else "0"
 
 
-def auroc_ci(proj: Path, params: dict, n_boot: int = 1000) -> dict[str, tuple[float, float, float]]:
-    """AUROC of every score column of the run's confidence table (positive vs negative tasks), with a
-    95% interval from resampling samples within each class; side "0" = the interval contains 0.5."""
-    import pandas as pd
-
-    from pipeline.confidence import auroc
-
-    df = pd.read_parquet(proj / "artifacts/confidence.parquet")
-    c = params["confidence"]
-    df = df[df["forget_task"].isin(c["auroc_positive"] + c["auroc_negative"])]
-    y = df["forget_task"].isin(c["auroc_positive"]).to_numpy()
-    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
-    rng = np.random.default_rng(0)
-    boots = [np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]) for _ in range(n_boot)]
-    out = {}
-    for col in [c for c in df.columns if c.startswith("score_")] + ["grad_norm"]:
-        v = df[col].to_numpy()
-        b = [auroc(v[i], y[i]) for i in boots]
-        out[col.removeprefix("score_")] = (auroc(v, y), *np.percentile(b, [2.5, 97.5]))
-    return out
-
-
 def distribution_rows(dist: dict) -> list[list]:
     """One row per quantity: mean, sd, range of the per-run point estimates and how many runs'
     intervals lie above 0, contain 0, lie below 0."""
@@ -161,7 +140,10 @@ def main():
     methods = [m for m in first["summary"] if m not in ("vanilla", "control")]
     scores = list(first["confidence"]["auroc"])
     # the confidence table does not depend on the unlearning mode: one AUROC interval per run
-    cis = {(s, t): auroc_ci(out / f"lab{s}-t{t}", by_mode[a.modes[0]]["params"]) for (s, t), by_mode in runs.items()}
+    cis = {(s, t): auroc_ci(pd.read_parquet(out / f"lab{s}-t{t}/artifacts/confidence.parquet"),
+                            by_mode[a.modes[0]]["params"]["confidence"]["auroc_positive"],
+                            by_mode[a.modes[0]]["params"]["confidence"]["auroc_negative"])
+           for (s, t), by_mode in runs.items()}
     for mode in a.modes:
         rows, held, dist = [], {}, {}
         for (s, t), by_mode in runs.items():
