@@ -38,16 +38,16 @@ def lrs(*values):
 
 
 DESIGNS = {  # name -> (model.lab overrides, control.corpus, the oracle's finetune overrides, cities as single tokens)
-    "control without facts": ({}, "without_facts", lrs(0.1, 0.03), False),
+    "control without facts": ({"conflict_noise": 0.0}, "without_facts", lrs(0.1, 0.03), False),
     "noisy conflict 0.3, control without facts": ({"conflict_noise": 0.3}, "without_facts", lrs(0.1, 0.03), False),
-    "cities as single tokens, control without facts": ({}, "without_facts", lrs(0.1), True),
-    "control random cities (default)": ({}, "random_cities", lrs(0.1, 0.03, 0.01), False),
+    "cities as single tokens, control without facts": ({"conflict_noise": 0.0}, "without_facts", lrs(0.1), True),
+    "control random cities, noise 0": ({"conflict_noise": 0.0}, "random_cities", lrs(0.1, 0.03, 0.01), False),
     # ascent stopped near chance: the bound is the D_U batch's mean per-token NLL; an answer " city"+EOS has
     # 6 target tokens and log(8)/6 = 0.35 nats per token is "any of the 8 cities"
-    "oracle stopped near chance": ({}, "random_cities", [{"unlearn_max_loss": 0.35}, {"unlearn_max_loss": 1.0}],
-                                   False),
+    "oracle stopped near chance": ({"conflict_noise": 0.0}, "random_cities",
+                                   [{"unlearn_max_loss": 0.35}, {"unlearn_max_loss": 1.0}], False),
     # the misconception held with p well below 1 (uncertain self-knowledge, the method's premise)
-    "noisy conflict 0.5": ({"conflict_noise": 0.5}, "random_cities", lrs(0.1, 0.03), False),
+    "noisy conflict 0.5 (default)": ({"conflict_noise": 0.5}, "random_cities", lrs(0.1, 0.03), False),
     "noisy conflict 0.7": ({"conflict_noise": 0.7}, "random_cities", lrs(0.1, 0.03), False),
 }
 

@@ -125,6 +125,34 @@ def distribution_rows(dist: dict) -> list[list]:
     return rows
 
 
+def unlearning_curve_rows(projects: list[Path], seeds: list[int], methods=("lwf", "lwf_random", "lwf_oracle")):
+    """Per unlearning step k, mean over runs and fine-tuning seeds of (a) the NLL of the D_U batch it
+    ascends (measured before the step) and (b) the learning loss of the next learning step minus
+    vanilla's at the same step (the same batch: the learning stream depends on the seed only), from the
+    training logs the last `dvc repro` of each project wrote."""
+    acc: dict = {}
+    for proj in projects:
+        for seed in seeds:
+            van = pd.read_csv(proj / f"logs/train/vanilla/seed{seed}.csv")
+            van = van[van["kind"] == "learn"].set_index("step")["loss"]
+            for m in methods:
+                log = pd.read_csv(proj / f"logs/train/{m}/seed{seed}.csv")
+                learn = log[log["kind"] == "learn"].set_index("step")["loss"]
+                for k, (_, u) in enumerate(log[log["kind"] == "unlearn"].iterrows(), 1):
+                    nxt = int(u["step"]) + 1
+                    if nxt in learn.index:
+                        acc.setdefault((k, int(u["step"])), {}).setdefault(m, []).append(
+                            (u["loss"], learn[nxt] - van[nxt]))
+    rows = []
+    for (k, step), by_m in sorted(acc.items()):
+        row = [k, step]
+        for m in methods:
+            v = np.asarray(by_m.get(m, []))
+            row += [f"{v[:, 0].mean():.2f}", f"{v[:, 1].mean():+.3f}"] if len(v) else ["—", "—"]
+        rows.append(row)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -196,6 +224,13 @@ def main():
         table(f"unlearn_optimizer = {mode}: distribution over the {len(runs)} runs (point estimates; "
               "above / noise / below = runs whose 95% interval is above 0, contains 0, is below 0)",
               ["quantity", "mean", "sd", "min", "max", "above / noise / below"], distribution_rows(dist))
+    if len(a.modes) == 1:  # the logs on disk are those of the last mode run
+        methods_u = [m for m in ("lwf", "lwf_random", "lwf_oracle") if m in methods]
+        table(f"unlearn_optimizer = {a.modes[0]}: per unlearning step, the NLL of the D_U batch it ascends and the "
+              "next learning step's loss minus vanilla's (same batch), mean over runs and fine-tuning seeds",
+              ["unlearning step", "after learning step", *[f"{m} {c}" for m in methods_u
+                                                          for c in ("D_U NLL", "learn loss − vanilla")]],
+              unlearning_curve_rows([out / f"lab{s}-t{t}" for s, t in runs], first["seeds"], methods_u))
     rows = [[s, t, *[f"{ci[sc][0]:.3f} [{ci[sc][1]:.2f}, {ci[sc][2]:.2f}]" for sc in scores]]
             for (s, t), ci in cis.items()]
     table("Confidence AUROC [95% interval over samples], conflicting vs neutral self-knowledge (0.5 = chance)",
