@@ -1,34 +1,46 @@
 """Calibrating the embedded lab's step budget on the VALIDATION split (never the test split):
-learning-task accuracy every 10 fine-tuning steps for the base model and the control base model
-(pretrained without the conflicting task), vanilla recipe, several seeds.
+learning-task accuracy along one long fine-tuning run per (method, seed), read at several step
+counts, for the base model under `vanilla`, `lwf_random` and `lwf_oracle` (periodic unlearning of
+the confidence table's selections) and for the control base model (pretrained as the `control`
+stage does, `control.corpus`) under `vanilla`. With the lab's constant learning rate after warmup,
+the state after step s of a long run is the state a run with `max_steps: s` ends in.
 
-    python benchmarks/lab_calibration.py [--steps 100] [--seeds 0 1 2]
+    python benchmarks/lab_calibration.py [--project DIR] [--at 20 30 35 40 50 60 80] [--seeds 0 1 2]
 
-Uses artifacts/base_model (run `dvc repro base_model` first) and pretrains the control itself.
+Uses DIR/artifacts/base_model and DIR/artifacts/confidence.parquet (run `dvc repro confidence`
+first) and pretrains the control itself. Prints mean accuracy per method and step count, and the
+paired 95% intervals (fine-tuning seeds and validation items resampled) of control − vanilla
+(negative transfer), oracle − vanilla and oracle − random.
 """
 import argparse
 import os
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from _common import machine, table
 
+from pipeline.confidence import unlearn_set
 from pipeline.config import MethodConfig, load_config
 from pipeline.evaluate import task_scores
-from pipeline.lab import pretrain_lab
+from pipeline.lab import control_lab, pretrain_lab
 from pipeline.models import load_model
+from pipeline.report import paired_bootstrap
 from pipeline.tasks import get_task
 from pipeline.train import finetune
 
 
-def curve(model, tok, cfg, steps, seed, learn, val):
+def curve(model, tok, cfg, at: list[int], seed, learn, val, d_u=(), method=MethodConfig()) -> dict[int, np.ndarray]:
+    """Per-item validation correctness after each learning step in `at`, along one run of max(at) steps."""
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    out = []
+    out = {}
 
     def cb(step):
-        if step % 10 == 0:
-            out.append(sum(task_scores(model, tok, "lab_learn", val, 8, 100)[0]) / len(val))
+        if step in at:
+            out[step] = np.asarray(task_scores(model, tok, "lab_learn", val, 8, 100)[0])
             model.train()
 
-    finetune(model, tok, learn, [], cfg.finetune.model_copy(update={"max_steps": steps}), MethodConfig(), seed,
+    finetune(model, tok, learn, list(d_u), cfg.finetune.model_copy(update={"max_steps": max(at)}), method, seed,
              cfg.data.max_length, on_learn_step=cb)
     model.load_state_dict(base)
     return out
@@ -36,21 +48,41 @@ def curve(model, tok, cfg, steps, seed, learn, val):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--project", default=".", help="a project after `dvc repro confidence`")
+    ap.add_argument("--at", type=int, nargs="+", default=[20, 30, 35, 40, 50, 60, 80])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     a = ap.parse_args()
-    cfg = load_config("params.yaml")
+    proj = Path(a.project)
+    cfg = load_config(proj / "params.yaml")
     task = get_task(cfg.data.learn.task)
     learn = task.load("train", cfg.data.learn.n_train, cfg.data.seed, {})
     val = task.load("validation", 200, cfg.data.seed + 1, {})
-    base, tok = load_model("artifacts/base_model", cfg.model)
-    control, _, _ = pretrain_lab(cfg.model.lab, cfg.data.max_length, conflict_weight=0.0, desc="pretrain control")
+    base, tok = load_model(proj / "artifacts/base_model", cfg.model)
+    table_df = pd.read_parquet(proj / "artifacts/confidence.parquet")
+    control, _, _ = pretrain_lab(control_lab(cfg.model.lab, cfg.control.corpus), cfg.data.max_length,
+                                 desc="pretrain control")
+    periodic = MethodConfig(unlearn="periodic")
+    runs = {"vanilla": (base, (), MethodConfig()), "lwf_random": (base, unlearn_set(table_df, "random"), periodic),
+            "lwf_oracle": (base, unlearn_set(table_df, "oracle"), periodic),
+            "control": (control, (), MethodConfig())}
+    res = {name: [curve(m, tok, cfg, a.at, s, learn, val, du, meth) for s in a.seeds]
+           for name, (m, du, meth) in runs.items()}
+
+    def items(name, step):
+        return np.stack([r[step] for r in res[name]])
+
+    where = f"{proj.resolve().name}, lab seed {cfg.model.lab.seed}, conflict_noise {cfg.model.lab.conflict_noise}"
+    table(f"Validation accuracy after s learning steps, mean over seeds {a.seeds} ({where}; {machine()})",
+          ["method", *[str(s) for s in a.at]], [[n, *[f"{items(n, s).mean():.3f}" for s in a.at]] for n in res])
     rows = []
-    for name, m in (("base (with conflict)", base), ("control (no conflict)", control)):
-        for s in a.seeds:
-            rows.append([name, s] + curve(m, tok, cfg, a.steps, s, learn, val))
-    table(f"Validation accuracy by fine-tuning step, vanilla recipe, lr {cfg.finetune.lr} ({machine()})",
-          ["base model", "seed"] + [str(10 * (i + 1)) for i in range(a.steps // 10)], rows)
+    for label, x, y in (("control − vanilla", "control", "vanilla"), ("oracle − vanilla", "lwf_oracle", "vanilla"),
+                        ("oracle − random", "lwf_oracle", "lwf_random")):
+        cells = []
+        for s in a.at:
+            d, lo, hi = paired_bootstrap(items(x, s) - items(y, s), 2000, 0)
+            cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        rows.append([label, *cells])
+    table(f"Paired differences [95% CI] after s learning steps ({where})", ["difference", *[str(s) for s in a.at]], rows)
 
 
 if __name__ == "__main__":

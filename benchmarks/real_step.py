@@ -14,31 +14,37 @@ from pipeline.data import Encoded, collate, encode_rows, forward_loss
 from pipeline.models import load_packaged
 from pipeline.tasks import get_task
 
-cfg = ModelConfig(name="smollm2-135m-instruct", chat_template=True)
-model, tok = load_packaged(cfg.name, cfg)
-tok.lwf_chat = True  # what load_model sets for model.chat_template
-rows = get_task("gsm8k").load("train", 64, 0, {"source": "vendored"})
-encs = [e for e in encode_rows(tok, rows, 4096) if len(e.input_ids) >= 128][:8]
-batch = collate([Encoded(e.input_ids[:128], e.labels[:128]) for e in encs], tok.pad_token_id)
 
-out = []
-for name, prefixes in [("all", ("",)), ("last 4 blocks", tuple(f"model.layers.{i}." for i in range(26, 30))),
-                       ("last block", ("model.layers.29.",))]:
-    for n, p in model.named_parameters():
-        p.requires_grad_(n.startswith(prefixes))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
-    model.train()
+def main():
+    cfg = ModelConfig(name="smollm2-135m-instruct", chat_template=True)
+    model, tok = load_packaged(cfg.name, cfg)
+    tok.lwf_chat = True  # what load_model sets for model.chat_template
+    rows = get_task("gsm8k").load("train", 64, 0, {"source": "vendored"})
+    encs = [e for e in encode_rows(tok, rows, 4096) if len(e.input_ids) >= 128][:8]
+    batch = collate([Encoded(e.input_ids[:128], e.labels[:128]) for e in encs], tok.pad_token_id)
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        forward_loss(model, batch)[0].mean().backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+    out = []
+    for name, prefixes in [("all", ("",)), ("last 4 blocks", tuple(f"model.layers.{i}." for i in range(26, 30))),
+                           ("last block", ("model.layers.29.",))]:
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith(prefixes))
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-5)
+        model.train()
 
-    out.append([f"step, {name} trainable", f"{sum(p.numel() for p in params) / 1e6:.2f}M", timeit(step)])
-model.eval()
-with torch.no_grad():
-    out.append(["forward only, no gradients", "-", timeit(lambda: forward_loss(model, batch))])
-table(f"SmolLM2-135M-Instruct, batch {tuple(batch['input_ids'].shape)} ({machine()})", ["what", "trainable",
-      "seconds"], out)
+        def step():
+            opt.zero_grad(set_to_none=True)
+            forward_loss(model, batch)[0].mean().backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+
+        out.append([f"step, {name} trainable", f"{sum(p.numel() for p in params) / 1e6:.2f}M", timeit(step)])
+    model.eval()
+    with torch.no_grad():
+        out.append(["forward only, no gradients", "-", timeit(lambda: forward_loss(model, batch))])
+    table(f"SmolLM2-135M-Instruct, batch {tuple(batch['input_ids'].shape)} ({machine()})", ["what", "trainable",
+          "seconds"], out)
+
+
+if __name__ == "__main__":
+    main()
