@@ -55,6 +55,16 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
         print("| " + " | ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in r) + " |")
 
 
+def interval(d: float, lo: float, hi: float) -> str:
+    """A point estimate with its 95% interval, as the lab tables print it."""
+    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def side(lo: float, hi: float, at: float = 0.0) -> str:
+    """"+" / "-": the interval lies above / below `at`; "0": it contains it."""
+    return "+" if lo > at else "-" if hi < at else "0"
+
+
 def auroc_ci(df, positive: list[str], negative: list[str], n_boot: int = 1000) -> dict[str, tuple[float, float, float]]:
     """AUROC of every score column of a confidence table (`positive` vs `negative` forgetting tasks), with a
     95% interval from resampling samples within each class (an interval containing 0.5 = no side)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import machine, table
+from _common import interval, machine, table
 
 from pipeline.confidence import unlearn_set
 from pipeline.config import MethodConfig, load_config
@@ -79,8 +79,7 @@ def main():
                         ("oracle − random", "lwf_oracle", "lwf_random")):
         cells = []
         for s in a.at:
-            d, lo, hi = paired_bootstrap(items(x, s) - items(y, s), 2000, 0)
-            cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            cells.append(interval(*paired_bootstrap(items(x, s) - items(y, s), 2000, 0)))
         rows.append([label, *cells])
     table(f"Paired differences [95% CI] after s learning steps ({where})", ["difference", *[str(s) for s in a.at]], rows)
 

@@ -19,7 +19,7 @@ import copy
 
 import numpy as np
 import pandas as pd
-from _common import auroc_ci, machine, table
+from _common import auroc_ci, interval, machine, side, table
 
 from pipeline.confidence import as_rows, confidence_scores, select, unlearn_set
 from pipeline.config import MethodConfig, load_config
@@ -124,8 +124,7 @@ def main():
             van = np.stack(res["vanilla"])
 
             def delta(key, ref=van):
-                d, lo, hi = paired_bootstrap(np.stack(res[key]) - ref, 2000, 0)
-                return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                return interval(*paired_bootstrap(np.stack(res[key]) - ref, 2000, 0))
 
             for i, over in enumerate(oracle_settings):
                 row = [name, lab_seed, ", ".join(f"{k} {v}" for k, v in over.items()), f"{conflict['correct'].mean():.2f}",
@@ -138,10 +137,6 @@ def main():
           ["design", "lab seed", "oracle setting", "base agrees with conflict rule", "p(own conflicting answer)",
            "vanilla", "oracle", "control", "oracle − vanilla [95% CI]", "control − vanilla [95% CI]",
            "lwf − vanilla [95% CI]", "oracle − random [95% CI]", "AUROC side of 0.5 per score"], rows)
-
-
-def side(lo, hi, at):
-    return "+" if lo > at else "-" if hi < at else "0"
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from _common import auroc_ci, table
+from _common import auroc_ci, interval, side, table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -104,11 +104,7 @@ def paired(res: dict, a: str, b: str, metric: str = "learn") -> tuple[float, flo
 
 def fmt(d) -> str:
     m, lo, hi = d
-    return f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" (noise)" if lo <= 0 <= hi else "")
-
-
-def side(lo, hi, at=0.0) -> str:
-    return "+" if lo > at else "-" if hi < at else "0"
+    return interval(m, lo, hi) + (" (noise)" if lo <= 0 <= hi else "")
 
 
 def distribution_rows(dist: dict) -> list[list]:
