@@ -165,3 +165,25 @@ def sequence_nlls(model, encs: list[Encoded], pad_id: int, batch_size: int = 64)
 def batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+class Stream:
+    """Endless seeded shuffles of range(n); batch k is a pure function of k (resumable)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if n <= 0:
+            raise ValueError("cannot draw batches from an empty set")
+        self.n, self.bs, self.seed = n, batch_size, seed
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
+        return self._perms[epoch]
+
+    def batch(self, k: int) -> list[int]:
+        out = []
+        for pos in range(k * self.bs, (k + 1) * self.bs):
+            out.append(self._perm(pos // self.n)[pos % self.n])
+        return out

@@ -51,7 +51,7 @@ import torch
 from tqdm import tqdm
 
 from . import dist
-from .data import IGNORE, collate, encode_rows, forward_loss
+from .data import IGNORE, Stream, collate, encode_rows, forward_loss
 
 log = logging.getLogger("lwf")
 
@@ -81,28 +81,6 @@ def learning_steps(cfg, method) -> int:
     with `match_steps` (vanilla_matched) when unlearning takes optimizer steps of its own."""
     extra = cfg.max_steps // cfg.unlearn_every if method.match_steps and cfg.unlearn_optimizer != "joint" else 0
     return cfg.max_steps + extra
-
-
-class Stream:
-    """Endless seeded shuffles of range(n); batch k is a pure function of k (resumable)."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        if n <= 0:
-            raise ValueError("cannot draw batches from an empty set")
-        self.n, self.bs, self.seed = n, batch_size, seed
-        self._perms: dict[int, list[int]] = {}
-
-    def _perm(self, epoch: int) -> list[int]:
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
-        return self._perms[epoch]
-
-    def batch(self, k: int) -> list[int]:
-        out = []
-        for pos in range(k * self.bs, (k + 1) * self.bs):
-            out.append(self._perm(pos // self.n)[pos % self.n])
-        return out
 
 
 def ascent_direction(model, tok, rows: list[dict], max_length: int, add_bos: bool = True):

@@ -6,7 +6,8 @@ import torch
 
 from pipeline.config import FinetuneConfig, MethodConfig
 from pipeline.data import collate, encode_rows, forward_loss
-from pipeline.train import Stream, bss_term, build_schedule, finetune
+from pipeline.data import Stream
+from pipeline.train import bss_term, build_schedule, finetune
 
 
 def test_periodic_schedule_fires_at_multiples():
