@@ -9,12 +9,12 @@ from pipeline.train import finetune
 
 
 def main(steps=120, every=4, repeat=3):
-    cfg = FinetuneConfig(max_steps=steps, unlearn_every=every)
+    cfg = FinetuneConfig(max_steps=steps)
     learn = lab_rows("lab_learn", 96)
     d_u = [{"prompt": r["prompt"], "target": r["target"]} for r in lab_rows("lab_conflict", 48)]
     times = {"vanilla": [], "lwf": []}
     for _ in range(repeat):  # interleaved, best of `repeat`
-        for name, m in (("vanilla", MethodConfig()), ("lwf", MethodConfig(unlearn="periodic"))):
+        for name, m in (("vanilla", MethodConfig()), ("lwf", MethodConfig(unlearn="periodic", unlearn_every=every))):
             model, tok = lab_model()
             t0 = time.perf_counter()
             finetune(model, tok, learn, d_u if name == "lwf" else [], cfg, m, 0, 64)

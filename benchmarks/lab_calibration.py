@@ -27,7 +27,7 @@ from pipeline.lab import control_lab, pretrain_lab
 from pipeline.models import load_model
 from pipeline.report import paired_bootstrap
 from pipeline.tasks import get_task
-from pipeline.train import finetune
+from pipeline.train import OnLearnStep, finetune
 
 
 def curve(model, tok, cfg, at: list[int], seed, learn, val, d_u=(), method=MethodConfig()) -> dict[int, np.ndarray]:
@@ -41,7 +41,7 @@ def curve(model, tok, cfg, at: list[int], seed, learn, val, d_u=(), method=Metho
             model.train()
 
     finetune(model, tok, learn, list(d_u), cfg.finetune.model_copy(update={"max_steps": max(at)}), method, seed,
-             cfg.data.max_length, on_learn_step=cb)
+             cfg.data.max_length, callbacks=[OnLearnStep(lambda _model, step: cb(step))])
     model.load_state_dict(base)
     return out
 
@@ -61,7 +61,7 @@ def main():
     table_df = pd.read_parquet(proj / "artifacts/confidence.parquet")
     control, _, _ = pretrain_lab(control_lab(cfg.model.lab, cfg.control.corpus), cfg.data.max_length,
                                  desc="pretrain control")
-    periodic = MethodConfig(unlearn="periodic")
+    periodic = cfg.methods["lwf"]  # the default unlearning recipe (D_U is given per run)
     runs = {"vanilla": (base, (), MethodConfig()), "lwf_random": (base, unlearn_set(table_df, "random"), periodic),
             "lwf_oracle": (base, unlearn_set(table_df, "oracle"), periodic),
             "control": (control, (), MethodConfig())}

@@ -37,7 +37,7 @@ def lrs(*values):
     return [{"unlearn_lr": v} for v in values]
 
 
-DESIGNS = {  # name -> (model.lab overrides, control.corpus, the oracle's finetune overrides, cities as single tokens)
+DESIGNS = {  # name -> (model.lab overrides, control.corpus, the oracle's method overrides, cities as single tokens)
     "control without facts": ({"conflict_noise": 0.0}, "without_facts", lrs(0.1, 0.03), False),
     "noisy conflict 0.3, control without facts": ({"conflict_noise": 0.3}, "without_facts", lrs(0.1, 0.03), False),
     "cities as single tokens, control without facts": ({"conflict_noise": 0.0}, "without_facts", lrs(0.1), True),
@@ -110,7 +110,7 @@ def main():
                                                 tok.pad_token_id).cpu().numpy()).mean())
             ci = auroc_ci(df, cfg.confidence.auroc_positive, cfg.confidence.auroc_negative)
             sides = " ".join(f"{s}{side(lo, hi, 0.5)}" for s, (_, lo, hi) in ci.items())
-            periodic = MethodConfig(unlearn="periodic")
+            periodic = cfg.methods["lwf"]  # the default unlearning recipe (D_U is given per run)
             runs = [("vanilla", base, MethodConfig(), [], {}), ("control", control, MethodConfig(), [], {}),
                     ("lwf", base, periodic, unlearn_set(df, "high"), {}),
                     ("random", base, periodic, unlearn_set(df, "random"), {})]
@@ -119,7 +119,7 @@ def main():
             for seed in (0, 1, 2):
                 for key, start, method, du, over in runs:
                     m = copy.deepcopy(start)
-                    finetune(m, tok, learn, du, cfg.finetune.model_copy(update=over), method, seed, cfg.data.max_length)
+                    finetune(m, tok, learn, du, cfg.finetune, method.model_copy(update=over), seed, cfg.data.max_length)
                     res.setdefault(key, []).append(scores(m, tok, val))
             van = np.stack(res["vanilla"])
 

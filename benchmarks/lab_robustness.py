@@ -1,6 +1,6 @@
 """Does the embedded lab's story hold across pretraining seeds, thread counts (a proxy for another
 machine's float kernels) and unlearning modes? Runs the real pipeline (`dvc repro`) in copies of
-this project, one per (lab seed, threads), and for each `finetune.unlearn_optimizer` mode reruns
+this project, one per (lab seed, threads), and for each `unlearn_optimizer` mode (set on every unlearning method) reruns
 what that change touches. Prints one table per question.
 
     python benchmarks/lab_robustness.py OUT_DIR [--lab-seeds 0 1 2] [--threads 2] \
@@ -73,7 +73,9 @@ def run(out: Path, lab_seed: int, threads: int, modes: list[str], overrides: lis
     for mode in modes:
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
         setdeep(raw, "model.lab.seed", lab_seed)
-        setdeep(raw, "finetune.unlearn_optimizer", mode)
+        for m in raw["methods"].values():  # every unlearning method (and vanilla_matched) under this mode
+            if (m.get("unlearn", "none") == "periodic") or m.get("match_steps"):
+                m["unlearn_optimizer"] = mode
         for kv in overrides:
             k, v = kv.split("=", 1)
             setdeep(raw, k, yaml.safe_load(v))

@@ -220,7 +220,8 @@ def main(argv=None):
     n_forget = sum(ref.n_train for ref in cfg.data.forget) * cfg.elicit.num_return_sequences
     n_eval = cfg.data.learn.n_test + sum(ref.n_test for ref in cfg.data.forget)
     runs = len(cfg.run.methods) * len(cfg.run.seeds)
-    unlearn_steps = cfg.finetune.max_steps // cfg.finetune.unlearn_every
+    lwf = cfg.methods["lwf"]  # the unlearning recipe of the preset's lwf
+    unlearn_steps = cfg.finetune.max_steps // lwf.unlearn_every
     decode_steps = lambda n: -(-n // cfg.elicit.batch_size) * cfg.elicit.max_new_tokens  # noqa: E731
     step_bytes = wbytes + cfg.elicit.batch_size * (seq + cfg.elicit.max_new_tokens) * kv_bytes_per_token(model_config, dbytes)
     flops_s, bw = args.tflops * 1e12, args.tbps * 1e12
@@ -233,7 +234,7 @@ def main(argv=None):
         ("elicit", gen(n_forget), decode_steps(n_forget)),
         ("confidence", per["confidence"] * n_forget / cfg.grads.chunk_size / flops_s, chunks(n_forget)),
         (f"finetune x {runs}", runs * per["finetune"] * (cfg.finetune.max_steps + unlearn_steps
-                                                              * cfg.finetune.unlearn_batch_size / cfg.finetune.batch_size) / flops_s,
+                                                              * lwf.unlearn_batch_size / cfg.finetune.batch_size) / flops_s,
          runs * ft_steps),
         (f"evaluate x {runs}", runs * gen(n_eval), runs * decode_steps(n_eval)),
     ]

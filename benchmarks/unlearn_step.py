@@ -1,4 +1,4 @@
-"""What one unlearning step does, per `finetune.unlearn_optimizer` mode: 12 learning steps of the
+"""What one unlearning step (objective `ga`) does, per `unlearn_optimizer` mode: 12 learning steps of the
 default recipe on the lab's learning task, then one unlearning step on a 16-row D_U batch
 (self-knowledge-like rows of lab_neutral and lab_count). Compared with the same run without that
 step: the rise of the D_U batch's NLL and the cosine between the weight update and the ascent
@@ -18,7 +18,7 @@ import torch
 from _common import lab_model, lab_rows, machine, table
 
 from pipeline.config import FinetuneConfig, MethodConfig, load_config
-from pipeline.train import ascent_direction, finetune
+from pipeline.train import StopAfter, ascent_direction, finetune
 
 N = 12
 
@@ -30,7 +30,7 @@ def flat(model):
 def trained(model, tok, learn, d_u, cfg, method, stop=None):
     m = copy.deepcopy(model)
     try:
-        finetune(m, tok, learn, d_u, cfg, method, 0, 64, stop_after_events=stop)
+        finetune(m, tok, learn, d_u, cfg, method, 0, 64, callbacks=[StopAfter(stop)] if stop else ())
     except KeyboardInterrupt:
         pass
     return m
@@ -53,15 +53,16 @@ def main(project: str | None):
     for mode, knob, values in (("separate", "unlearn_lr", (0.03, 0.1, 0.3)), ("joint", "alpha", (0.1, 0.3, 1.0)),
                                ("shared", "alpha", (0.1, 1.0, 10.0))):
         for v in values:
-            cfg = FinetuneConfig(max_steps=N, unlearn_every=N, unlearn_batch_size=16, warmup_steps=0,
-                                 unlearn_optimizer=mode, **{knob: v})
+            cfg = FinetuneConfig(max_steps=N, warmup_steps=0)
+            lwf = MethodConfig(unlearn="periodic", unlearn_every=N, unlearn_batch_size=16, unlearn_optimizer=mode,
+                               **{knob: v})
             if mode == "joint":
                 ref = trained(model, tok, learn, d_u, cfg, MethodConfig())
-                done = trained(model, tok, learn, d_u, cfg, MethodConfig(unlearn="periodic"))
+                done = trained(model, tok, learn, d_u, cfg, lwf)
                 cos = "—"
             else:
-                ref = trained(model, tok, learn, d_u, cfg, MethodConfig(unlearn="periodic"), stop=N)
-                done = trained(model, tok, learn, d_u, cfg, MethodConfig(unlearn="periodic"))
+                ref = trained(model, tok, learn, d_u, cfg, lwf, stop=N)
+                done = trained(model, tok, learn, d_u, cfg, lwf)
             before, ascent = ascent_direction(ref, tok, d_u, 64)
             after, _ = ascent_direction(done, tok, d_u, 64)
             if mode != "joint":

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
 
@@ -38,7 +38,7 @@ class LabConfig(_Strict):
     pretrain_batch_size: int = Field(32, gt=0)
     pretrain_lr: float = Field(3e-3, gt=0)
     conflict_weight: float = Field(0.4, ge=0, le=1)
-    conflict_noise: float = Field(0.0, ge=0, le=1)  # share of conflict facts with a random city
+    conflict_noise: float = Field(0.5, ge=0, le=1)  # share of conflict facts with a random city
     seed: int = 0
 
     @model_validator(mode="after")
@@ -244,45 +244,89 @@ class ConfidenceConfig(_Strict):
         return v
 
 
+UNLEARN_OPTIMIZERS = ("separate", "joint", "shared")
+
+
 class MethodConfig(_Strict):
-    """A fine-tuning method is data: which samples to unlearn, when, and any extra loss term."""
+    """A fine-tuning method is data: which samples to unlearn, when, how (objective, optimizer, step
+    size) and any extra loss term. The unlearning settings live here, per method, so that changing
+    one reruns only the methods that use it (never `vanilla`), and two objectives or modes can run
+    side by side in one run. Omitted fields take the defaults below."""
 
     unlearn: Literal["none", "periodic", "early"] = "none"
     selection: Literal["high", "low", "random", "cosine", "oracle"] = "high"
     bss: bool = False
     match_steps: bool = False  # vanilla_matched: as many learning steps as LWF takes optimizer steps
+    # what the unlearning step minimises on a D_U batch (pipeline/objectives.py): ga | npo | simnpo | wga
+    objective: str = "ga"
+    objective_args: dict[str, float] = Field(default_factory=dict)  # e.g. {beta: 0.1} for npo
+    unlearn_every: int = Field(4, gt=0)  # N_u: one unlearning step after every N_u learning steps
+    unlearn_batch_size: int = Field(16, gt=0)
+    # separate: plain SGD step theta -= unlearn_lr * clip(grad objective), no state shared with learning;
+    # joint: every N_u-th learning step optimises l(learn) + alpha * objective in one AdamW step;
+    # shared: AdamW step on alpha * objective with the learning steps' AdamW state (ablation only)
+    unlearn_optimizer: Literal[UNLEARN_OPTIMIZERS] = "separate"
+    unlearn_lr: float = Field(0.1, gt=0)
+    alpha: float = Field(0.1, gt=0)
+    unlearn_max_loss: float = Field(6.0, gt=0)  # guard: stop unlearning when the D_U batch NLL passes this
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, v):
+        from .objectives import OBJECTIVES
+
+        if v not in OBJECTIVES:
+            raise ValueError(f"unknown objective {v!r}; known: {', '.join(OBJECTIVES)}")
+        return v
+
+    @field_validator("objective_args")
+    @classmethod
+    def _objective_args(cls, v, info: ValidationInfo):
+        from .objectives import check_args
+
+        if "objective" in info.data:  # else the objective itself failed (reported instead)
+            check_args(info.data["objective"], v)
+        return v
+
+    @model_validator(mode="after")
+    def _early_not_joint(self):
+        if self.unlearn == "early" and self.unlearn_optimizer == "joint":
+            raise ValueError("unlearn 'early' has no learning step to join under unlearn_optimizer 'joint'; "
+                             "use 'separate'")
+        return self
 
 
+_GA = dict(unlearn="periodic", objective="ga", unlearn_lr=0.1)
 DEFAULT_METHODS = {
     "vanilla": MethodConfig(),
     "vanilla_matched": MethodConfig(match_steps=True),
-    "lwf": MethodConfig(unlearn="periodic", selection="high"),
-    "lwf_low": MethodConfig(unlearn="periodic", selection="low"),
-    "lwf_random": MethodConfig(unlearn="periodic", selection="random"),
-    "lwf_early": MethodConfig(unlearn="early", selection="high"),
-    "lwf_nofisher": MethodConfig(unlearn="periodic", selection="cosine"),
-    "lwf_oracle": MethodConfig(unlearn="periodic", selection="oracle"),
+    "lwf": MethodConfig(selection="high", **_GA),
+    "lwf_npo": MethodConfig(unlearn="periodic", selection="high", objective="npo", objective_args={"beta": 0.1},
+                            unlearn_lr=0.1),
+    "lwf_low": MethodConfig(selection="low", **_GA),
+    "lwf_random": MethodConfig(selection="random", **_GA),
+    "lwf_early": MethodConfig(**{**_GA, "unlearn": "early"}, selection="high"),
+    "lwf_nofisher": MethodConfig(selection="cosine", **_GA),
+    "lwf_oracle": MethodConfig(selection="oracle", **_GA),
     "bss": MethodConfig(bss=True),
 }
 
+# unlearning settings that moved from `finetune` into each method (old params fail with this message)
+MOVED_TO_METHODS = ("unlearn_every", "unlearn_batch_size", "unlearn_optimizer", "unlearn_lr", "alpha",
+                    "unlearn_max_loss")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
 
 class FinetuneConfig(_Strict):
-    max_steps: int = Field(35, gt=0)
+    """The learning recipe every method shares (the unlearning settings are per method)."""
+
+    max_steps: int = Field(40, gt=0)
     batch_size: int = Field(16, gt=0)
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(10, ge=0)
-    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    lr_schedule: Literal[LR_SCHEDULES] = "constant"
     grad_clip: float = Field(1.0, gt=0)
-    unlearn_every: int = Field(4, gt=0)
-    unlearn_batch_size: int = Field(16, gt=0)
-    # separate: plain SGD ascent theta += unlearn_lr * clip(grad l(D_U)), no state shared with learning;
-    # joint: every N_u-th learning step optimises l(learn) - alpha * l(D_U) in one AdamW step;
-    # shared: AdamW step on -alpha * l(D_U) with the learning steps' AdamW state (ablation only)
-    unlearn_optimizer: Literal["separate", "joint", "shared"] = "separate"
-    unlearn_lr: float = Field(0.1, gt=0)
-    alpha: float = Field(0.1, gt=0)
-    unlearn_max_loss: float = Field(6.0, gt=0)
     bss_eta: float = Field(1e-3, ge=0)
     bss_k: int = Field(1, gt=0)
     log_every: int = Field(1, gt=0)
@@ -322,8 +366,8 @@ class LaunchConfig(_Strict):
 
 class RunConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    methods: list[str] = Field(default_factory=lambda: ["vanilla", "vanilla_matched", "lwf", "lwf_low", "lwf_random",
-                                                        "lwf_oracle"])
+    methods: list[str] = Field(default_factory=lambda: ["vanilla", "vanilla_matched", "lwf", "lwf_npo", "lwf_low",
+                                                        "lwf_random", "lwf_oracle"])
 
     @field_validator("seeds")
     @classmethod
@@ -374,13 +418,11 @@ class Config(_Strict):
             raise ValueError(
                 f"run.methods names unknown method {unknown[0]!r}; defined in `methods`: {', '.join(self.methods)}"
             )
-        if self.methods.get("vanilla", MethodConfig()) != MethodConfig():
+        v = self.methods.get("vanilla", MethodConfig())
+        if v.unlearn != "none" or v.bss or v.match_steps:
             raise ValueError("methods.vanilla must be plain fine-tuning (unlearn: none, bss: false)")
         for name in self.run.methods:
             m = self.methods[name]
-            if m.unlearn == "early" and self.finetune.unlearn_optimizer == "joint":
-                raise ValueError(f"methods.{name}: unlearn 'early' has no learning step to join under "
-                                 "finetune.unlearn_optimizer 'joint'; use 'separate' or drop the method")
             if m.unlearn != "none" and m.selection == "oracle" and not self.confidence.auroc_positive:
                 raise ValueError(f"methods.{name}: selection 'oracle' needs confidence.auroc_positive (the tasks "
                                  "known to conflict with the learning task)")
@@ -422,6 +464,11 @@ def parse_config(raw: Any) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"params: the top level must be a mapping of sections, got {type(raw).__name__}")
+    moved = [k for k in MOVED_TO_METHODS if isinstance(raw.get("finetune"), dict) and k in raw["finetune"]]
+    if moved:
+        raise ConfigError(f"params: finetune.{moved[0]} has moved to methods.<name>.{moved[0]} (unlearning settings "
+                          "are per method, so changing one never reruns vanilla); e.g. "
+                          f"methods.lwf.{moved[0]}")
     try:
         return Config.model_validate(raw)
     except ValidationError as e:

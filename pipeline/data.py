@@ -132,20 +132,28 @@ def _accepts_logits_to_keep(model) -> bool:
     return _KEEPS[t]
 
 
-def forward_loss(model, batch, output_hidden_states: bool = False):
-    """(per-row loss l(x, y) (B,), the model output). Logits are computed only at the positions that
-    predict a target token (`logits_to_keep` with per-row positions, for models that accept it):
-    over a large vocabulary the output projection and softmax at prompt and padding positions are
-    most of the work otherwise. `out.logits` is then (B, K, V) over those positions."""
+def forward_token_nll(model, batch, output_hidden_states: bool = False):
+    """(per-token NLL (B, K) of each row's target tokens, their mask (B, K), the model output).
+    Logits are computed only at the positions that predict a target token (`logits_to_keep` with
+    per-row positions, for models that accept it): over a large vocabulary the output projection
+    and softmax at prompt and padding positions are most of the work otherwise. `out.logits` is
+    then (B, K, V) over those positions."""
     kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
               output_hidden_states=output_hidden_states, use_cache=False)
     if _accepts_logits_to_keep(model):
         pos, lab = target_positions(batch["labels"])
         out = model(**kw, logits_to_keep=pos)
         nll, mask = kept_token_nll(out.logits, lab)
-        return nll.sum(1) / mask.sum(1).clamp_min(1), out
+        return nll, mask, out
     out = model(**kw)
-    return per_sample_loss(out.logits, batch["labels"]), out
+    nll, mask = token_nll(out.logits, batch["labels"])
+    return nll, mask, out
+
+
+def forward_loss(model, batch, output_hidden_states: bool = False):
+    """(per-row loss l(x, y) (B,): the mean target-token NLL, the model output); see `forward_token_nll`."""
+    nll, mask, out = forward_token_nll(model, batch, output_hidden_states)
+    return nll.sum(1) / mask.sum(1).clamp_min(1), out
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ import logging
 import pandas as pd
 
 from pipeline import dist, paths
-from pipeline.confidence import unlearn_set
+from pipeline.confidence import SELECTIONS, as_rows
 from pipeline.io import atomic_path, write_csv
 from pipeline.models import load_model, plain_model, trainable_model
 from pipeline.stage import UserError, load_rows, main, stage
@@ -28,9 +28,13 @@ def run(cfg, method: str, seed: int):
         enable()
         model.config.use_cache = False
     learn = load_rows(paths.LEARN_DATA, "train")
-    d_u = unlearn_set(pd.read_parquet(paths.CONFIDENCE), m.selection) if m.unlearn != "none" else []
-    log.info("stage finetune: %s seed %d: %d learning rows, %d unlearning rows (%s), %d learning steps", method,
-             seed, len(learn), len(d_u), cfg.finetune.unlearn_optimizer, learning_steps(cfg.finetune, m))
+    d_u = []
+    if m.unlearn != "none":  # D_U with each row's reference NLL (mean token NLL under the base model)
+        table = pd.read_parquet(paths.CONFIDENCE)
+        sel = table[table[SELECTIONS[m.selection]]]
+        d_u = [dict(r, ref_nll=float(n)) for r, n in zip(as_rows(sel), sel["nll_base"])]
+    log.info("stage finetune: %s seed %d: %d learning rows, %d unlearning rows (objective %s, %s), %d learning steps",
+             method, seed, len(learn), len(d_u), m.objective, m.unlearn_optimizer, learning_steps(cfg.finetune, m))
     ckpt = paths.checkpoint(method, seed)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     rows, stats = finetune(model, tok, learn, d_u, cfg.finetune, m, seed, cfg.data.max_length, cfg.model.add_bos,

@@ -36,8 +36,11 @@ BAD = [
     ("data.learn.task", "no_such_task", "unknown task 'no_such_task'"),
     ("data.forget.0.task", "nope", "data.forget.0.task"),
     ("run.methods", ["vanilla", "magic"], "unknown method 'magic'"),
-    ("finetune.unlearn_every", 0, "finetune.unlearn_every"),
-    ("finetune.unlearn_every", -3, "greater than 0"),
+    ("methods.lwf.unlearn_every", 0, "methods.lwf.unlearn_every"),
+    ("methods.lwf.unlearn_every", -3, "greater than 0"),
+    ("methods.lwf.objective", "forget_harder", "unknown objective 'forget_harder'"),
+    ("methods.lwf.objective_args", {"gamma": 1}, "methods.lwf.objective_args"),
+    ("finetune.unlearn_lr", 0.05, "finetune.unlearn_lr has moved to methods.<name>.unlearn_lr"),
     ("confidence.forget_fraction", 0, "must be in (0, 1]"),
     ("confidence.forget_fraction", 1.5, "confidence.forget_fraction = 1.5"),
     ("data.forget", [], "at least one forgetting task"),
@@ -45,7 +48,7 @@ BAD = [
     ("finetune.lr", -0.1, "finetune.lr = -0.1"),
     ("run.seeds", [], "run.seeds = []: needs at least one seed"),
     ("run.seeds", [1, 1], "seeds repeat"),
-    ("finetune.alpha", "lots", "finetune.alpha"),
+    ("methods.lwf_npo.alpha", "lots", "methods.lwf_npo.alpha"),
     ("grads.engine", "magic", "grads.engine"),
     ("grads.param_regex", "(", "not a valid regular expression"),
     ("model.trainable", "([", "model.trainable"),
@@ -102,10 +105,10 @@ def test_params_rewritten_by_dvc_exp_run_set_param_stay_valid(tmp_path):
 
     p = tmp_path / "params.yaml"
     p.write_text((ROOT / "params.yaml").read_text())
-    apply_overrides(str(p), ["finetune.alpha=0.05"])  # what `dvc exp run -S finetune.alpha=0.05` does
+    apply_overrides(str(p), ["methods.lwf.alpha=0.05"])  # what `dvc exp run -S methods.lwf.alpha=0.05` does
     assert "mixed_precision: no " in p.read_text()
     cfg = load_config(p)
-    assert cfg.launch.mixed_precision == "no" and cfg.finetune.alpha == 0.05
+    assert cfg.launch.mixed_precision == "no" and cfg.methods["lwf"].alpha == 0.05
 
 
 def test_yaml_1_1_booleans_stay_strings_where_strings_are_expected(tmp_path):
@@ -123,11 +126,11 @@ def _cli(args, cwd, extra_env=None):
 
 
 def test_stage_exits_2_without_traceback(tmp_path):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with("finetune.unlearn_every", 0)))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with("methods.lwf.unlearn_every", 0)))
     r = _cli(["-m", "stages.finetune", "method=lwf", "seed=0"], tmp_path, {"PYTHONPATH": str(ROOT)})
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
-    assert "finetune.unlearn_every = 0" in r.stderr
+    assert "methods.lwf.unlearn_every = 0" in r.stderr
 
 
 def test_missing_field_in_data_file_and_empty_prompt_set(tmp_path):

@@ -15,10 +15,12 @@ pytestmark = pytest.mark.e2e
 
 SMALL = {
     ("run", "seeds"): [0],
-    ("run", "methods"): ["vanilla", "lwf", "lwf_oracle"],
+    ("run", "methods"): ["vanilla", "lwf", "lwf_npo", "lwf_oracle"],
     ("model", "lab", "pretrain_steps"): 60,
     ("finetune", "max_steps"): 8,
-    ("finetune", "unlearn_every"): 2,
+    ("methods", "lwf", "unlearn_every"): 2,
+    ("methods", "lwf_npo", "unlearn_every"): 2,
+    ("methods", "lwf_oracle", "unlearn_every"): 2,
     ("data", "learn", "n_train"): 32,
     ("data", "learn", "n_test"): 24,
     ("data", "forget"): [{"task": "lab_conflict", "n_train": 24, "n_test": 20},
@@ -107,6 +109,13 @@ def test_repro_writes_every_artifact(dvc_project):
     # the mechanism in the outputs: lwf's D_U was unlearned relative to vanilla
     assert summary["lwf"]["d_u_nll"] > summary["vanilla"]["d_u_nll"]
     assert set(summary["lwf"]["nll"]) == {"d_u", "own_d_u", "self/lab_conflict", "self/lab_neutral", "self/lab_count"}
+    # two objectives side by side: GA (lwf) and NPO (lwf_npo), each with its d_u_nll, perplexity, learning score
+    stats = {m: json.loads((proj / f"artifacts/models/{m}/seed0/train_stats.json").read_text()) for m in ("lwf", "lwf_npo")}
+    assert (stats["lwf"]["objective"], stats["lwf_npo"]["objective"]) == ("ga", "npo")
+    assert stats["lwf_npo"]["unlearn_steps_taken"] == 4
+    for m in ("lwf", "lwf_npo"):
+        assert {"d_u_nll", "perplexity", "learn_score", "d_u_nll_delta_ci95"} <= set(summary[m])
+    assert summary["lwf_npo"]["d_u_nll"] > summary["vanilla"]["d_u_nll"]
     conf = json.loads((proj / "metrics/confidence.json").read_text())
     assert 0 <= conf["auroc"]["fisher_distance"] <= 1
     for f in ("reports/report.md", "reports/learning_curves.png", "reports/confidence_hist.png",
@@ -176,19 +185,17 @@ def test_model_settings_mark_their_stages_stale(dvc_project, change):
     assert expect <= stale, (change, sorted(stale))
 
 
-def test_changing_unlearn_every_reruns_only_downstream(dvc_project):
+@pytest.mark.parametrize("key,value", [("unlearn_every", 4), ("unlearn_lr", 0.05)])
+def test_changing_an_unlearning_setting_reruns_only_that_method(dvc_project, key, value):
+    """Unlearning settings are per method: a change of lwf's reruns lwf's fine-tune and what follows it,
+    never vanilla, the other unlearning methods, the control or anything before the fine-tunes."""
     proj, _ = dvc_project
     before = (proj / "artifacts/confidence.parquet").read_bytes()
     raw = yaml.safe_load((proj / "params.yaml").read_text())
-    raw["finetune"]["unlearn_every"] = 4
+    raw["methods"]["lwf"][key] = value
     (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    out = run([*dvc(), "repro"], proj)
-    stages = ran_stages(out)
-    # vanilla reads the `finetune` section too, so it reruns, but it does not use unlearn_every: its
-    # model comes out byte-identical and DVC then skips evaluate@vanilla
-    assert {"finetune@vanilla-0", "finetune@lwf-0", "evaluate@lwf", "report"} <= stages
-    assert "evaluate@vanilla" not in stages
-    assert not stages & {"prepare", "base_model", "fisher", "elicit", "confidence"}
+    stages = ran_stages(run([*dvc(), "repro"], proj))
+    assert stages == {"finetune@lwf-0", "evaluate@lwf", "report"}, sorted(stages)
     assert (proj / "artifacts/confidence.parquet").read_bytes() == before
 
 
@@ -218,7 +225,7 @@ def test_prefect_flow_is_tracked_by_dvc(dvc_project, tmp_path):
     shutil.copytree(flow_proj, twin, symlinks=True)
     for p in (flow_proj, twin):
         raw = yaml.safe_load((p / "params.yaml").read_text())
-        raw["finetune"]["unlearn_every"] = 3
+        raw["methods"]["lwf"]["unlearn_every"] = 3
         (p / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     by_dvc = ran_stages(run([*dvc(), "repro"], twin))
     by_flow = set(lwf_run(flow_proj)["ran"])
@@ -359,8 +366,8 @@ def test_readme_commands_on_the_shipped_params(dvc_project):
     git = ["git", "-c", "user.name=lwf-test", "-c", "user.email=lwf-test@localhost"]
     run([*git, "add", "-A"], proj)
     run([*git, "commit", "-qm", "baseline"], proj)
-    run([*dvc(), "exp", "run", "-S", "finetune.unlearn_every=8"], proj)
-    run([*dvc(), "exp", "run", "-S", "finetune.unlearn_optimizer=joint", "-S", "finetune.alpha=0.3"], proj)
+    run([*dvc(), "exp", "run", "-S", "methods.lwf.unlearn_every=8"], proj)
+    run([*dvc(), "exp", "run", "-S", "methods.lwf.unlearn_optimizer=joint", "-S", "methods.lwf.alpha=0.3"], proj)
     assert "mixed_precision: no\n" in (proj / "params.yaml").read_text()  # DVC's writer: unquoted
     shown = json.loads(run([*dvc(), "exp", "show", "--json"], proj).strip().splitlines()[-1])
     text = json.dumps(shown)

@@ -54,9 +54,9 @@ def test_empty_response_and_truncated_response_are_scored(tiny, rows):
 
 def test_forgetting_set_smaller_than_batch(tiny, rows):
     model = copy.deepcopy(tiny[0])
-    cfg = FinetuneConfig(max_steps=4, batch_size=4, unlearn_every=2, unlearn_batch_size=16, warmup_steps=0)
+    cfg = FinetuneConfig(max_steps=4, batch_size=4, warmup_steps=0)
     log, stats = finetune(model, tiny[1], rows, [{"prompt": "x", "target": " y"}, {"prompt": "z", "target": ""}],
-                          cfg, MethodConfig(unlearn="periodic"), 0, 64)
+                          cfg, MethodConfig(unlearn="periodic", unlearn_every=2, unlearn_batch_size=16), 0, 64)
     assert stats["unlearn_steps_taken"] == 2 and stats["weights_finite"]
 
 

@@ -56,7 +56,10 @@ def test_all_stages_on_gpt2_and_fixture_tasks(gpt2_dir, tmp_path, monkeypatch):
         "fisher": {"n_samples": 6},
         "elicit": {"max_new_tokens": 6},
         "confidence": {"forget_fraction": 0.5, "per_task": True, "auroc_positive": [], "auroc_negative": []},
-        "finetune": {"max_steps": 4, "batch_size": 2, "unlearn_every": 2, "unlearn_batch_size": 2},
+        "finetune": {"max_steps": 4, "batch_size": 2},
+        "methods": {"vanilla": {}, "bss": {"bss": True},
+                    "lwf": {"unlearn": "periodic", "unlearn_every": 2, "unlearn_batch_size": 2},
+                    "lwf_early": {"unlearn": "early", "unlearn_every": 2, "unlearn_batch_size": 2}},
         "evaluate": {"max_new_tokens": 6},
         "report": {"bootstrap": 50},
     })
@@ -113,7 +116,8 @@ def test_lora_chat_template_and_gradient_checkpointing(tmp_path, monkeypatch, ro
                  "forget": [{"task": "lab_conflict", "n_train": 6, "n_test": 4}, {"task": "lab_count", "n_train": 6, "n_test": 4}],
                  "general": {"task": "lab_general", "n_test": 4}},
         "fisher": {"n_samples": 8}, "confidence": {"auroc_negative": ["lab_count"]},
-        "finetune": {"max_steps": 2, "batch_size": 4, "unlearn_every": 1, "unlearn_batch_size": 2},
+        "finetune": {"max_steps": 2, "batch_size": 4},
+        "methods": {"vanilla": {}, "lwf": {"unlearn": "periodic", "unlearn_every": 1, "unlearn_batch_size": 2}},
     })
     monkeypatch.chdir(tmp_path)
     for st in (stages.prepare, stages.base_model, stages.fisher, stages.elicit, stages.confidence):
@@ -157,7 +161,8 @@ def test_trainable_subset_freezes_the_rest(tmp_path, monkeypatch):
                  "forget": [{"task": "lab_conflict", "n_train": 6, "n_test": 4}, {"task": "lab_count", "n_train": 6, "n_test": 4}],
                  "general": {"task": "lab_general", "n_test": 4}},
         "fisher": {"n_samples": 8}, "confidence": {"auroc_negative": ["lab_count"], "probe": {"steps": 2}},
-        "finetune": {"max_steps": 2, "batch_size": 4, "unlearn_every": 1, "unlearn_batch_size": 2},
+        "finetune": {"max_steps": 2, "batch_size": 4},
+        "methods": {"vanilla": {}, "lwf": {"unlearn": "periodic", "unlearn_every": 1, "unlearn_batch_size": 2}},
     })
     monkeypatch.chdir(tmp_path)
     for st in (stages.prepare, stages.base_model, stages.fisher, stages.elicit, stages.confidence):

@@ -47,8 +47,7 @@ def cfg():
         "elicit": {"max_new_tokens": 12, "batch_size": 8},
         "confidence": {"forget_fraction": 0.5, "auroc_positive": [], "auroc_negative": [],
                        "probe": {"steps": 1, "batch_size": 8, "lr": 3e-4}},
-        "finetune": {"max_steps": 3, "batch_size": 8, "lr": 3e-4, "warmup_steps": 0, "unlearn_optimizer": "separate",
-                     "unlearn_lr": 0.1},
+        "finetune": {"max_steps": 3, "batch_size": 8, "lr": 3e-4, "warmup_steps": 0},
         "evaluate": {"max_new_tokens": 4, "batch_size": 4},
         "control": {"enabled": False},
     })
@@ -180,16 +179,16 @@ def test_one_unlearning_step_raises_its_batch_nll(base, data, table, cfg):
     taken before any learning step (`early`), then the run is stopped."""
     from pipeline.config import MethodConfig
     from pipeline.confidence import unlearn_set
-    from pipeline.train import finetune
+    from pipeline.train import StopAfter, finetune
 
     model, tok, _ = base
     model = copy.deepcopy(model)
     d_u = unlearn_set(table, "high")
     before = nll(model, tok, d_u, cfg)
-    ft = cfg.finetune.model_copy(update={"max_steps": 1, "unlearn_every": 1, "unlearn_batch_size": len(d_u)})
+    ft = cfg.finetune.model_copy(update={"max_steps": 1})
+    method = MethodConfig(unlearn="early", unlearn_every=1, unlearn_batch_size=len(d_u), unlearn_lr=0.1)
     with pytest.raises(KeyboardInterrupt):
-        finetune(model, tok, data["learn"], d_u, ft, MethodConfig(unlearn="early"), 0, cfg.data.max_length,
-                 stop_after_events=1)
+        finetune(model, tok, data["learn"], d_u, ft, method, 0, cfg.data.max_length, callbacks=[StopAfter(1)])
     after = nll(model, tok, d_u, cfg)
     assert after > before + 0.1, (before, after)
 

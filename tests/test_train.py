@@ -7,7 +7,7 @@ import torch
 from pipeline.config import FinetuneConfig, MethodConfig
 from pipeline.data import collate, encode_rows, forward_loss
 from pipeline.data import Stream
-from pipeline.train import bss_term, build_schedule, finetune
+from pipeline.train import StopAfter, bss_term, build_schedule, finetune
 
 
 def test_periodic_schedule_fires_at_multiples():
@@ -35,10 +35,13 @@ def test_stream_is_resumable_and_cycles_small_sets():
 
 
 def _cfg(**kw):
-    base = dict(max_steps=8, batch_size=4, lr=1e-3, warmup_steps=0, unlearn_every=2, unlearn_batch_size=3,
-                alpha=1.0, checkpoint_every=3, log_every=1)
+    base = dict(max_steps=8, batch_size=4, lr=1e-3, warmup_steps=0, checkpoint_every=3, log_every=1)
     base.update(kw)
     return FinetuneConfig(**base)
+
+
+def _lwf(unlearn="periodic", **kw):
+    return MethodConfig(unlearn=unlearn, **{"unlearn_every": 2, "unlearn_batch_size": 3, "alpha": 1.0, **kw})
 
 
 def _unlearn_rows():
@@ -48,7 +51,7 @@ def _unlearn_rows():
 
 def test_unlearn_events_in_log_at_multiples(tiny, rows):
     model = copy.deepcopy(tiny[0])
-    log, stats = finetune(model, tiny[1], rows, _unlearn_rows(), _cfg(), MethodConfig(unlearn="periodic"), 0, 48)
+    log, stats = finetune(model, tiny[1], rows, _unlearn_rows(), _cfg(), _lwf(), 0, 48)
     assert [r["step"] for r in log if r["kind"] == "unlearn"] == [2, 4, 6, 8]
     assert stats["unlearn_steps_taken"] == 4 and stats["learn_steps"] == 8
 
@@ -60,10 +63,10 @@ def test_unlearning_step_raises_loss_on_its_batch(tiny):
     u = _unlearn_rows()
     batch = collate(encode_rows(tok, u, 48), tok.pad_token_id)
     before = forward_loss(model, batch)[0].mean().item()
-    cfg = _cfg(max_steps=1, unlearn_every=1, unlearn_batch_size=3, lr=1e-2)
+    cfg = _cfg(max_steps=1, lr=1e-2)
     with pytest.raises(KeyboardInterrupt):
-        finetune(model, tok, [{"prompt": "a", "target": "b"}], u, cfg, MethodConfig(unlearn="early"), 0, 48,
-                 stop_after_events=1)
+        finetune(model, tok, [{"prompt": "a", "target": "b"}], u, cfg, _lwf("early", unlearn_every=1), 0, 48,
+                 callbacks=[StopAfter(1)])
     after = forward_loss(model, batch)[0].mean().item()
     assert after > before
 
@@ -84,14 +87,14 @@ def test_bss_method_trains(tiny, rows):
 
 def test_resume_gives_identical_weights(tmp_path, tiny, rows):
     tok = tiny[1]
-    cfg, method = _cfg(max_steps=10, checkpoint_every=4), MethodConfig(unlearn="periodic")
+    cfg, method = _cfg(max_steps=10, checkpoint_every=4), _lwf()
     ref = copy.deepcopy(tiny[0])
     ref_log, _ = finetune(ref, tok, rows, _unlearn_rows(), cfg, method, 7, 48)
 
     crashed = copy.deepcopy(tiny[0])
     ckpt = tmp_path / "ck.pt"
     with pytest.raises(KeyboardInterrupt):
-        finetune(crashed, tok, rows, _unlearn_rows(), cfg, method, 7, 48, ckpt_path=ckpt, stop_after_events=6)
+        finetune(crashed, tok, rows, _unlearn_rows(), cfg, method, 7, 48, ckpt_path=ckpt, callbacks=[StopAfter(6)])
     assert ckpt.exists()
     resumed = copy.deepcopy(tiny[0])  # a fresh process would reload the base model
     log, _ = finetune(resumed, tok, rows, _unlearn_rows(), cfg, method, 7, 48, ckpt_path=ckpt)
@@ -116,11 +119,11 @@ def test_checkpoint_of_another_d_u_of_the_same_size_is_refused(tmp_path, tiny, r
     import logging
 
     tok = tiny[1]
-    cfg, method = _cfg(max_steps=10, checkpoint_every=4), MethodConfig(unlearn="periodic")
+    cfg, method = _cfg(max_steps=10, checkpoint_every=4), _lwf()
     ckpt = tmp_path / "ck.pt"
     with pytest.raises(KeyboardInterrupt):
         finetune(copy.deepcopy(tiny[0]), tok, rows, _unlearn_rows(), cfg, method, 7, 48, ckpt_path=ckpt,
-                 stop_after_events=6)
+                 callbacks=[StopAfter(6)])
     other = [dict(r, target=" riga") for r in _unlearn_rows()]  # same size, other content
     ref = copy.deepcopy(tiny[0])
     finetune(ref, tok, rows, other, cfg, method, 7, 48)
@@ -131,7 +134,7 @@ def test_checkpoint_of_another_d_u_of_the_same_size_is_refused(tmp_path, tiny, r
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), resumed.state_dict().values()))
     # and a changed base model (same shapes) refuses it too
     with pytest.raises(KeyboardInterrupt):
-        finetune(copy.deepcopy(tiny[0]), tok, rows, other, cfg, method, 7, 48, ckpt_path=ckpt, stop_after_events=6)
+        finetune(copy.deepcopy(tiny[0]), tok, rows, other, cfg, method, 7, 48, ckpt_path=ckpt, callbacks=[StopAfter(6)])
     moved = copy.deepcopy(tiny[0])
     with torch.no_grad():
         next(moved.parameters()).add_(1e-3)

@@ -1,4 +1,5 @@
-"""The unlearning step does what its name says, in every `finetune.unlearn_optimizer` mode.
+"""The unlearning step does what its name says, in every `unlearn_optimizer` mode (objective `ga`;
+tests/test_objectives.py checks every objective).
 
 Setting: the embedded (lab) model, 12 learning steps of AdamW on the learning task, then one
 unlearning step on a D_U batch (the whole 8-row D_U). "Skip" = the same run stopped right before
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.config import FinetuneConfig, MethodConfig
-from pipeline.train import ascent_direction, finetune
+from pipeline.train import StopAfter, ascent_direction, finetune
 
 N = 12  # learning steps before the unlearning step
 
@@ -22,11 +23,20 @@ def _d_u():
            [count_row(n) for n in (417, 238, 555, 901)]
 
 
+UNLEARN_KEYS = set(MethodConfig.model_fields) - {"unlearn", "selection", "bss", "match_steps"}
+
+
 def _cfg(mode, **kw):
+    """(the learning recipe, the unlearning settings of a method) with the keys split where they live."""
     base = dict(max_steps=N, batch_size=4, lr=3e-4, warmup_steps=0, unlearn_every=N, unlearn_batch_size=8,
                 alpha=0.1, unlearn_lr=0.1, unlearn_optimizer=mode, grad_clip=1.0, log_every=1)
     base.update(kw)
-    return FinetuneConfig(**base)
+    return (FinetuneConfig(**{k: v for k, v in base.items() if k not in UNLEARN_KEYS}),
+            {k: v for k, v in base.items() if k in UNLEARN_KEYS})
+
+
+def _method(ukw, **kw):
+    return MethodConfig(**{**ukw, **kw})
 
 
 def _flat(model):
@@ -37,19 +47,21 @@ def _nll_and_grad(model, tok, rows):
     return ascent_direction(model, tok, rows, 48)
 
 
-def _run(tiny, rows, cfg, method, stop=None):
+def _run(tiny, rows, cfg, method, stop=None, d_u=None):
     model = copy.deepcopy(tiny[0])
+    d_u = _d_u() if d_u is None else d_u
     if stop is None:
-        log, stats = finetune(model, tiny[1], rows, _d_u(), cfg, method, 0, 48)
+        log, stats = finetune(model, tiny[1], rows, d_u, cfg, method, 0, 48)
         return model, log, stats
     with pytest.raises(KeyboardInterrupt):
-        finetune(model, tiny[1], rows, _d_u(), cfg, method, 0, 48, stop_after_events=stop)
+        finetune(model, tiny[1], rows, d_u, cfg, method, 0, 48, callbacks=[StopAfter(stop)])
     return model, None, None
 
 
 def separate_step(tiny, rows, mode, **kw):
     """(NLL of D_U skipping the unlearning step, NLL after it, cosine(update, ascent direction))."""
-    cfg, method = _cfg(mode, **kw), MethodConfig(unlearn="periodic")
+    cfg, ukw = _cfg(mode, **kw)
+    method = _method(ukw, unlearn="periodic")
     skip, _, _ = _run(tiny, rows, cfg, method, stop=N)
     done, log, _ = _run(tiny, rows, cfg, method)
     assert [r["kind"] for r in log].count("unlearn") == 1
@@ -81,8 +93,8 @@ def test_separate_rise_grows_with_unlearn_lr(tiny, rows):
 
 def joint_rise(tiny, rows, alpha):
     """NLL of D_U after the joint step minus after the same learning step without the term."""
-    cfg = _cfg("joint", alpha=alpha)
-    joint, log, stats = _run(tiny, rows, cfg, MethodConfig(unlearn="periodic"))
+    cfg, ukw = _cfg("joint", alpha=alpha)
+    joint, log, stats = _run(tiny, rows, cfg, _method(ukw, unlearn="periodic"))
     plain, _, _ = _run(tiny, rows, cfg, MethodConfig())
     assert [r["step"] for r in log if r["kind"] == "unlearn"] == [N] and stats["optimizer_steps"] == N
     return _nll_and_grad(joint, tiny[1], _d_u())[0] - _nll_and_grad(plain, tiny[1], _d_u())[0]
@@ -97,15 +109,15 @@ def test_early_and_periodic_unlearn_at_the_same_step_size(tiny, rows):
     for mode, expected in (("separate", 0.05), ("shared", 3e-4)):
         lrs = {}
         for sched in ("early", "periodic"):
-            cfg = _cfg(mode, max_steps=8, unlearn_every=4, warmup_steps=4, lr_schedule="linear", unlearn_lr=0.05)
-            _, log, _ = _run(tiny, rows, cfg, MethodConfig(unlearn=sched))
+            cfg, ukw = _cfg(mode, max_steps=8, unlearn_every=4, warmup_steps=4, lr_schedule="linear", unlearn_lr=0.05)
+            _, log, _ = _run(tiny, rows, cfg, _method(ukw, unlearn=sched))
             lrs[sched] = [r["lr"] for r in log if r["kind"] == "unlearn"]
         assert lrs["early"] == lrs["periodic"] == [expected, expected], mode
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
 def test_lr_schedule_warms_up_then_decays_to_zero(tiny, rows, schedule):
-    cfg = _cfg("separate", max_steps=10, warmup_steps=4, lr_schedule=schedule, lr=1e-3)
+    cfg, _ = _cfg("separate", max_steps=10, warmup_steps=4, lr_schedule=schedule, lr=1e-3)
     model = copy.deepcopy(tiny[0])
     log, _ = finetune(model, tiny[1], rows, [], cfg, MethodConfig(), 0, 48)
     lrs = [r["lr"] for r in log if r["kind"] == "learn"]
@@ -120,21 +132,22 @@ def test_lr_schedule_warms_up_then_decays_to_zero(tiny, rows, schedule):
 def test_vanilla_matched_takes_the_extra_steps(tiny, rows):
     from pipeline.train import learning_steps
 
-    m = MethodConfig(match_steps=True)
-    assert learning_steps(_cfg("separate", max_steps=35, unlearn_every=4), m) == 43
-    assert learning_steps(_cfg("joint", max_steps=35, unlearn_every=4), m) == 35  # joint takes no extra step
-    _, log, stats = _run(tiny, rows, _cfg("separate", max_steps=8, unlearn_every=4), m)
+    cfg35, ukw = _cfg("separate", max_steps=35, unlearn_every=4)
+    assert learning_steps(cfg35, _method(ukw, match_steps=True)) == 43
+    assert learning_steps(cfg35, _method(ukw, match_steps=True, unlearn_optimizer="joint")) == 35  # no extra step
+    cfg8, ukw = _cfg("separate", max_steps=8, unlearn_every=4)
+    _, log, stats = _run(tiny, rows, cfg8, _method(ukw, match_steps=True))
     assert stats["learn_steps"] == 10 and stats["optimizer_steps"] == 10
-    _, _, lwf = _run(tiny, rows, _cfg("separate", max_steps=8, unlearn_every=4), MethodConfig(unlearn="periodic"))
+    _, _, lwf = _run(tiny, rows, cfg8, _method(ukw, unlearn="periodic"))
     assert lwf["optimizer_steps"] == 10
 
 
 @pytest.mark.parametrize("mode,kw", [("separate", {"unlearn_lr": 50.0}), ("joint", {"alpha": 1e6}),
                                      ("shared", {"alpha": 1e6})])
 def test_guard_stops_extreme_unlearning_in_every_mode(tiny, rows, mode, kw):
-    cfg = _cfg(mode, max_steps=40, unlearn_every=1, lr=5e-2, unlearn_max_loss=7.0, **kw)
+    cfg, ukw = _cfg(mode, max_steps=40, unlearn_every=1, lr=5e-2, unlearn_max_loss=7.0, **kw)
     model = copy.deepcopy(tiny[0])
-    log, stats = finetune(model, tiny[1], rows, _d_u(), cfg, MethodConfig(unlearn="periodic"), 0, 48)
+    log, stats = finetune(model, tiny[1], rows, _d_u(), cfg, _method(ukw, unlearn="periodic"), 0, 48)
     assert stats["unlearn_stopped_at"] is not None
     assert any(r["kind"] == "unlearn_stopped" for r in log)
     assert stats["unlearn_steps_taken"] < 40

@@ -15,7 +15,7 @@ from pipeline.confidence import unlearn_set
 from pipeline.config import load_config
 from pipeline.models import load_model
 from pipeline.stage import load_rows
-from pipeline.train import finetune
+from pipeline.train import StopAfter, finetune
 
 
 def trained(cfg, ckpt=None, stop=None) -> dict:
@@ -23,7 +23,7 @@ def trained(cfg, ckpt=None, stop=None) -> dict:
     args = (model, tok, load_rows(paths.LEARN_DATA, "train"), unlearn_set(pd.read_parquet(paths.CONFIDENCE), cfg.methods["lwf"].selection), cfg.finetune,
             cfg.methods["lwf"], 0, cfg.data.max_length, cfg.model.add_bos)
     try:
-        finetune(*args, ckpt_path=ckpt, run_id="fsdp-resume", stop_after_events=stop)
+        finetune(*args, ckpt_path=ckpt, run_id="fsdp-resume", callbacks=[StopAfter(stop)] if stop else ())
     except KeyboardInterrupt:
         return {}
     shard = sum(p.to_local().numel() for p in model.parameters()) / sum(p.numel() for p in model.parameters())
