@@ -156,15 +156,20 @@ def test_max_length_shorter_than_prompt_is_reported(tiny):
         encode(tiny[1], "a prompt that is far too long", " x", 8)
 
 
+def _docs_text() -> str:
+    """README.md and the manual, docs/*.md (where the recipes and the longer examples live)."""
+    return "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+
+
 def test_readme_paper_recipes_give_valid_params(tmp_path):
-    """Every `dvc exp run -S ...` recipe in the README, applied to the paper preset with DVC's own
+    """Every `dvc exp run -S ...` recipe line in README.md and docs/*.md, applied to the paper preset with DVC's own
     override parser, gives params that validate (the model name aside: no hub here)."""
     import re
     import shlex
 
     from dvc.utils.hydra import apply_overrides
 
-    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    text = _docs_text().replace("\\\n", " ")
     recipes = [shlex.split(line.split("#")[0])[3:] for line in text.splitlines()
                if line.startswith("dvc exp run -S")]
     assert len(recipes) >= 2
@@ -185,14 +190,14 @@ def test_readme_paper_recipes_give_valid_params(tmp_path):
 
 
 def test_readme_inline_experiment_commands_give_valid_params(tmp_path):
-    """The `dvc exp run -S ...` commands quoted inline in the README, applied to the shipped
+    """The `dvc exp run -S ...` commands quoted inline in README.md and docs/*.md, applied to the shipped
     params.yaml with DVC's own override parser, validate (and set what they say)."""
     import re
     import shlex
 
     from dvc.utils.hydra import apply_overrides
 
-    inline = re.findall(r"`(dvc exp run -S [^`]+)`", (ROOT / "README.md").read_text())
+    inline = re.findall(r"`(dvc exp run -S [^`]+)`", _docs_text())
     assert inline
     for cmd in inline:
         overrides = [a for a in shlex.split(cmd)[3:] if a != "-S"]
