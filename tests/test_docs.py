@@ -313,6 +313,18 @@ def check(argv, source, file, tmp_path):
     fn(argv, source, file, tmp_path)
 
 
+def test_readme_install_lines_cover_every_extra():
+    """README.md's fenced set-up blocks install every optional extra of pyproject.toml (each line is run
+    as written in a fresh venv by CI)."""
+    _, blocks = _split_fences((ROOT / "README.md").read_text())
+    installs = [argv for lang, body in blocks if lang == "bash" for argv in _shell_commands(body)
+                if argv[:2] == ["pip", "install"]]
+    named = {x for argv in installs for a in argv if (m := re.fullmatch(r"\.\[([\w,]+)\]", a)) for x in
+             m.group(1).split(",")}
+    assert set(_pyproject()["project"]["optional-dependencies"]) <= named
+    assert ["pip", "install", "-e", "."] in installs
+
+
 def test_docs_have_commands_to_check():
     cmds = documented_commands()
     readme = [c for f, c, _ in cmds if f == "README.md"]
