@@ -36,9 +36,8 @@ def _run(a) -> None:
 def _stage(a) -> None:
     import pkgutil
 
-    import stages
-
-    names = sorted(m.name for m in pkgutil.iter_modules(stages.__path__))
+    # the stages package is found at run time, as dvc.yaml's commands find it (pipeline/ never imports stages/)
+    names = sorted(m.name for m in pkgutil.iter_modules(importlib.import_module("stages").__path__))
     if a.name not in names:
         fail(f"unknown stage {a.name!r}; the stages are {', '.join(names)}")
     mod = importlib.import_module(f"stages.{a.name}")
@@ -133,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = parsers["stage"]
     s.add_argument("name", help="a stage of dvc.yaml: prepare, base_model, fisher, elicit, confidence, finetune, "
                                 "evaluate, control, report")
-    s.add_argument("items", nargs="*", help="its matrix item as key=value, e.g. method=lwf seed=0 (finetune), method=lwf (evaluate)")
+    s.add_argument("items", nargs="*",
+                   help="its matrix item as key=value, e.g. method=lwf seed=0 (finetune), method=lwf (evaluate)")
     s.add_argument("--params", default="params.yaml")
     i = parsers["inspect"]
     i.add_argument("--task", help="only this forgetting task")

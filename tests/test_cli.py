@@ -115,7 +115,8 @@ def test_rounded_reaches_nested_values_and_numpy_floats():
 def test_report_and_stage_errors_are_one_line(tmp_path):
     r = _lwf(["report"], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == "lwf: error: metrics/summary.json not found: run `dvc repro` (or `dvc repro report`) first"
+    want = "lwf: error: metrics/summary.json not found: run `dvc repro` (or `dvc repro report`) first"
+    assert r.stderr.strip() == want
     r = _lwf(["stage", "finetun"], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "unknown stage 'finetun'" in r.stderr and "finetune" in r.stderr
