@@ -1,4 +1,4 @@
-"""Run every benchmark and print one report (README "Performance").
+"""Run every benchmark and print one report (docs/performance.md).
 
     python benchmarks/run_all.py [PROJECT_DIR_WITH_A_COMPLETED_REPRO]
 """

@@ -1,9 +1,6 @@
-"""`lwf`: run the pipeline as a Prefect flow, run one stage, or inspect the confidence table.
+"""`lwf`: the LWF pipeline from the terminal (run it from the project root, where params.yaml is).
 
-    lwf run [--only STAGE ...]                           the DVC pipeline as one Prefect flow (DVC decides)
-    lwf stage NAME [key=value ...]                       one stage, as dvc.yaml runs it
-    lwf inspect [--task T] [--top N] [--bottom N] [--selected]   rows of artifacts/confidence.parquet by rank
-    lwf check [--params P]                               validate params and print the parsed config
+`dvc repro` runs the same pipeline (dvc.yaml); `lwf` adds a Prefect flow over it and a look at its results.
 """
 from __future__ import annotations
 
@@ -37,6 +34,12 @@ def _run(a) -> None:
 
 
 def _stage(a) -> None:
+    import pkgutil
+
+    # the stages package is found at run time, as dvc.yaml's commands find it (pipeline/ never imports stages/)
+    names = sorted(m.name for m in pkgutil.iter_modules(importlib.import_module("stages").__path__))
+    if a.name not in names:
+        fail(f"unknown stage {a.name!r}; the stages are {', '.join(names)}")
     mod = importlib.import_module(f"stages.{a.name}")
     from .stage import main
 
@@ -67,6 +70,21 @@ def _inspect(a) -> None:
         print(f"\n{len(df)} rows; selected per task:\n{df.groupby('forget_task')['selected'].agg(['sum', 'count'])}")
 
 
+def _report(a) -> None:
+    from . import paths
+    from .io import read_json
+    from .report import summary_line
+
+    path = paths.METRICS / "summary.json"
+    if not path.exists():
+        fail(f"{path} not found: run `dvc repro` (or `dvc repro report`) first")
+    summary = read_json(path)
+    print(f"{path}: mean ± std over seeds; Δ = method − vanilla [paired bootstrap 95% CI], "
+          "(noise) = the interval contains 0; full tables: reports/report.md")
+    for m, r in summary.items():
+        print(summary_line(m, r))
+
+
 def _check(a) -> None:
     try:
         cfg = load_config(a.params)
@@ -75,27 +93,58 @@ def _check(a) -> None:
     print(json.dumps(cfg.model_dump(), indent=2))
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="lwf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run the DVC pipeline as one Prefect flow, one task per stage")
-    r.add_argument("--only", nargs="*", help="only these stages (e.g. finetune evaluate report), as dvc repro --single-item")
-    r.set_defaults(fn=_run)
-    s = sub.add_parser("stage", help="run one stage")
-    s.add_argument("name")
-    s.add_argument("items", nargs="*")
+# name, one line for `lwf --help` (at most 64 characters: one line each on an 80-column terminal), a longer
+# description for `lwf NAME --help`, the function
+COMMANDS = [
+    ("check", "validate params.yaml and print the parsed config; runs nothing",
+     "Validate a params file with the typed config (pipeline/config.py) and print it as JSON; runs no stage.",
+     _check),
+    ("run", "run the pipeline as one Prefect flow (DVC decides what reruns)",
+     "Run every stage of dvc.yaml as a task of one Prefect flow; each runs as `dvc repro --single-item`, so DVC "
+     "decides what is stale. Prints the wall time and the stages that ran and were skipped, as JSON.", _run),
+    ("stage", "run one stage by hand: lwf stage finetune method=lwf seed=0",
+     "Run one stage in this process, as `python -m stages.NAME` (dvc.yaml's command) does; DVC does not record it.",
+     _stage),
+    ("inspect", "print the confidence table by rank (what LWF unlearns)",
+     "Print rows of artifacts/confidence.parquet sorted by rank (1 = most confident), prompt and response cut to "
+     "one line; pandas has the full table (see the README).", _inspect),
+    ("report", "print the method comparison (scores, deltas, 95% CIs)",
+     "Print metrics/summary.json per method: learning score (mean ± std over seeds), and for every method but "
+     "vanilla the paired delta vs vanilla with its bootstrap 95% interval, for the learning score, the "
+     "forgetting score and perplexity; `(noise)` marks an interval that contains 0.", _report),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def fmt(prog):
+        return argparse.RawDescriptionHelpFormatter(prog, max_help_position=14, width=80)
+
+    p = argparse.ArgumentParser(prog="lwf", description=__doc__, formatter_class=fmt,
+                                epilog="`lwf COMMAND --help` lists a command's options.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", title="commands")
+    parsers = {}
+    for name, help_, description, fn in COMMANDS:
+        parsers[name] = c = sub.add_parser(name, help=help_.replace("%", "%%"), description=description)
+        c.set_defaults(fn=fn)
+    parsers["check"].add_argument("--params", default="params.yaml", help="the params file (default params.yaml)")
+    parsers["run"].add_argument("--only", nargs="*", metavar="STAGE",
+                                help="only these stages (e.g. finetune evaluate report), as dvc repro --single-item")
+    s = parsers["stage"]
+    s.add_argument("name", help="a stage of dvc.yaml: prepare, base_model, fisher, elicit, confidence, finetune, "
+                                "evaluate, control, report")
+    s.add_argument("items", nargs="*",
+                   help="its matrix item as key=value, e.g. method=lwf seed=0 (finetune), method=lwf (evaluate)")
     s.add_argument("--params", default="params.yaml")
-    s.set_defaults(fn=_stage)
-    i = sub.add_parser("inspect", help="show the confidence table")
-    i.add_argument("--task")
-    i.add_argument("--top", type=int, default=20)
+    i = parsers["inspect"]
+    i.add_argument("--task", help="only this forgetting task")
+    i.add_argument("--top", type=int, default=20, help="the N most confident rows (default 20)")
     i.add_argument("--bottom", type=int, default=0, help="also print the N least confident rows")
-    i.add_argument("--selected", action="store_true")
-    i.set_defaults(fn=_inspect)
-    c = sub.add_parser("check", help="validate params")
-    c.add_argument("--params", default="params.yaml")
-    c.set_defaults(fn=_check)
-    a = p.parse_args(argv)
+    i.add_argument("--selected", action="store_true", help="only the rows selected for unlearning (D_U)")
+    return p
+
+
+def main(argv=None) -> None:
+    a = build_parser().parse_args(argv)
     a.fn(a)
 
 

@@ -453,7 +453,7 @@ def _explain(e: ValidationError, raw: dict) -> str:
             value = err.get("input")
             break
     if err.get("type") == "extra_forbidden":
-        return f"params: unknown key {key!r}; check the spelling against the README's params table"
+        return f"params: unknown key {key!r}; check the spelling against the shipped params.yaml, which lists every key"
     if not key:
         return f"params: {msg}"
     return f"params: {key} = {value!r}: {msg}"

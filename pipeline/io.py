@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import numbers
 import os
 import shutil
 import tempfile
@@ -15,6 +16,18 @@ from pathlib import Path
 from typing import Iterator
 
 log = logging.getLogger("lwf")
+
+
+def rounded(x, digits: int = 3):
+    """`x` with every float rounded to `digits` decimals, through dicts, lists and tuples: for log lines
+    (artifacts keep full precision)."""
+    if isinstance(x, numbers.Real) and not isinstance(x, numbers.Integral):  # float, numpy floats
+        return round(float(x), digits)
+    if isinstance(x, dict):
+        return {k: rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(rounded(v, digits) for v in x)
+    return x
 
 
 def _clean_stale_tmp(final: Path) -> None:

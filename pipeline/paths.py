@@ -1,4 +1,4 @@
-"""Where every artifact lives (relative to the project root). The README's artifacts table
+"""Where every artifact lives (relative to the project root). docs/artifacts.md
 documents each one; dvc.yaml declares the same paths."""
 from pathlib import Path
 

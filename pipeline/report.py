@@ -118,6 +118,16 @@ def _delta(r: dict, metric: str) -> str:
     return f"{r[f'{metric}_delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]{flag}"
 
 
+def summary_line(method: str, r: dict) -> str:
+    """One method of metrics/summary.json on one line, every number rounded (the report stage's log line and
+    `lwf report`): 'lwf          learn 0.300 ± 0.020  Δ learn +0.035 [+0.010, +0.060]  Δ forget ...  Δ ppl ...'."""
+    line = f"{method:<16} learn {_fmt(r.get('learn_score'))} ± {_fmt(r.get('learn_score_std'))}"
+    for metric, name in (("learn_score", "learn"), ("forget_score", "forget"), ("perplexity", "ppl")):
+        if f"{metric}_delta" in r:
+            line += f"  Δ {name} {_delta(r, metric)}"
+    return line
+
+
 SCORING = {"generate": "greedy generation + answer extraction",
            "loglik": "log-likelihood ranking of the options (lm-evaluation-harness convention)",
            "perplexity": "perplexity of the held-out text"}
@@ -136,7 +146,7 @@ def markdown(summary: dict, seeds: list[int], confidence: dict | None, notes: li
         f"Seeds: {seeds}. Mean ± std over seeds; delta = method − vanilla with a paired bootstrap 95% interval "
         "(seeds and test items resampled). A delta whose interval contains 0 is **within the noise**. "
         "The intervals cover ONE pretraining of the base model (one `base_model` run): they do not include the "
-        "variation between pretrainings (for the embedded lab, see the README's results over lab seeds).", "",
+        "variation between pretrainings (for the embedded lab, see docs/results-lab.md: the results over lab seeds).", "",
         "| method | learn score | Δ learn vs vanilla [95% CI] | forget score | Δ forget | perplexity | Δ ppl | unlearn steps |",
         "|---|---|---|---|---|---|---|---|",
     ]

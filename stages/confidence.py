@@ -6,7 +6,7 @@ import pandas as pd
 from pipeline import paths
 from pipeline.confidence import as_rows, confidence_metrics, confidence_scores, select
 from pipeline.fisher import load_fisher
-from pipeline.io import write_json, write_parquet
+from pipeline.io import rounded, write_json, write_parquet
 from pipeline.models import load_model, trainable_model
 from pipeline.stage import load_rows, main, stage
 
@@ -40,7 +40,7 @@ def run(cfg):
 
     metrics = confidence_metrics(df, c)
     write_json(paths.METRICS / "confidence.json", metrics)
-    log.info("stage confidence: selected %d of %d; AUROC %s", metrics["n_selected"], len(df), metrics.get("auroc"))
+    log.info("stage confidence: selected %d of %d; AUROC %s", metrics["n_selected"], len(df), rounded(metrics.get("auroc")))
 
 
 if __name__ == "__main__":

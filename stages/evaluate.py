@@ -4,7 +4,7 @@ import logging
 
 from pipeline import paths
 from pipeline.evaluate import evaluate_model, held_out, nll_sets
-from pipeline.io import write_json
+from pipeline.io import rounded, write_json
 from pipeline.models import load_model
 from pipeline.stage import main, stage
 
@@ -24,7 +24,7 @@ def run(cfg, method: str):
                              sets)
         res["train"] = json.loads((d / "train_stats.json").read_text())
         log.info("stage evaluate: %s seed %d: learn %.3f forget %s ppl %.3f NLL of lwf's D_U %.3f", method, seed,
-                 res["learn_score"], res["forget_scores"], res["perplexity"], res["d_u_nll"])
+                 res["learn_score"], rounded(res["forget_scores"]), res["perplexity"], res["d_u_nll"])
         out["seeds"][str(seed)] = res
     write_json(paths.eval_file(method), out)
 

@@ -5,7 +5,7 @@ import pandas as pd
 
 from pipeline import paths
 from pipeline.io import atomic_path, read_json, write_json, write_text
-from pipeline.report import markdown, plot_confidence, plot_learning_curves, plot_methods, summarize
+from pipeline.report import markdown, plot_confidence, plot_learning_curves, plot_methods, summarize, summary_line
 from pipeline.stage import main, stage
 
 log = logging.getLogger("lwf")
@@ -35,8 +35,7 @@ def run(cfg):
         with atomic_path(paths.REPORTS / name) as tmp:
             fn(arg, tmp)
     for m, r in summary.items():
-        log.info("stage report: %-12s learn %.3f ± %.3f  delta %s", m, r["learn_score"], r["learn_score_std"],
-                 r.get("learn_score_delta_ci95", "-"))
+        log.info("stage report: %s", summary_line(m, r))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,23 @@ def _with(path: str, value):
     return raw
 
 
+@pytest.mark.parametrize("path", ["params.yaml", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "presets").glob("*.yaml"))])
+def test_every_unlearning_method_spells_out_its_unlearning_settings(path):
+    """`dvc exp run -S methods.lwf.unlearn_lr=0.05` refuses a key the params file does not have, so every
+    method that unlearns names every unlearning setting and every argument of its objective."""
+    from pipeline.config import MethodConfig
+    from pipeline.objectives import OBJECTIVES
+
+    raw = read_params(ROOT / path)
+    keys = set(MethodConfig.model_fields) - {"unlearn", "selection", "bss", "match_steps"}
+    for name, m in raw["methods"].items():
+        if m.get("unlearn", "none") != "none":
+            assert keys <= set(m), f"{path}: methods.{name} lacks {sorted(keys - set(m))}"
+            assert set(m["objective_args"]) == set(OBJECTIVES[m["objective"]].defaults), f"{path}: methods.{name}"
+        elif m.get("match_steps"):
+            assert {"unlearn_every", "unlearn_optimizer"} <= set(m), f"{path}: methods.{name}"
+
+
 def test_shipped_params_are_valid():
     cfg = load_config(ROOT / "params.yaml")
     assert cfg.model.name == "lab" and "vanilla" in cfg.run.methods
@@ -159,15 +176,20 @@ def test_max_length_shorter_than_prompt_is_reported(tiny):
         encode(tiny[1], "a prompt that is far too long", " x", 8)
 
 
+def _docs_text() -> str:
+    """README.md and the manual, docs/*.md (where the recipes and the longer examples live)."""
+    return "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+
+
 def test_readme_paper_recipes_give_valid_params(tmp_path):
-    """Every `dvc exp run -S ...` recipe in the README, applied to the paper preset with DVC's own
+    """Every `dvc exp run -S ...` recipe line in README.md and docs/*.md, applied to the paper preset with DVC's own
     override parser, gives params that validate (the model name aside: no hub here)."""
     import re
     import shlex
 
     from dvc.utils.hydra import apply_overrides
 
-    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    text = _docs_text().replace("\\\n", " ")
     recipes = [shlex.split(line.split("#")[0])[3:] for line in text.splitlines()
                if line.startswith("dvc exp run -S")]
     assert len(recipes) >= 2
@@ -188,14 +210,14 @@ def test_readme_paper_recipes_give_valid_params(tmp_path):
 
 
 def test_readme_inline_experiment_commands_give_valid_params(tmp_path):
-    """The `dvc exp run -S ...` commands quoted inline in the README, applied to the shipped
+    """The `dvc exp run -S ...` commands quoted inline in README.md and docs/*.md, applied to the shipped
     params.yaml with DVC's own override parser, validate (and set what they say)."""
     import re
     import shlex
 
     from dvc.utils.hydra import apply_overrides
 
-    inline = re.findall(r"`(dvc exp run -S [^`]+)`", (ROOT / "README.md").read_text())
+    inline = re.findall(r"`(dvc exp run -S [^`]+)`", _docs_text())
     assert inline
     for cmd in inline:
         overrides = [a for a in shlex.split(cmd)[3:] if a != "-S"]
