@@ -107,7 +107,7 @@ COMMANDS = [
      _stage),
     ("inspect", "print the confidence table by rank (what LWF unlearns)",
      "Print rows of artifacts/confidence.parquet sorted by rank (1 = most confident), prompt and response cut to "
-     "one line; pandas has the full table (see the README).", _inspect),
+     "one line; pandas has the full table (README, 'Look at the results').", _inspect),
     ("report", "print the method comparison (scores, deltas, 95% CIs)",
      "Print metrics/summary.json per method: learning score (mean ± std over seeds), and for every method but "
      "vanilla the paired delta vs vanilla with its bootstrap 95% interval, for the learning score, the "

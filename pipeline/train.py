@@ -49,8 +49,8 @@ From your own script (no DVC):
     log, stats = finetune(model, tok, learn_rows, unlearn_rows, FinetuneConfig(max_steps=40),
                           MethodConfig(unlearn="periodic", objective="npo"), seed=0, max_length=64)
 
-`learn_rows` and `unlearn_rows` are dicts with `prompt` and `target` (see README, "Use it from
-Python"); `unlearn_rows` may carry `ref_nll` (the row's mean target-token NLL under the reference
+`learn_rows` and `unlearn_rows` are dicts with `prompt` and `target` (see docs/objectives.md, "From your own Python
+script"); `unlearn_rows` may carry `ref_nll` (the row's mean target-token NLL under the reference
 model, e.g. the confidence table's `nll_base`), otherwise objectives that need a reference compute
 it with one forward pass of the starting model.
 """

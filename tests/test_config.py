@@ -65,7 +65,7 @@ BAD = [
     ("finetune.lr", -0.1, "finetune.lr = -0.1"),
     ("run.seeds", [], "run.seeds = []: needs at least one seed"),
     ("run.seeds", [1, 1], "seeds repeat"),
-    ("methods.lwf_npo.alpha", "lots", "methods.lwf_npo.alpha"),
+    ("methods.lwf_ga.alpha", "lots", "methods.lwf_ga.alpha"),
     ("grads.engine", "magic", "grads.engine"),
     ("grads.param_regex", "(", "not a valid regular expression"),
     ("model.trainable", "([", "model.trainable"),

@@ -15,11 +15,11 @@ pytestmark = pytest.mark.e2e
 
 SMALL = {
     ("run", "seeds"): [0],
-    ("run", "methods"): ["vanilla", "lwf", "lwf_npo", "lwf_oracle"],
+    ("run", "methods"): ["vanilla", "lwf", "lwf_ga", "lwf_oracle"],
     ("model", "lab", "pretrain_steps"): 60,
     ("finetune", "max_steps"): 8,
     ("methods", "lwf", "unlearn_every"): 2,
-    ("methods", "lwf_npo", "unlearn_every"): 2,
+    ("methods", "lwf_ga", "unlearn_every"): 2,
     ("methods", "lwf_oracle", "unlearn_every"): 2,
     ("data", "learn", "n_train"): 32,
     ("data", "learn", "n_test"): 24,
@@ -109,13 +109,13 @@ def test_repro_writes_every_artifact(dvc_project):
     # the mechanism in the outputs: lwf's D_U was unlearned relative to vanilla
     assert summary["lwf"]["d_u_nll"] > summary["vanilla"]["d_u_nll"]
     assert set(summary["lwf"]["nll"]) == {"d_u", "own_d_u", "self/lab_conflict", "self/lab_neutral", "self/lab_count"}
-    # two objectives side by side: GA (lwf) and NPO (lwf_npo), each with its d_u_nll, perplexity, learning score
-    stats = {m: json.loads((proj / f"artifacts/models/{m}/seed0/train_stats.json").read_text()) for m in ("lwf", "lwf_npo")}
-    assert (stats["lwf"]["objective"], stats["lwf_npo"]["objective"]) == ("ga", "npo")
-    assert stats["lwf_npo"]["unlearn_steps_taken"] == 4
-    for m in ("lwf", "lwf_npo"):
+    # two objectives side by side: NPO (lwf) and GA (lwf_ga), each with its d_u_nll, perplexity, learning score
+    stats = {m: json.loads((proj / f"artifacts/models/{m}/seed0/train_stats.json").read_text()) for m in ("lwf", "lwf_ga")}
+    assert (stats["lwf"]["objective"], stats["lwf_ga"]["objective"]) == ("npo", "ga")
+    assert stats["lwf_ga"]["unlearn_steps_taken"] == 4
+    for m in ("lwf", "lwf_ga"):
         assert {"d_u_nll", "perplexity", "learn_score", "d_u_nll_delta_ci95"} <= set(summary[m])
-    assert summary["lwf_npo"]["d_u_nll"] > summary["vanilla"]["d_u_nll"]
+    assert summary["lwf_ga"]["d_u_nll"] > summary["vanilla"]["d_u_nll"]
     conf = json.loads((proj / "metrics/confidence.json").read_text())
     assert 0 <= conf["auroc"]["fisher_distance"] <= 1
     for f in ("reports/report.md", "reports/learning_curves.png", "reports/confidence_hist.png",

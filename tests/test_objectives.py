@@ -143,24 +143,16 @@ def test_wga_weights_tokens_by_their_probability_and_beta_zero_is_ga():
     torch.testing.assert_close(OBJECTIVES["wga"](x * m, m, None, beta=0.0), OBJECTIVES["ga"](x * m, m, None))
 
 
-def _digest(model) -> dict:
-    out = {}
-    for name, p in model.state_dict().items():
-        v = p.detach().double().flatten()
-        out[name] = [v.sum().item(), (v * v).sum().item(), *v[:3].tolist()]
-    return out
-
-
 @pytest.mark.parametrize("case", ["separate_periodic", "separate_early", "joint_periodic", "shared_periodic"])
 def test_ga_reproduces_the_loop_before_the_objectives_rebuild(case):
     """tests/fixtures/ga_reference.json was written by tests/make_ga_reference.py with the loop of commit
     1f48a2c (global unlearning settings, no objectives): the same weights and D_U losses."""
-    from make_ga_reference import CASES, run_case
+    from make_ga_reference import CASES, digest, run_case
 
     ref = json.loads((FIXTURES / "ga_reference.json").read_text())["cases"][case]
     model, log = run_case(*CASES[case])
     assert [r["loss"] for r in log if r["kind"] == "unlearn"] == pytest.approx(ref["unlearn_losses"], rel=1e-6)
-    got = _digest(model)
+    got = digest(model)
     assert got.keys() == ref["weights"].keys()
     for name, values in ref["weights"].items():
         assert got[name] == pytest.approx(values, rel=1e-6, abs=1e-9), name
@@ -204,7 +196,7 @@ def test_objective_params_are_validated_naming_the_key():
 
 
 def test_two_objectives_side_by_side_keep_their_own_settings(tiny, rows):
-    """Per-method settings: the same run with lwf (ga) and lwf_npo, each its own optimizer mode and step."""
+    """Per-method settings: the same run with a GA method and an NPO method, each its own optimizer mode and step."""
     cfg = FinetuneConfig(max_steps=4, batch_size=4, warmup_steps=0)
     ga = MethodConfig(unlearn="periodic", objective="ga", unlearn_every=2, unlearn_batch_size=4, unlearn_lr=0.05)
     npo = MethodConfig(unlearn="periodic", objective="npo", objective_args={"beta": 0.2}, unlearn_every=2,
@@ -215,3 +207,19 @@ def test_two_objectives_side_by_side_keep_their_own_settings(tiny, rows):
     assert (s_npo["objective"], s_npo["objective_args"], s_npo["unlearn_optimizer"], s_npo["optimizer_steps"]) == \
         ("npo", {"beta": 0.2}, "joint", 4)
     assert math.isfinite(s_npo["unlearn_steps_taken"]) and s_npo["unlearn_steps_taken"] == 2
+
+
+def test_the_python_example_of_docs_objectives_runs(tiny, tmp_path):
+    """docs/objectives.md "From your own Python script": the block as written, on a saved tiny model."""
+    import re
+
+    text = (Path(__file__).parents[1] / "docs/objectives.md").read_text()
+    section = text.split("## From your own Python script")[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    model, tok = tiny
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    env = {"MODEL_DIR": str(tmp_path / "model"), "OUT_DIR": str(tmp_path / "out")}
+    exec(compile(code, "docs/objectives.md", "exec"), env)
+    assert env["stats"]["objective"] == "npo" and env["stats"]["unlearn_steps_taken"] == 4
+    assert (tmp_path / "out" / "config.json").exists()

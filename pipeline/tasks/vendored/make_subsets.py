@@ -1,7 +1,7 @@
 """Rebuild the vendored subsets from full offline copies of the datasets (the layout of the
 project's shared data folder: sst5/<split>.jsonl, gsm8k/<split>.jsonl, mmlu/<subject>/<split>.jsonl).
 
-    python pipeline/tasks/vendored/make_subsets.py ../shared/data
+    python pipeline/tasks/vendored/make_subsets.py DATA_DIR    # a folder laid out as above
 
 Each output file is `vendored/<hub id>/<config or "default">/<split>.jsonl`: the source lines at
 `sorted(random.Random(0).sample(range(n_lines), k))`, copied byte for byte (so in source order),
