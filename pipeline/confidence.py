@@ -56,18 +56,16 @@ def probe_delta(model, tok, learn_rows: list[dict], probe, max_length: int, add_
     unlearning) from theta_0 = `model`'s weights. Trains `replica` (an unsharded copy of the base
     model: needed under FSDP) when given, else `model` itself in place. Returns (Delta_probe over
     the selected parameters, the probed model, a function that puts `model` back at theta_0)."""
-    from .config import FinetuneConfig, MethodConfig
     from .grads import select_params
-    from .train import finetune
+    from .optimum import plain_finetune
 
     target = model if replica is None else replica
     trainable = [p for p in target.parameters() if p.requires_grad]
     theta0 = [p.detach().clone() for p in trainable] if replica is None else []
     before = {n: ddp.full_tensor(p).detach().double().clone()
               for n, p in select_params(model, param_regex, embeddings).items()}
-    cfg = FinetuneConfig(max_steps=probe.steps, batch_size=probe.batch_size, lr=probe.lr, warmup_steps=0,
-                         lr_schedule="constant")
-    finetune(target, tok, learn_rows, [], cfg, MethodConfig(), probe.seed, max_length, add_bos, run_id="probe")
+    plain_finetune(target, tok, learn_rows, probe.steps, probe.lr, probe.batch_size, probe.seed, max_length, add_bos,
+                   warmup_steps=0, desc="probe")
     delta = {n: ddp.full_tensor(p).detach().double().to(before[n].device) - before[n]
              for n, p in select_params(target, param_regex, embeddings).items()}
 
