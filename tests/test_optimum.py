@@ -47,3 +47,19 @@ def test_library_module_does_not_import_the_training_loop():
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {(n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not any(x == "train" or x.endswith(".train") for x in names), (mod, names)
+
+
+def test_confidence_side_stages_do_not_depend_on_the_fine_tuning_loop():
+    """dvc.yaml: a change of pipeline/train.py or of any `finetune` output reruns none of optimum,
+    fisher, confidence (their deps name neither)."""
+    from pathlib import Path
+
+    import yaml
+
+    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    for name in ("optimum", "fisher", "confidence"):
+        deps = stages[name]["deps"]
+        assert "pipeline/train.py" not in deps and not any(d.startswith("artifacts/models") for d in deps), name
+        assert not any(p == "finetune" or p.startswith("finetune.") for p in stages[name]["params"]), name
+    assert "artifacts/optimum.safetensors" in stages["confidence"]["deps"]
+    assert "artifacts/optimum.safetensors" in stages["optimum"]["outs"]
