@@ -258,7 +258,7 @@ def confidence_metrics(df: pd.DataFrame, c) -> dict:
     in each selection rule's D_U."""
     from .config import SCORES
 
-    metrics = {"score": c.score, "n_samples": len(df), "n_selected": int(df["selected"].sum()),
+    metrics = {"score": c.score, "alpha": c.alpha, "n_samples": len(df), "n_selected": int(df["selected"].sum()),
                "selected_by_task": {k: int(v) for k, v in df.groupby("forget_task")["selected"].sum().items()},
                "median_by_task": {k: {"confidence": float(g["confidence"].median()), "grad_norm": float(g["grad_norm"].median())}
                                   for k, g in df.groupby("forget_task")}}
