@@ -237,7 +237,7 @@ class OptimumConfig(_Strict):
     warmup over `warmup_steps`, then constant `lr`; clip 1.0; no unlearning). Its own settings, so a
     change of `finetune` never reruns it (nor the confidence stage that reads it)."""
 
-    steps: int = Field(40, gt=0)
+    steps: int = Field(120, gt=0)  # the lab: where the validation loss stops improving (docs/confidence.md)
     lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(16, gt=0)
     warmup_steps: int = Field(10, ge=0)

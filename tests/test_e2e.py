@@ -26,6 +26,7 @@ SMALL = {
                          {"task": "lab_count", "n_train": 24, "n_test": 20}],
     ("data", "general", "n_test"): 20,
     ("fisher", "n_samples"): 32,
+    ("optimum", "steps"): 12,
     ("report", "bootstrap"): 200,
 }
 
