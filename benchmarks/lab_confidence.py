@@ -77,6 +77,22 @@ def project(out: Path, lab_seed: int, at: str, threads: int, overrides: list[str
     return saved
 
 
+def paired_diff(df, pos, neg, a: str, b: str, n_boot: int = 1000) -> list[str]:
+    """AUROC(a) − AUROC(b) with a 95% paired bootstrap interval and its side of 0 (+ / 0 / −)."""
+    df = df[df["forget_task"].isin(list(pos) + list(neg))]
+    y = df["forget_task"].isin(list(pos)).to_numpy()
+    va, vb = df[f"score_{a}"].to_numpy(), df[f"score_{b}"].to_numpy()
+    p, n = np.flatnonzero(y), np.flatnonzero(~y)
+    rng = np.random.default_rng(0)
+    boots = []
+    for _ in range(n_boot):
+        i = np.concatenate([rng.choice(p, len(p)), rng.choice(n, len(n))])
+        boots.append(auroc(va[i], y[i]) - auroc(vb[i], y[i]))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    d = auroc(va, y) - auroc(vb, y)
+    return [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]", "+" if lo > 0 else "-" if hi < 0 else "0 (noise)"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -106,6 +122,11 @@ def main():
             for sc in scores]])
         table(f"fisher.at = {at}: confidence AUROC [95% interval over samples], {', '.join(pos)} vs "
               f"{', '.join(neg)} (0.5 = chance), lab seeds {a.lab_seeds}", ["lab seed", *scores], rows)
+
+        rows = [[s, *paired_diff(tables[s, at], pos, neg, "optimum_distance", other)] for s in a.lab_seeds
+                for other in ["fisher_distance"]]
+        table(f"fisher.at = {at}: AUROC optimum_distance − fisher_distance per run [95% interval, samples resampled "
+              "within each class, the same resamples for both scores]", ["lab seed", "difference", "side"], rows)
 
         alpha = raw["confidence"]["alpha"]
         hdr = ["lab seed", "directional only (alpha -> 0)", *[f"alpha {x:g}" for x in a.alphas],
