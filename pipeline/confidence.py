@@ -1,16 +1,29 @@
 """Stage 3: forgetting confidence of each self-generated sample, and the selection D_U.
 
+The published form (default; secondary sources, see docs/confidence.md): with theta*_L the learning
+task's optimum approximated from D_L (the optimum stage), Delta_L = theta*_L - theta_base, F_L the
+learning task's diagonal Fisher (at theta*_L or theta_base: `fisher.at`) and theta*(x) =
+theta_base - alpha g_x one gradient step of size alpha (`confidence.alpha`) on the sample,
+
+    optimum_distance FC(x) = 1/2 sum_i F_L,i (theta_base,i - alpha g_x,i - theta*_L,i)^2
+                           = alpha^2/2 sum F_L g_x^2 + alpha sum F_L g_x Delta_L + 1/2 sum F_L Delta_L^2
+
+(g_x: gradient of the sample's mean target-token NLL at theta_base). Small alpha: it ranks like the
+directional term sum F_L g_x Delta_L; large alpha: like the sample's own size sum F_L g_x^2.
+
 [derived, method.md] With Delta_s = -eta g_s (the sample's intended update) and
 Delta_L = -eta g_L (the learning task's), the extra learning loss a sample causes is
 1/2 (Delta_s - Delta_L)^T F (Delta_s - Delta_L) - const; eta drops out of the ranking, so
 
-    fisher_distance  FC(s) = sum_i F_i (g_s,i - g_L,i)^2          (default)
+    fisher_distance  FC(s) = sum_i F_i (g_s,i - g_L,i)^2          (the published form with theta*_L
+                                                                    = theta_0 - eta g_L, alpha = eta)
     fisher_conflict         -sum_i F_i g_s,i g_L,i                 (first-order part only)
     cosine                  -cos(g_s, g_L)                          (no Fisher)
     probe            C(s) with Delta_L = Delta_probe = theta_probe - theta_0 (method.md's `probe`
                      target) and Delta_s = -eta g_s, eta = the probe's LR:
                      1/2 (Delta_s - Delta_L)^T F (Delta_s - Delta_L) - 1/2 Delta_L^T F Delta_L
                        = eta^2/2 sum_i F_i g_s,i^2 + eta sum_i F_i g_s,i Delta_probe,i
+                     (the published form up to a constant, theta*_L = a short probe, alpha = eta)
     loss_rise               l(s; theta_probe) - l(s; theta_0)      (how much plain learning on L
                                                                     pushes this knowledge away)
     random                  seeded uniform                          (baseline)
@@ -56,18 +69,16 @@ def probe_delta(model, tok, learn_rows: list[dict], probe, max_length: int, add_
     unlearning) from theta_0 = `model`'s weights. Trains `replica` (an unsharded copy of the base
     model: needed under FSDP) when given, else `model` itself in place. Returns (Delta_probe over
     the selected parameters, the probed model, a function that puts `model` back at theta_0)."""
-    from .config import FinetuneConfig, MethodConfig
     from .grads import select_params
-    from .train import finetune
+    from .optimum import plain_finetune
 
     target = model if replica is None else replica
     trainable = [p for p in target.parameters() if p.requires_grad]
     theta0 = [p.detach().clone() for p in trainable] if replica is None else []
     before = {n: ddp.full_tensor(p).detach().double().clone()
               for n, p in select_params(model, param_regex, embeddings).items()}
-    cfg = FinetuneConfig(max_steps=probe.steps, batch_size=probe.batch_size, lr=probe.lr, warmup_steps=0,
-                         lr_schedule="constant")
-    finetune(target, tok, learn_rows, [], cfg, MethodConfig(), probe.seed, max_length, add_bos, run_id="probe")
+    plain_finetune(target, tok, learn_rows, probe.steps, probe.lr, probe.batch_size, probe.seed, max_length, add_bos,
+                   warmup_steps=0, desc="probe")
     delta = {n: ddp.full_tensor(p).detach().double().to(before[n].device) - before[n]
              for n, p in select_params(target, param_regex, embeddings).items()}
 
@@ -82,42 +93,66 @@ def probe_delta(model, tok, learn_rows: list[dict], probe, max_length: int, add_
 
 def confidence_sums(model, encs: list, pad_id: int, fisher: dict, mean_grad: dict, engine: str = "vectorized",
                     chunk_size: int | str = 32, param_regex: str | None = None, progress=None,
-                    delta: dict | None = None, embeddings: str = "auto") -> torch.Tensor:
-    """(6, len(encs)) float64 on the model's device: per sample, sum F (g_s - g_L)^2,
-    -sum g_s F g_L, g_s . g_L, |g_s|^2, sum F g_s^2 and sum F g_s Delta (0 without `delta`) over the
-    selected parameters (no host sync inside)."""
+                    delta: dict | None = None, embeddings: str = "auto", optimum: dict | None = None,
+                    fisher_L: dict | None = None) -> torch.Tensor:
+    """(8, len(encs)) float64 on the model's device: per sample, over the selected parameters,
+    0 sum F (g_s - g_L)^2, 1 -sum g_s F g_L, 2 g_s . g_L, 3 |g_s|^2, 4 sum F g_s^2,
+    5 sum F g_s Delta_probe (0 without `delta`), 6 sum F_L g_s^2 and 7 sum F_L g_s Delta_L
+    (Delta_L = `optimum` = theta*_L - theta_base, 0 without it; F_L = `fisher_L`, default `fisher`).
+    No host sync inside."""
     device = next(model.parameters()).device
-    out = torch.zeros(6, len(encs), dtype=torch.float64, device=device)
+    out = torch.zeros(8, len(encs), dtype=torch.float64, device=device)
     F = {k: v.to(device, torch.float64).flatten() for k, v in fisher.items()}
+    FL = F if fisher_L is None else {k: v.to(device, torch.float64).flatten() for k, v in fisher_L.items()}
     gL = {k: v.to(device, torch.float64).flatten() for k, v in mean_grad.items()}
     D = {k: v.to(device, torch.float64).flatten() for k, v in (delta or {}).items()}
+    DL = {k: v.to(device, torch.float64).flatten() for k, v in (optimum or {}).items()}
     for idx, grads in iter_per_sample_grads(model, encs, pad_id, engine, chunk_size, param_regex, progress, embeddings):
-        rows = torch.zeros(6, len(idx), dtype=torch.float64, device=device)
+        rows = torch.zeros(8, len(idx), dtype=torch.float64, device=device)
         for name, g in grads.items():
-            if name not in F:
+            if name not in F or name not in FL:
                 raise KeyError(f"parameter {name} has no Fisher entry (fisher and confidence must select the same params)")
+            if optimum is not None and name not in DL:
+                raise KeyError(f"parameter {name} has no Delta_L entry in artifacts/optimum.safetensors (optimum and "
+                               "confidence must select the same params: rerun the optimum stage)")
             g = g.double().flatten(1)
-            f, gl = F[name], gL[name]
+            f, gl, fl = F[name], gL[name], FL[name]
+            g2 = g * g
             rows[0] += ((g - gl) ** 2) @ f
             rows[1] -= g @ (f * gl)
             rows[2] += g @ gl
-            rows[3] += (g * g).sum(1)
-            rows[4] += (g * g) @ f
+            rows[3] += g2.sum(1)
+            rows[4] += g2 @ f
             if name in D:
                 rows[5] += g @ (f * D[name])
+            rows[6] += g2 @ fl
+            if name in DL:
+                rows[7] += g @ (fl * DL[name])
         out[:, idx.to(device)] = rows
     return out
+
+
+def optimum_constant(optimum: dict, fisher_L: dict) -> float:
+    """1/2 sum_i F_L,i Delta_L,i^2: the published score of a sample with zero gradient."""
+    return 0.5 * sum(float((fisher_L[n].double().flatten().cpu() * d.double().flatten().cpu() ** 2).sum())
+                     for n, d in optimum.items())
 
 
 def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dict, max_length: int,
                       engine: str = "vectorized", chunk_size: int | str = 32, param_regex: str | None = None,
                       seed: int = 0, add_bos: bool = True, learn_rows: list[dict] | None = None,
-                      probe=None, batch_size: int = 64, probe_replica=None, embeddings: str = "auto") -> pd.DataFrame:
+                      probe=None, batch_size: int = 64, probe_replica=None, embeddings: str = "auto",
+                      optimum: dict | None = None, alpha: float | None = None,
+                      fisher_L: dict | None = None) -> pd.DataFrame:
     """One row per sample with the columns score_<variant> for every variant above (`probe` and
-    `loss_rise` need `learn_rows` and the `probe` settings; without them they are NaN), plus
-    grad_norm and the sample's NLL under theta_0 and theta_probe. `probe_replica`: an unsharded
-    copy of the base model for the probe fine-tune (FSDP); by default `model` is probed in place
-    and restored."""
+    `loss_rise` need `learn_rows` and the `probe` settings, `optimum_distance` needs `optimum`
+    (Delta_L) and `alpha`; without them they are NaN), plus grad_norm, the sample's NLL under theta_0
+    and theta_probe, and the two per-sample sums of the published form, opt_quadratic = 1/2 sum F_L g^2
+    and opt_directional = sum F_L g Delta_L (score_optimum_distance = alpha^2 opt_quadratic + alpha
+    opt_directional + 1/2 sum F_L Delta_L^2, so any other alpha can be read off the table).
+    `fisher_L`: the Fisher of the published form (default `fisher`: F at theta_base).
+    `probe_replica`: an unsharded copy of the base model for the probe fine-tune (FSDP); by default
+    `model` is probed in place and restored."""
     all_encs = encode_rows(tok, rows, max_length, add_bos)
     encs, _ = ddp.shard_even(all_encs)  # several processes: score a shard each, gather in the original order
     gl_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in mean_grad.values())))
@@ -129,20 +164,29 @@ def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dic
                                              probe_replica, embeddings)
         nll_probe = sequence_nlls(probed, encs, tok.pad_token_id, batch_size).cpu()
         restore()
+    if optimum is not None and alpha is None:
+        raise ValueError("the optimum_distance score needs its step size alpha (confidence.alpha)")
     with tqdm(total=len(encs), desc="confidence", mininterval=2, leave=False, disable=not ddp.is_main()) as bar:
         sums = confidence_sums(model, encs, tok.pad_token_id, fisher, mean_grad, engine, chunk_size, param_regex,
-                               bar, delta, embeddings).cpu().numpy()
+                               bar, delta, embeddings, optimum, fisher_L).cpu().numpy()
     nll0 = sequence_nlls(model, encs, tok.pad_token_id, batch_size).cpu()
     if delta is None:
         nll_probe = torch.full_like(nll0, float("nan"))
     sums = np.concatenate([sums, torch.stack([nll0, nll_probe]).numpy()])
     if ddp.active():
         sums = np.stack([np.asarray(ddp.gather_sharded(a.tolist(), len(all_encs))) for a in sums])
-    fdist, conflict, dot, norm2, fnorm2, fdelta, nll0, nll_probe = sums
+    fdist, conflict, dot, norm2, fnorm2, fdelta, flnorm2, fldelta, nll0, nll_probe = sums
     cos = dot / np.maximum(np.sqrt(norm2) * gl_norm, 1e-30)
     rnd = np.random.default_rng(seed).random(len(all_encs))
     eta = probe.lr if delta is not None else float("nan")
+    if optimum is not None:
+        const = optimum_constant(optimum, fisher if fisher_L is None else fisher_L)
+        quad, direc = 0.5 * flnorm2, fldelta
+        published = alpha ** 2 * quad + alpha * direc + const
+    else:
+        quad = direc = published = np.full(len(all_encs), np.nan)
     return pd.DataFrame({
+        "score_optimum_distance": published,
         "score_fisher_distance": fdist,
         "score_fisher_conflict": conflict,
         "score_cosine": -cos,
@@ -152,6 +196,8 @@ def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dic
         "grad_norm": np.sqrt(norm2),
         "nll_base": nll0,
         "nll_probe": nll_probe,
+        "opt_quadratic": quad,
+        "opt_directional": direc,
     })
 
 
@@ -212,7 +258,7 @@ def confidence_metrics(df: pd.DataFrame, c) -> dict:
     in each selection rule's D_U."""
     from .config import SCORES
 
-    metrics = {"score": c.score, "n_samples": len(df), "n_selected": int(df["selected"].sum()),
+    metrics = {"score": c.score, "alpha": c.alpha, "n_samples": len(df), "n_selected": int(df["selected"].sum()),
                "selected_by_task": {k: int(v) for k, v in df.groupby("forget_task")["selected"].sum().items()},
                "median_by_task": {k: {"confidence": float(g["confidence"].median()), "grad_norm": float(g["grad_norm"].median())}
                                   for k, g in df.groupby("forget_task")}}

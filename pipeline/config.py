@@ -193,6 +193,10 @@ class GradsConfig(_Strict):
 class FisherConfig(_Strict):
     n_samples: int = Field(96, gt=0)
     kind: Literal["empirical", "true"] = "empirical"
+    # where F_L of the `optimum_distance` score is taken: "target" = at theta*_L (the optimum stage's
+    # model: the Laplace approximation around theta*_L that the published form reads as), "base" = at
+    # theta_base. The other Fisher-weighted scores always use the Fisher at theta_base (stage 1).
+    at: Literal["base", "target"] = "target"
     seed: int = 0
 
 
@@ -212,7 +216,7 @@ class ElicitConfig(_Strict):
         return self
 
 
-SCORES = ("fisher_distance", "fisher_conflict", "cosine", "probe", "loss_rise", "random")
+SCORES = ("optimum_distance", "fisher_distance", "fisher_conflict", "cosine", "probe", "loss_rise", "random")
 
 
 class ProbeConfig(_Strict):
@@ -227,8 +231,25 @@ class ProbeConfig(_Strict):
     seed: int = 0
 
 
+class OptimumConfig(_Strict):
+    """theta*_L, the learning task's optimum approximated from D_L (the optimum stage): `steps` plain
+    AdamW steps on the learning task's training rows from theta_base (batch `batch_size`, linear
+    warmup over `warmup_steps`, then constant `lr`; clip 1.0; no unlearning). Its own settings, so a
+    change of `finetune` never reruns it (nor the confidence stage that reads it)."""
+
+    steps: int = Field(120, gt=0)  # the lab: where the validation loss stops improving (docs/confidence.md)
+    lr: float = Field(3e-4, gt=0)
+    batch_size: int = Field(16, gt=0)
+    warmup_steps: int = Field(10, ge=0)
+    seed: int = 0
+
+
 class ConfidenceConfig(_Strict):
-    score: Literal["fisher_distance", "fisher_conflict", "cosine", "probe", "loss_rise", "random"] = "fisher_distance"
+    score: Literal["optimum_distance", "fisher_distance", "fisher_conflict", "cosine", "probe", "loss_rise",
+                   "random"] = "optimum_distance"
+    # step size of the one gradient step theta*(x) = theta_base - alpha * g_x in the published form
+    # FC(x) = 1/2 sum F_L (theta_base - alpha g_x - theta*_L)^2 (score optimum_distance)
+    alpha: float = Field(3e-4, gt=0)
     probe: ProbeConfig = ProbeConfig()
     forget_fraction: float = Field(0.25)
     per_task: bool = False
@@ -396,6 +417,7 @@ class Config(_Strict):
     grads: GradsConfig = GradsConfig()
     fisher: FisherConfig = FisherConfig()
     elicit: ElicitConfig = ElicitConfig()
+    optimum: OptimumConfig = OptimumConfig()
     confidence: ConfidenceConfig = ConfidenceConfig()
     methods: dict[str, MethodConfig] = Field(default_factory=lambda: dict(DEFAULT_METHODS))
     finetune: FinetuneConfig = FinetuneConfig()

@@ -57,37 +57,49 @@ def true_fisher_rows(model, tok, rows, max_new_tokens: int, seed: int, add_bos: 
             for r, g in zip(rows, gens)]
 
 
-def save_fisher(path, fisher: dict, mean_grad: dict, meta: dict) -> None:
+def save_fisher(path, fisher: dict, mean_grad: dict, meta: dict, fisher_target: dict | None = None) -> None:
+    """artifacts/fisher.safetensors: `fisher.<param>` (F at theta_base), `grad.<param>` (g_L at
+    theta_base) and, with `fisher.at: target`, `fisher_target.<param>` (F at theta*_L)."""
     from safetensors.torch import save_file
 
     from .io import atomic_path
 
     tensors = {f"fisher.{n}": t.cpu() for n, t in fisher.items()}
     tensors.update({f"grad.{n}": t.cpu() for n, t in mean_grad.items()})
+    tensors.update({f"fisher_target.{n}": t.cpu() for n, t in (fisher_target or {}).items()})
     # one metadata key holding sorted JSON: safetensors writes a metadata map in a random order, so
     # several keys would give different bytes (and a needless DVC change) for the same Fisher
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"lwf": json.dumps({k: str(v) for k, v in meta.items()}, sort_keys=True)})
 
 
-def load_fisher(path, device="cpu") -> tuple[dict, dict, dict]:
+def load_fisher(path, device="cpu", at: str = "base") -> tuple[dict, dict, dict]:
+    """(F, g_L, metadata); `at="target"`: F taken at theta*_L instead (g_L stays the mean learning
+    gradient at theta_base), an error naming the fix if the file holds none."""
     from safetensors import safe_open
 
-    fisher, grad = {}, {}
+    parts: dict[str, dict] = {"fisher": {}, "grad": {}, "fisher_target": {}}
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         meta = json.loads((f.metadata() or {}).get("lwf", "{}"))
         for k in f.keys():
             kind, name = k.split(".", 1)
-            (fisher if kind == "fisher" else grad)[name] = f.get_tensor(k)
-    return fisher, grad, meta
+            parts[kind][name] = f.get_tensor(k)
+    if at == "target":
+        if not parts["fisher_target"]:
+            raise ValueError(f"{path} holds no Fisher at theta*_L (made with fisher.at: base): rerun the fisher stage")
+        return parts["fisher_target"], parts["grad"], meta
+    return parts["fisher"], parts["grad"], meta
 
 
-def fisher_summary(fisher: dict, mean_grad: dict) -> dict:
+def fisher_summary(fisher: dict, mean_grad: dict, fisher_target: dict | None = None) -> dict:
     total = sum(float(v.double().sum()) for v in fisher.values())
     top = sorted(((float(v.double().sum()) / max(total, 1e-30), n) for n, v in fisher.items()), reverse=True)[:5]
-    return {
+    out = {
         "n_params": int(sum(v.numel() for v in fisher.values())),
         "fisher_trace": total,
         "mean_grad_norm": float(torch.sqrt(sum((v.double() ** 2).sum() for v in mean_grad.values()))),
         "top_fisher_share": {n: round(s, 4) for s, n in top},
     }
+    if fisher_target:
+        out["fisher_trace_at_target"] = sum(float(v.double().sum()) for v in fisher_target.values())
+    return out

@@ -8,6 +8,7 @@ FORGET_DATA = DATA / "forget"
 GENERAL_DATA = DATA / "general"
 BASE_MODEL = Path("artifacts/base_model")
 FISHER = Path("artifacts/fisher.safetensors")
+OPTIMUM = Path("artifacts/optimum.safetensors")
 SELF_KNOWLEDGE = Path("artifacts/self_knowledge.parquet")
 CONFIDENCE = Path("artifacts/confidence.parquet")
 MODELS = Path("artifacts/models")

@@ -8,6 +8,7 @@ from pipeline.confidence import as_rows, confidence_metrics, confidence_scores, 
 from pipeline.fisher import load_fisher
 from pipeline.io import rounded, write_json, write_parquet
 from pipeline.models import load_model, trainable_model
+from pipeline.optimum import load_optimum
 from pipeline.stage import load_rows, main, stage
 
 log = logging.getLogger("lwf")
@@ -24,6 +25,9 @@ def run(cfg):
     replica = trainable_model(load_model(paths.BASE_MODEL, cfg.model)[0], cfg.model) if fsdp else None
     device = next(model.parameters()).device
     F, gL, _ = load_fisher(paths.FISHER, device)
+    # the published form: F_L where `fisher.at` says, Delta_L = theta*_L - theta_base of the optimum stage
+    F_L = load_fisher(paths.FISHER, device, at="target")[0] if cfg.fisher.at == "target" else None
+    delta_L, _, _ = load_optimum(paths.OPTIMUM, device)
     sk = pd.read_parquet(paths.SELF_KNOWLEDGE)
     rows = as_rows(sk)
     log.info("stage confidence: scoring %d self-generated samples (%s)", len(rows),
@@ -31,7 +35,7 @@ def run(cfg):
     scores = confidence_scores(model, tok, rows, F, gL, cfg.data.max_length, cfg.grads.engine, cfg.grads.chunk_size,
                                cfg.grads.param_regex, c.seed, cfg.model.add_bos,
                                learn_rows=load_rows(paths.LEARN_DATA, "train"), probe=c.probe, probe_replica=replica,
-                               embeddings=cfg.grads.embeddings)
+                               embeddings=cfg.grads.embeddings, optimum=delta_L, alpha=c.alpha, fisher_L=F_L)
     df = select(pd.concat([sk.reset_index(drop=True), scores], axis=1), c.score, c.forget_fraction, c.per_task, c.seed,
                 c.auroc_positive)
     first = ["sample_id", "forget_task", "prompt", "response", "confidence", "rank", "selected"]

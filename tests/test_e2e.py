@@ -28,6 +28,7 @@ SMALL = {
                          {"task": "lab_count", "n_train": 24, "n_test": 20}],
     ("data", "general", "n_test"): 20,
     ("fisher", "n_samples"): 32,
+    ("optimum", "steps"): 12,
     ("report", "bootstrap"): 200,
 }
 
@@ -88,7 +89,7 @@ def dvc_project(tmp_path_factory):
 
 def test_repro_writes_every_artifact(dvc_project):
     proj, out = dvc_project
-    assert {"prepare", "base_model", "fisher", "elicit", "confidence", "control", "report",
+    assert {"prepare", "base_model", "optimum", "fisher", "elicit", "confidence", "control", "report",
             "finetune@vanilla-0", "finetune@lwf-0", "evaluate@vanilla", "evaluate@lwf"} <= ran_stages(out)
     import pandas as pd
 
@@ -117,7 +118,8 @@ def test_repro_writes_every_artifact(dvc_project):
         assert {"d_u_nll", "perplexity", "learn_score", "d_u_nll_delta_ci95"} <= set(summary[m])
     assert summary["lwf_ga"]["d_u_nll"] > summary["vanilla"]["d_u_nll"]
     conf = json.loads((proj / "metrics/confidence.json").read_text())
-    assert 0 <= conf["auroc"]["fisher_distance"] <= 1
+    assert 0 <= conf["auroc"]["fisher_distance"] <= 1 and 0 <= conf["auroc"]["optimum_distance"] <= 1
+    assert conf["score"] == "optimum_distance" and (df["confidence"] == df["score_optimum_distance"]).all()
     for f in ("reports/report.md", "reports/learning_curves.png", "reports/confidence_hist.png",
               "reports/methods.png", "logs/train/lwf/seed0.csv", "artifacts/fisher.safetensors", "dvc.lock"):
         assert (proj / f).exists(), f
@@ -151,7 +153,7 @@ def test_declared_params_cover_every_key_a_stage_reads(dvc_project):
     results after a change of that key."""
     proj, _ = dvc_project
     records = [json.loads(line) for line in (proj / RECORD).read_text().splitlines()]
-    assert {r["stage"] for r in records} >= {"prepare", "base_model", "fisher", "elicit", "confidence", "control",
+    assert {r["stage"] for r in records} >= {"prepare", "base_model", "optimum", "fisher", "elicit", "confidence", "control",
                                              "finetune", "evaluate", "report"}
     missing = set()
     for r in records:
@@ -280,10 +282,10 @@ def assert_same_weights(a: dict, b: dict, what: str) -> None:
         assert d.abs().max() <= 1e-5 and d.norm() <= 1e-5 * max(a[k].double().norm(), 1e-12), (what, k)
 
 
-FIVE = (["stages.fisher"], ["stages.elicit"], ["stages.confidence"], ["stages.finetune", "method=lwf", "seed=0"],
+FIVE = (["stages.optimum"], ["stages.fisher"], ["stages.elicit"], ["stages.confidence"], ["stages.finetune", "method=lwf", "seed=0"],
         ["stages.evaluate", "method=lwf"])
 OUTPUTS = ["artifacts/fisher.safetensors", "artifacts/self_knowledge.parquet", "artifacts/confidence.parquet",
-           "artifacts/models/lwf/seed0/model.safetensors", "artifacts/eval/lwf.json"]
+           "artifacts/models/lwf/seed0/model.safetensors", "artifacts/eval/lwf.json", "artifacts/optimum.safetensors"]
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +303,7 @@ def one_process(dvc_project, tmp_path_factory):
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one(dvc_project, one_process, tmp_path, strategy):
-    """fisher, elicit, confidence, finetune and evaluate under `accelerate launch` with 2 CPU
+    """optimum, fisher, elicit, confidence, finetune and evaluate under `accelerate launch` with 2 CPU
     processes (gloo), replicated (ddp) or sharded (fsdp), give the single-process outputs:
     generations, selections and per-item scores identical, floats within 1e-5 (sums are reduced
     in another order)."""
@@ -320,7 +322,7 @@ def test_two_processes_match_one(dvc_project, one_process, tmp_path, strategy):
         assert ("sharded over 2 processes (FSDP)" in out) == (strategy == "fsdp")
 
     one = one_process
-    for name in (OUTPUTS[0], OUTPUTS[3]):
+    for name in (OUTPUTS[0], OUTPUTS[3], OUTPUTS[5]):
         assert_same_weights(load_file(one / name), load_file(proj / name), name)
     a, b = pd.read_parquet(one / OUTPUTS[1]), pd.read_parquet(proj / OUTPUTS[1])
     cols = ["sample_id", "forget_task", "prompt", "response", "truncated"]

@@ -46,8 +46,14 @@ def test_empty_response_and_truncated_response_are_scored(tiny, rows):
                {"prompt": "Zürich → 東京", "target": " ok"}]                      # non-ASCII
     from pipeline.config import ProbeConfig
 
-    df = confidence_scores(model, tok, samples, F, gL, 64, learn_rows=rows[:4], probe=ProbeConfig(steps=2, batch_size=2))
-    assert df.notna().all().all() and (df["score_fisher_distance"] > 0).all()
+    from pipeline.config import OptimumConfig
+    from pipeline.optimum import optimum_delta
+
+    delta, _, _ = optimum_delta(copy.deepcopy(model), tok, rows[:4], OptimumConfig(steps=2, batch_size=2), 64, True,
+                                list(F))
+    df = confidence_scores(model, tok, samples, F, gL, 64, learn_rows=rows[:4], probe=ProbeConfig(steps=2, batch_size=2),
+                           optimum=delta, alpha=3e-4)
+    assert df.notna().all().all() and (df["score_fisher_distance"] > 0).all() and (df["score_optimum_distance"] > 0).all()
     e = encode(tok, "kete lives in", " ro", 64, add_eos=False)
     assert e.input_ids[-1] != tok.eos_token_id and sum(x != -100 for x in e.labels) == 3
 

@@ -41,6 +41,7 @@ def test_all_stages_on_gpt2_and_fixture_tasks(gpt2_dir, tmp_path, monkeypatch):
     import stages.evaluate
     import stages.finetune
     import stages.fisher
+    import stages.optimum
     import stages.prepare
     import stages.report
 
@@ -66,6 +67,7 @@ def test_all_stages_on_gpt2_and_fixture_tasks(gpt2_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     stages.prepare.run(cfg)
     stages.base_model.run(cfg)
+    stages.optimum.run(cfg)
     stages.fisher.run(cfg)
     stages.elicit.run(cfg)
     stages.confidence.run(cfg)
@@ -102,6 +104,7 @@ def test_lora_chat_template_and_gradient_checkpointing(tmp_path, monkeypatch, ro
     import stages.evaluate
     import stages.finetune
     import stages.fisher
+    import stages.optimum
     import stages.prepare
     from safetensors import safe_open
 
@@ -120,7 +123,7 @@ def test_lora_chat_template_and_gradient_checkpointing(tmp_path, monkeypatch, ro
         "methods": {"vanilla": {}, "lwf": {"unlearn": "periodic", "unlearn_every": 1, "unlearn_batch_size": 2}},
     })
     monkeypatch.chdir(tmp_path)
-    for st in (stages.prepare, stages.base_model, stages.fisher, stages.elicit, stages.confidence):
+    for st in (stages.prepare, stages.base_model, stages.optimum, stages.fisher, stages.elicit, stages.confidence):
         st.run(cfg)
     with safe_open("artifacts/fisher.safetensors", "pt") as f:
         names = [k for k in f.keys() if k.startswith("fisher.")]
@@ -150,6 +153,7 @@ def test_trainable_subset_freezes_the_rest(tmp_path, monkeypatch):
     import stages.elicit
     import stages.finetune
     import stages.fisher
+    import stages.optimum
     import stages.prepare
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -165,7 +169,7 @@ def test_trainable_subset_freezes_the_rest(tmp_path, monkeypatch):
         "methods": {"vanilla": {}, "lwf": {"unlearn": "periodic", "unlearn_every": 1, "unlearn_batch_size": 2}},
     })
     monkeypatch.chdir(tmp_path)
-    for st in (stages.prepare, stages.base_model, stages.fisher, stages.elicit, stages.confidence):
+    for st in (stages.prepare, stages.base_model, stages.optimum, stages.fisher, stages.elicit, stages.confidence):
         st.run(cfg)
     with safe_open("artifacts/fisher.safetensors", "pt") as f:
         names = sorted(k[len("fisher."):] for k in f.keys() if k.startswith("fisher."))

@@ -147,16 +147,24 @@ def table(base, data, cfg, fisher, self_knowledge):
 
     from pipeline.confidence import as_rows, confidence_scores, select
 
+    from pipeline.config import OptimumConfig
+    from pipeline.grads import select_params
+    from pipeline.optimum import optimum_delta
+
     model, tok, _ = base
     c, g = cfg.confidence, cfg.grads
     df = self_knowledge[0].reset_index(drop=True)
+    delta, _, _ = optimum_delta(copy.deepcopy(model), tok, data["learn"], OptimumConfig(steps=2, batch_size=8, warmup_steps=0),
+                                cfg.data.max_length, True, list(select_params(model, g.param_regex, g.embeddings)))
     scores = confidence_scores(model, tok, as_rows(df), *fisher, cfg.data.max_length, g.engine, g.chunk_size,
-                               g.param_regex, c.seed, learn_rows=data["learn"], probe=c.probe)
+                               g.param_regex, c.seed, learn_rows=data["learn"], probe=c.probe, optimum=delta,
+                               alpha=c.alpha)
     return select(pd.concat([df, scores], axis=1), c.score, c.forget_fraction, c.per_task, c.seed)
 
 
 def test_confidences_are_finite_and_not_all_equal(table):
-    for col in ("score_fisher_distance", "score_fisher_conflict", "score_cosine", "score_probe", "score_loss_rise"):
+    for col in ("score_optimum_distance", "score_fisher_distance", "score_fisher_conflict", "score_cosine", "score_probe",
+                "score_loss_rise"):
         assert np.isfinite(table[col]).all() and table[col].nunique() == len(table), col
     assert table["selected"].sum() == 4
 

@@ -1,0 +1,124 @@
+"""What the confidence scores pick on a real model: `dvc repro confidence` (prepare, base_model,
+optimum, fisher, elicit, confidence: no fine-tune) of a preset in a copy of this project, then,
+for the default score and every other score, the most and least confident samples as text, the
+Spearman correlation with the answer length (n_tokens), and the share of answers the base model
+got wrong (`correct` < 1) in D_U (the top `confidence.forget_fraction`) vs in all of D_self.
+
+    python benchmarks/real_confidence.py OUT_DIR [--preset presets/smollm2_cpu.yaml] [--threads 1] \
+        [--top 5] [--set key=value ...]
+
+Prints each stage's wall time (from `dvc repro` and metrics/*.json) and the machine.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from _common import machine, table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SCORES = ["optimum_distance", "fisher_distance", "fisher_conflict", "cosine", "probe", "loss_rise", "random"]
+
+
+def setdeep(raw: dict, key: str, value) -> None:
+    *head, last = key.split(".")
+    for k in head:
+        raw = raw.setdefault(k, {})
+    raw[last] = value
+
+
+def spearman(a, b) -> float:
+    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def short(text: str, n: int = 110) -> str:
+    text = " ".join(str(text).split()).replace("|", "/")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--preset", default="presets/smollm2_cpu.yaml")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--top", type=int, default=5)
+    ap.add_argument("--set", nargs="*", default=[], help="params overrides, key=value (YAML value)")
+    a = ap.parse_args()
+    proj = Path(a.out).resolve()
+    fresh = not (proj / ".dvc").exists()
+    proj.mkdir(parents=True, exist_ok=True)
+    for name in ("pipeline", "stages"):
+        shutil.rmtree(proj / name, ignore_errors=True)
+        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, proj / name)
+    raw = yaml.safe_load((ROOT / a.preset).read_text())
+    for kv in a.set:
+        k, v = kv.split("=", 1)
+        setdeep(raw, k, yaml.safe_load(v))
+    (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+    env.pop("PYTHONPATH", None)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    if fresh:
+        for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+            subprocess.run(cmd, cwd=proj, env=env, check=True)
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "dvc", "repro", "confidence"], cwd=proj, env=env, capture_output=True,
+                       text=True)
+    (proj / "repro.log").write_text(r.stdout + r.stderr)
+    if r.returncode:
+        raise SystemExit(f"dvc repro failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    wall = time.time() - t0
+    done = [line.split(": done in ")[0].split("stage ")[-1] + " " + line.split(": done in ")[1]
+            for line in (r.stdout + r.stderr).splitlines() if ": done in " in line]
+    print(f"machine: {machine()}; stages ran with {a.threads} thread(s); params: {a.preset}"
+          + (f" + {' '.join(a.set)}" if a.set else ""))
+    print(f"dvc repro confidence: {wall / 60:.1f} min wall; per stage: {', '.join(done) or 'all cached'}")
+
+    df = pd.read_parquet(proj / "artifacts/confidence.parquet")
+    c = raw["confidence"]
+    k = int(df["selected"].sum())
+    wrong = df["correct"] < 1
+    rows = []
+    for sc in SCORES:
+        col = df[f"score_{sc}"]
+        if col.isna().all():
+            continue
+        top = col.sort_values(ascending=False, kind="mergesort").index[:k]
+        rows.append([sc + (" (default)" if sc == c["score"] else ""), f"{spearman(col, df['n_tokens']):+.2f}",
+                     f"{spearman(col, df['grad_norm']):+.2f}", f"{wrong[top].mean():.3f}",
+                     f"{df.loc[top, 'n_tokens'].mean():.1f}"])
+    rows.append(["grad_norm", f"{spearman(df['grad_norm'], df['n_tokens']):+.2f}", "+1.00",
+                 f"{wrong[df['grad_norm'].sort_values(ascending=False).index[:k]].mean():.3f}", "—"])
+    table(f"{len(df)} self-generated samples, D_U = top {k} ({c['forget_fraction']:g}) by each score; all of D_self: "
+          f"wrong share {wrong.mean():.3f}, mean n_tokens {df['n_tokens'].mean():.1f}",
+          ["score", "Spearman with n_tokens", "Spearman with grad_norm", "share wrong in D_U", "mean n_tokens in D_U"],
+          rows)
+    for sc in ("optimum_distance", "fisher_distance"):
+        order = df.sort_values(f"score_{sc}", ascending=False, kind="mergesort")
+        for label, part in ((f"most confident {a.top}", order.head(a.top)), (f"least confident {a.top}",
+                                                                           order.tail(a.top).iloc[::-1])):
+            table(f"{sc}: {label}", ["rank", "score", "n_tokens", "correct", "prompt (end)", "response"],
+                  [[int((order.index.get_loc(i)) + 1), f"{r[f'score_{sc}']:.4g}", int(r["n_tokens"]),
+                    r["correct"], short(r["prompt"][-90:], 90), short(r["response"])] for i, r in part.iterrows()])
+    q, d = df["opt_quadratic"], df["opt_directional"]
+    alpha = c["alpha"]
+    print(f"\nmedian 1/2 sum F_L g^2 = {q.median():.3g}, median |sum F_L g Delta_L| = {d.abs().median():.3g}; "
+          f"balance alpha = {d.abs().median() / q.median():.3g} (default alpha {alpha:g}); Spearman of the score with "
+          f"its directional part {spearman(df['score_optimum_distance'], d):+.2f}, with its quadratic part "
+          f"{spearman(df['score_optimum_distance'], q):+.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""optimum: theta*_L, the learning task's optimum approximated from D_L by a plain fine-tune from
+the base model (params `optimum`); Delta_L = theta*_L - theta_base for the confidence stage."""
+import logging
+import time
+
+from pipeline import paths
+from pipeline.grads import select_params
+from pipeline.io import write_json
+from pipeline.models import load_model, trainable_model
+from pipeline.optimum import optimum_delta, save_optimum
+from pipeline.stage import load_rows, main, stage
+
+log = logging.getLogger("lwf")
+
+
+@stage("optimum")
+def run(cfg):
+    """Write artifacts/optimum.safetensors (delta.<param>, theta.<param>) and metrics/optimum.json."""
+    o = cfg.optimum
+    model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
+    model = trainable_model(model, cfg.model)  # the same seeded adapters / trainable subset as fisher, confidence
+    selected = list(select_params(model, cfg.grads.param_regex, cfg.grads.embeddings))
+    rows = load_rows(paths.LEARN_DATA, "train")
+    log.info("stage optimum: theta*_L = %d plain AdamW steps (lr %g, batch %d, warmup %d) on %d %s training rows",
+             o.steps, o.lr, o.batch_size, o.warmup_steps, len(rows), cfg.data.learn.task)
+    t0 = time.time()
+    delta, theta, stats = optimum_delta(model, tok, rows, o, cfg.data.max_length, cfg.model.add_bos, selected)
+    meta = {"steps": o.steps, "lr": o.lr, "batch_size": o.batch_size, "warmup_steps": o.warmup_steps, "seed": o.seed,
+            "n_rows": len(rows), "n_delta_params": sum(d.numel() for d in delta.values()),
+            "n_theta_params": sum(t.numel() for t in theta.values())}
+    save_optimum(paths.OPTIMUM, delta, theta, meta)
+    write_json(paths.METRICS / "optimum.json", {**meta, **stats, "seconds": round(time.time() - t0, 2)})
+    log.info("stage optimum: learning loss %.3f -> %.3f, |Delta_L| = %.4g over %d parameters", stats["first_loss"],
+             stats["last_loss"], stats["delta_norm"], meta["n_delta_params"])
+
+
+if __name__ == "__main__":
+    main(run)
