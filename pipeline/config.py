@@ -38,7 +38,7 @@ class LabConfig(_Strict):
     pretrain_batch_size: int = Field(32, gt=0)
     pretrain_lr: float = Field(3e-3, gt=0)
     conflict_weight: float = Field(0.4, ge=0, le=1)
-    conflict_noise: float = Field(0.0, ge=0, le=1)  # share of conflict facts with a random city
+    conflict_noise: float = Field(0.5, ge=0, le=1)  # share of conflict facts with a random city
     seed: int = 0
 
     @model_validator(mode="after")
@@ -212,7 +212,17 @@ class ElicitConfig(_Strict):
         return self
 
 
+# The option lists, each written once: the `Literal` of its params key is built from it, and the
+# code that implements the options reads the same object.
+# confidence.score: a column score_<name> of pipeline.confidence.confidence_scores
 SCORES = ("fisher_distance", "fisher_conflict", "cosine", "probe", "loss_rise", "random")
+# methods.<m>.selection -> its flag column in artifacts/confidence.parquet (pipeline.confidence.select)
+SELECTIONS = {"high": "selected", "low": "selected_low", "random": "selected_random", "cosine": "selected_cosine",
+              "oracle": "selected_oracle"}
+# finetune.lr_schedule -> the transformers scheduler (pipeline.train.lr_scheduler), after the warm-up
+LR_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+# control.corpus (pipeline.lab.control_lab): the control's pretraining corpus
+CONTROL_CORPORA = ("random_cities", "without_facts")
 
 
 class ProbeConfig(_Strict):
@@ -228,7 +238,7 @@ class ProbeConfig(_Strict):
 
 
 class ConfidenceConfig(_Strict):
-    score: Literal["fisher_distance", "fisher_conflict", "cosine", "probe", "loss_rise", "random"] = "fisher_distance"
+    score: Literal[SCORES] = "fisher_distance"
     probe: ProbeConfig = ProbeConfig()
     forget_fraction: float = Field(0.25)
     per_task: bool = False
@@ -248,7 +258,7 @@ class MethodConfig(_Strict):
     """A fine-tuning method is data: which samples to unlearn, when, and any extra loss term."""
 
     unlearn: Literal["none", "periodic", "early"] = "none"
-    selection: Literal["high", "low", "random", "cosine", "oracle"] = "high"
+    selection: Literal[tuple(SELECTIONS)] = "high"
     bss: bool = False
     match_steps: bool = False  # vanilla_matched: as many learning steps as LWF takes optimizer steps
 
@@ -267,12 +277,12 @@ DEFAULT_METHODS = {
 
 
 class FinetuneConfig(_Strict):
-    max_steps: int = Field(35, gt=0)
+    max_steps: int = Field(40, gt=0)
     batch_size: int = Field(16, gt=0)
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(10, ge=0)
-    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    lr_schedule: Literal[tuple(LR_SCHEDULES)] = "constant"
     grad_clip: float = Field(1.0, gt=0)
     unlearn_every: int = Field(4, gt=0)
     unlearn_batch_size: int = Field(16, gt=0)
@@ -309,7 +319,7 @@ class ControlConfig(_Strict):
     enabled: bool = True
     # the control's pretraining corpus: random_cities = the lab's "X lives in <city>" facts with every
     # city drawn at random (the format without the conflicting rule); without_facts = no such facts
-    corpus: Literal["random_cities", "without_facts"] = "random_cities"
+    corpus: Literal[CONTROL_CORPORA] = "random_cities"
 
 
 class LaunchConfig(_Strict):

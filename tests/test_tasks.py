@@ -253,7 +253,7 @@ def test_lab_control_corpora_keep_the_format_and_drop_the_rule():
         texts = pretrain_corpus(4000, 0, lab.conflict_weight, lab.conflict_noise)
         return [t.split(" lives in ") for t in texts if " lives in " in t]
 
-    base = LabConfig(conflict_weight=0.4)
+    base = LabConfig(conflict_weight=0.4, conflict_noise=0.0)  # every conflicting fact follows the rule
     for lab, share, rule in ((base, 0.4, 1.0), (control_lab(base, "random_cities"), 0.4, 1 / 8)):
         f = facts(lab)
         agree = sum(CITY_BY_THIRD[name[2]] == city for name, city in f) / len(f)
