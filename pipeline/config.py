@@ -384,6 +384,9 @@ class Config(_Strict):
             raise ValueError(
                 f"run.methods names unknown method {unknown[0]!r}; defined in `methods`: {', '.join(self.methods)}"
             )
+        if "control" in self.methods:
+            raise ValueError("methods.control: the name is reserved for the negative-transfer control (`control`); "
+                             "rename the method")
         if self.methods.get("vanilla", MethodConfig()) != MethodConfig():
             raise ValueError("methods.vanilla must be plain fine-tuning (unlearn: none, bss: false)")
         for name in self.run.methods:
@@ -400,6 +403,18 @@ class Config(_Strict):
                 if name not in forget:
                     raise ValueError(f"confidence.{key} names {name!r}, which is not a forgetting task ({sorted(forget)})")
         return self
+
+
+def control_skipped(cfg) -> str | None:
+    """Why the negative-transfer control does not run under these params, or None when it runs:
+    it needs the lab (a control corpus exists only there) and `control.enabled`. Its stages
+    (control_model, finetune_control, evaluate_control) then write only this reason. A function,
+    not a `Config` method, so that `LWF_RECORD_PARAMS` records the two keys it reads."""
+    if cfg.model.name != "lab":
+        return "the control needs model.name: lab"
+    if not cfg.control.enabled:
+        return "control.enabled is false"
+    return None
 
 
 def _loc(err: dict) -> str:
