@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.tasks import TASKS, get_task
 from pipeline.tasks.choice import SST5_LABELS, extract_letter
@@ -159,6 +160,22 @@ def test_loglik_choice_scoring(tiny):
     rows = t.load("test", 3, 0, files("qasc.jsonl"))
     items, _ = task_scores(model, tok, t, rows, 12, 4)
     assert len(items) == 3 and set(items) <= {0.0, 1.0}
+
+    # the reference: each option's summed log-likelihood after [bos] + prompt, one forward pass each
+    def loglik(prompt, cont):
+        p = [tok.bos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"]
+        c = tok(cont, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([p + c])).logits[0].log_softmax(-1)
+        return sum(logp[len(p) - 1 + k, t_].item() for k, t_ in enumerate(c))
+
+    best = [max(range(len(r["choices"])), key=lambda j: loglik(r["prompt"], " " + r["choices"][j])) for r in rows]
+    assert items == [float(b == t.gold_index(r)) for b, r in zip(best, rows)]
+    letters = "ABCDEFGH"  # the model's favourite made the gold answer: every item right; another one: every item wrong
+    right = [dict(r, answer=letters[b]) for r, b in zip(rows, best)]
+    wrong = [dict(r, answer=letters[(b + 1) % len(r["choices"])]) for r, b in zip(rows, best)]
+    assert task_scores(model, tok, t, right, 12, 4)[0] == [1.0] * 3
+    assert task_scores(model, tok, t, wrong, 12, 4)[0] == [0.0] * 3
 
 
 def test_evaluation_cuts_at_the_task_stop_and_scores_with_the_rows_options(scripted, tiny, monkeypatch):
