@@ -231,6 +231,23 @@ def test_changing_unlearn_every_reruns_only_downstream(dvc_project):
     assert (proj / "artifacts/confidence.parquet").read_bytes() == before
 
 
+def test_benchmarks_that_read_a_finished_run(dvc_project):
+    """The benchmark scripts that read a finished pipeline run, on this one at their smallest sizes
+    (tests/test_benchmarks.py runs the others): "aggregate_runs" over the run's metrics,
+    "lab_calibration" (pretrains the control, 2 and 4 learning steps, seed 0) and
+    "lab_design_search" (one design, one lab seed; reads the project's params.yaml)."""
+    proj, _ = dvc_project
+    bench = ROOT / "benchmarks"
+    out = run([sys.executable, str(bench / "aggregate_runs.py"), str(proj)], proj)
+    assert "| lwf_oracle |" in out and "Confidence AUROC" in out
+    out = run([sys.executable, str(bench / "lab_calibration.py"), "--project", str(proj), "--at", "2", "4",
+               "--seeds", "0"], proj)
+    assert "| control − vanilla |" in out and "| lwf_oracle |" in out
+    out = run([sys.executable, str(bench / "lab_design_search.py"), "--lab-seeds", "0", "--designs",
+               "noisy conflict 0.5 (default)"], proj)
+    assert "oracle − vanilla" in out
+
+
 def lwf_run(proj) -> dict:
     out = run([sys.executable, "-m", "pipeline.cli", "run"], proj)
     return json.loads(out[out.rindex('{\n  "wall_s"'):].split("\n}\n")[0] + "\n}")
