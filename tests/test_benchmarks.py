@@ -117,7 +117,8 @@ def test_run_all_runs_every_benchmark_it_lists(monkeypatch, capsys):
         mod = _fresh(name)
         monkeypatch.setattr(mod, "main", lambda *a, _n=name: called.append(_n))
     monkeypatch.setattr(sys, "argv", ["run_all.py"])
-    runpy.run_path(str(BENCH / "run_all.py"), run_name="__main__")
+    script = "run_all"
+    runpy.run_path(str(BENCH / f"{script}.py"), run_name="__main__")
     assert called == ["grads", "generation", "finetune_overhead", "confidence_scaling", "pipeline_overhead"]
 
 
