@@ -123,7 +123,23 @@ def test_lora_chat_template_and_gradient_checkpointing(tmp_path, monkeypatch, ro
     with safe_open("artifacts/fisher.safetensors", "pt") as f:
         names = [k for k in f.keys() if k.startswith("fisher.")]
     assert names and all("lora_" in n for n in names)
+    seen = []  # the model the fine-tune trains: checkpointing on, and its checkpoint function called
+
+    def spy(model, *a, **k):
+        calls = []
+        for mod in model.modules():
+            if getattr(mod, "gradient_checkpointing", False):
+                real = mod._gradient_checkpointing_func
+                mod._gradient_checkpointing_func = lambda *x, _f=real, **y: calls.append(1) or _f(*x, **y)
+        out = real_finetune(model, *a, **k)
+        seen.append((len(calls), model.config.use_cache))
+        return out
+
+    real_finetune = stages.finetune.finetune
+    monkeypatch.setattr(stages.finetune, "finetune", spy)
     stages.finetune.run(cfg, method="lwf", seed=0)
+    n_calls, use_cache = seen[0]
+    assert n_calls >= 2 * 2 and use_cache is False  # every block of every forward pass was checkpointed
     stages.evaluate.run(cfg, method="lwf")
     with safe_open("artifacts/models/lwf/seed0/model.safetensors", "pt") as f:
         assert not any("lora" in k for k in f.keys())  # merged into a plain model
