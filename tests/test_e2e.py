@@ -56,16 +56,18 @@ def make_project(dst: Path) -> Path:
 RECORD = ".lwf/params_read.jsonl"  # relative to the project: each project records its own
 
 
-def env():
+def env(pythonpath=None):
     e = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
          "LWF_RECORD_PARAMS": RECORD}  # every stage appends the params keys it read (pipeline.stage)
     e.pop("PYTHONPATH", None)
+    if pythonpath:  # a script run by its path imports `pipeline` from here (not from the editable install)
+        e["PYTHONPATH"] = str(pythonpath)
     e["PATH"] = os.path.dirname(sys.executable) + os.pathsep + e.get("PATH", "")  # `python` in dvc.yaml = this one
     return e
 
 
-def run(cmd, cwd, timeout=900):
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env(), timeout=timeout)
+def run(cmd, cwd, timeout=900, pythonpath=None):
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env(pythonpath), timeout=timeout)
     assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout + r.stderr
 
@@ -238,13 +240,13 @@ def test_benchmarks_that_read_a_finished_run(dvc_project):
     "lab_design_search" (one design, one lab seed; reads the project's params.yaml)."""
     proj, _ = dvc_project
     bench = ROOT / "benchmarks"
-    out = run([sys.executable, str(bench / "aggregate_runs.py"), str(proj)], proj)
+    out = run([sys.executable, str(bench / "aggregate_runs.py"), str(proj)], proj, pythonpath=proj)
     assert "| lwf_oracle |" in out and "Confidence AUROC" in out
     out = run([sys.executable, str(bench / "lab_calibration.py"), "--project", str(proj), "--at", "2", "4",
-               "--seeds", "0"], proj)
+               "--seeds", "0"], proj, pythonpath=proj)
     assert "| control − vanilla |" in out and "| lwf_oracle |" in out
     out = run([sys.executable, str(bench / "lab_design_search.py"), "--lab-seeds", "0", "--designs",
-               "noisy conflict 0.5 (default)"], proj)
+               "noisy conflict 0.5 (default)"], proj, pythonpath=proj)
     assert "oracle − vanilla" in out
 
 
