@@ -44,11 +44,9 @@ import torch
 from tqdm import tqdm
 
 from . import dist as ddp
+from .config import SCORES, SELECTIONS  # the option lists of confidence.score and methods.<m>.selection
 from .data import encode_rows, sequence_nlls
 from .grads import iter_per_sample_grads
-
-SELECTIONS = {"high": "selected", "low": "selected_low", "random": "selected_random", "cosine": "selected_cosine",
-              "oracle": "selected_oracle"}
 
 
 def as_rows(table: pd.DataFrame) -> list[dict]:
@@ -256,8 +254,6 @@ def confidence_metrics(df: pd.DataFrame, c) -> dict:
     medians per task, mean NLL under theta_0 of each selection, and where the positive (known to
     conflict) and negative tasks are given, the AUROC of every score and the share of positives
     in each selection rule's D_U."""
-    from .config import SCORES
-
     metrics = {"score": c.score, "alpha": c.alpha, "n_samples": len(df), "n_selected": int(df["selected"].sum()),
                "selected_by_task": {k: int(v) for k, v in df.groupby("forget_task")["selected"].sum().items()},
                "median_by_task": {k: {"confidence": float(g["confidence"].median()), "grad_norm": float(g["grad_norm"].median())}

@@ -216,7 +216,17 @@ class ElicitConfig(_Strict):
         return self
 
 
+# The option lists, each written once: the `Literal` of its params key is built from it, and the
+# code that implements the options reads the same object.
+# confidence.score: a column score_<name> of pipeline.confidence.confidence_scores
 SCORES = ("optimum_distance", "fisher_distance", "fisher_conflict", "cosine", "probe", "loss_rise", "random")
+# methods.<m>.selection -> its flag column in artifacts/confidence.parquet (pipeline.confidence.select)
+SELECTIONS = {"high": "selected", "low": "selected_low", "random": "selected_random", "cosine": "selected_cosine",
+              "oracle": "selected_oracle"}
+# finetune.lr_schedule -> the transformers scheduler (pipeline.train.lr_scheduler), after the warm-up
+LR_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+# control.corpus (pipeline.lab.control_lab): the control's pretraining corpus
+CONTROL_CORPORA = ("random_cities", "without_facts")
 
 
 class ProbeConfig(_Strict):
@@ -245,8 +255,7 @@ class OptimumConfig(_Strict):
 
 
 class ConfidenceConfig(_Strict):
-    score: Literal["optimum_distance", "fisher_distance", "fisher_conflict", "cosine", "probe", "loss_rise",
-                   "random"] = "optimum_distance"
+    score: Literal[SCORES] = "optimum_distance"
     # step size of the one gradient step theta*(x) = theta_base - alpha * g_x in the published form
     # FC(x) = 1/2 sum F_L (theta_base - alpha g_x - theta*_L)^2 (score optimum_distance)
     alpha: float = Field(3e-4, gt=0)
@@ -275,7 +284,7 @@ class MethodConfig(_Strict):
     side by side in one run. Omitted fields take the defaults below."""
 
     unlearn: Literal["none", "periodic", "early"] = "none"
-    selection: Literal["high", "low", "random", "cosine", "oracle"] = "high"
+    selection: Literal[tuple(SELECTIONS)] = "high"
     bss: bool = False
     match_steps: bool = False  # vanilla_matched: as many learning steps as LWF takes optimizer steps
     # what the unlearning step minimises on a D_U batch (pipeline/objectives.py): ga | npo | simnpo | wga
@@ -336,7 +345,6 @@ DEFAULT_METHODS = {
 # unlearning settings that moved from `finetune` into each method (old params fail with this message)
 MOVED_TO_METHODS = ("unlearn_every", "unlearn_batch_size", "unlearn_optimizer", "unlearn_lr", "alpha",
                     "unlearn_max_loss")
-LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 class FinetuneConfig(_Strict):
@@ -347,7 +355,7 @@ class FinetuneConfig(_Strict):
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(10, ge=0)
-    lr_schedule: Literal[LR_SCHEDULES] = "constant"
+    lr_schedule: Literal[tuple(LR_SCHEDULES)] = "constant"
     grad_clip: float = Field(1.0, gt=0)
     bss_eta: float = Field(1e-3, ge=0)
     bss_k: int = Field(1, gt=0)
@@ -375,7 +383,7 @@ class ControlConfig(_Strict):
     enabled: bool = True
     # the control's pretraining corpus: random_cities = the lab's "X lives in <city>" facts with every
     # city drawn at random (the format without the conflicting rule); without_facts = no such facts
-    corpus: Literal["random_cities", "without_facts"] = "random_cities"
+    corpus: Literal[CONTROL_CORPORA] = "random_cities"
 
 
 class LaunchConfig(_Strict):
@@ -441,6 +449,9 @@ class Config(_Strict):
             raise ValueError(
                 f"run.methods names unknown method {unknown[0]!r}; defined in `methods`: {', '.join(self.methods)}"
             )
+        if "control" in self.methods:
+            raise ValueError("methods.control: the name is reserved for the negative-transfer control (`control`); "
+                             "rename the method")
         v = self.methods.get("vanilla", MethodConfig())
         if v.unlearn != "none" or v.bss or v.match_steps:
             raise ValueError("methods.vanilla must be plain fine-tuning (unlearn: none, bss: false)")
@@ -455,6 +466,18 @@ class Config(_Strict):
                 if name not in forget:
                     raise ValueError(f"confidence.{key} names {name!r}, which is not a forgetting task ({sorted(forget)})")
         return self
+
+
+def control_skipped(cfg) -> str | None:
+    """Why the negative-transfer control does not run under these params, or None when it runs:
+    it needs the lab (a control corpus exists only there) and `control.enabled`. Its stages
+    (control_model, finetune_control, evaluate_control) then write only this reason. A function,
+    not a `Config` method, so that `LWF_RECORD_PARAMS` records the two keys it reads."""
+    if cfg.model.name != "lab":
+        return "the control needs model.name: lab"
+    if not cfg.control.enabled:
+        return "control.enabled is false"
+    return None
 
 
 def _loc(err: dict) -> str:

@@ -34,7 +34,7 @@ def format_prompt(tok, prompt: str) -> str:
 
 def prompt_ids(tok, prompt: str, add_bos: bool = True) -> list[int]:
     """Token ids of [bos] + the formatted prompt: the model's input before any target, shared by
-    training/scoring (`encode`) and generation (`pipeline.elicit`)."""
+    training/scoring (`encode`) and generation (`pipeline.generation`)."""
     ids = tok(format_prompt(tok, prompt), add_special_tokens=False)["input_ids"] if prompt else []
     add_bos = add_bos and not getattr(tok, "lwf_chat", False)
     return ([tok.bos_token_id] if add_bos and tok.bos_token_id is not None else []) + ids

@@ -28,7 +28,7 @@ def control_lab(lab, corpus: str):
     return lab.model_copy(update={"conflict_weight": 0.0})
 
 
-def pretrain_lab(lab, max_length: int, desc: str = "pretrain"):
+def pretrain_lab(lab, max_length: int, desc: str = "pretrain", stage: str = "base_model"):
     """Build the tokenizer and a tiny Llama and pretrain it; returns (model, tokenizer, stats)."""
     set_seed(lab.seed)
     tok = build_byte_tokenizer()
@@ -36,8 +36,8 @@ def pretrain_lab(lab, max_length: int, desc: str = "pretrain"):
     n_params = sum(p.numel() for p in model.parameters())
     texts = pretrain_corpus(lab.pretrain_steps * lab.pretrain_batch_size, lab.seed, lab.conflict_weight,
                             lab.conflict_noise)
-    log.info("stage base_model: pretraining a %.2fM-parameter Llama on %d lab texts (conflict share %.2f, "
-             "random cities %.2f)", n_params / 1e6, len(texts), lab.conflict_weight, lab.conflict_noise)
+    log.info("stage %s: pretraining a %.2fM-parameter Llama on %d lab texts (conflict share %.2f, "
+             "random cities %.2f)", stage, n_params / 1e6, len(texts), lab.conflict_weight, lab.conflict_noise)
     opt = torch.optim.AdamW(model.parameters(), lr=lab.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
     warm = max(1, lab.pretrain_steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -61,5 +61,5 @@ def pretrain_lab(lab, max_length: int, desc: str = "pretrain"):
     stats = {"n_params": n_params, "steps": lab.pretrain_steps, "final_loss": losses[-1][1],
              "seconds": round(time.time() - t0, 1), "conflict_weight": lab.conflict_weight,
              "conflict_noise": lab.conflict_noise}
-    log.info("stage base_model: done in %.0fs, final loss %.3f", stats["seconds"], stats["final_loss"])
+    log.info("stage %s: pretrained in %.0fs, final loss %.3f", stage, stats["seconds"], stats["final_loss"])
     return model, tok, stats

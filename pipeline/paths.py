@@ -7,6 +7,8 @@ LEARN_DATA = DATA / "learn"
 FORGET_DATA = DATA / "forget"
 GENERAL_DATA = DATA / "general"
 BASE_MODEL = Path("artifacts/base_model")
+CONTROL = "control"  # the run name of the negative-transfer control (the vanilla recipe from its own base model)
+CONTROL_BASE_MODEL = Path("artifacts/control_base_model")
 FISHER = Path("artifacts/fisher.safetensors")
 OPTIMUM = Path("artifacts/optimum.safetensors")
 SELF_KNOWLEDGE = Path("artifacts/self_knowledge.parquet")
@@ -17,6 +19,11 @@ TRAIN_LOGS = Path("logs/train")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
 CHECKPOINTS = Path(".lwf/checkpoints")
+
+
+def base_model_dir(method: str) -> Path:
+    """The base model a run fine-tunes: the control's own for `control`, else the pipeline's."""
+    return CONTROL_BASE_MODEL if method == CONTROL else BASE_MODEL
 
 
 def model_dir(method: str, seed: int) -> Path:

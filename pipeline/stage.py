@@ -1,8 +1,10 @@
 """What every stage entry point shares: argument parsing, params validation, logging, and the
 error contract (a user mistake -> one sentence on stderr, exit code 2, no traceback).
 
-`STAGES` registers each stage's `run` function by name; `pipeline/flow.py` wraps them as Prefect
-tasks. The DVC commands call `run` directly, without importing Prefect (2 s saved per stage).
+`@stage(name)` names a stage's `run` function (its log lines, its `--help`, the params record).
+DVC runs each stage as its own process (`python -m stages.<name>`, dvc.yaml); the Prefect flow
+(`pipeline/flow.py`, `lwf run`) never calls a stage function, it asks DVC to run the stage, so a
+stage never imports Prefect (2 s saved per stage).
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ from .config import Config, ConfigError, load_config
 from .data import TooLongError
 
 log = logging.getLogger("lwf")
-STAGES: dict[str, Callable] = {}
 
 
 class UserError(RuntimeError):
@@ -26,7 +27,6 @@ class UserError(RuntimeError):
 
 def stage(name: str):
     def deco(fn):
-        STAGES[name] = fn
         fn.stage_name = name
         return fn
 
@@ -135,4 +135,4 @@ def load_rows(path, split: str) -> list[dict]:
         raise UserError(f"{path} is missing: run the stage that makes it first (dvc repro)") from None
 
 
-__all__ = ["Config", "stage", "main", "UserError", "load_rows", "STAGES"]
+__all__ = ["Config", "stage", "main", "UserError", "load_rows"]

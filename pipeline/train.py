@@ -128,7 +128,7 @@ def pooled_target_features(hidden: torch.Tensor, labels: torch.Tensor) -> torch.
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
 
 
-SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}  # finetune.lr_schedule
+from .config import LR_SCHEDULES as SCHEDULERS  # noqa: E402  (finetune.lr_schedule -> transformers name)
 
 
 def lr_scheduler(opt, cfg, total_steps: int):

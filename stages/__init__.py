@@ -1,2 +1,3 @@
 """Thin DVC stage entry points: parse params, call `pipeline`, write artifacts atomically.
-Each module's `run` is also a Prefect task in `pipeline/flow.py` (`lwf run`)."""
+DVC runs each as `python -m stages.<name>` (dvc.yaml); `lwf run` (pipeline/flow.py) runs the same
+DVC stages as Prefect task runs, through DVC, never by calling a stage's `run` itself."""

@@ -1,8 +1,10 @@
-"""evaluate@<method>: score every seed's model of one method on held-out data."""
+"""evaluate@<method>: score every seed's model of one method on held-out data (evaluate_control:
+method=control, the negative-transfer control's fine-tunes)."""
 import json
 import logging
 
 from pipeline import paths
+from pipeline.config import control_skipped
 from pipeline.evaluate import evaluate_model, held_out, nll_sets
 from pipeline.io import rounded, write_json
 from pipeline.models import load_model
@@ -14,6 +16,9 @@ log = logging.getLogger("lwf")
 @stage("evaluate")
 def run(cfg, method: str):
     """Write artifacts/eval/<method>.json: per seed, scores, per-item scores and training stats."""
+    if method == paths.CONTROL and (reason := control_skipped(cfg)):
+        write_json(paths.eval_file(method), {"method": method, "skipped": reason})
+        return
     learn_test, forget_tests, general = held_out(cfg)
     sets = nll_sets(cfg, method)
     out = {"method": method, "seeds": {}}

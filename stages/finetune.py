@@ -1,12 +1,14 @@
 """finetune@<method>-<seed>: fine-tune the base model on the learning task with the method's
-unlearning schedule; save the model, the per-step log and the run's statistics."""
+unlearning schedule; save the model, the per-step log and the run's statistics.
+finetune_control@<seed> (method=control): the vanilla recipe from the control's base model."""
 import json
 import logging
 
 import pandas as pd
 
 from pipeline import dist, paths
-from pipeline.confidence import SELECTIONS, as_rows
+from pipeline.config import SELECTIONS, control_skipped
+from pipeline.confidence import as_rows
 from pipeline.io import atomic_path, write_csv
 from pipeline.models import load_model, plain_model, trainable_model
 from pipeline.stage import UserError, load_rows, main, stage
@@ -18,10 +20,16 @@ log = logging.getLogger("lwf")
 @stage("finetune")
 def run(cfg, method: str, seed: int):
     """Write artifacts/models/<method>/seed<k>/ and logs/train/<method>/seed<k>.csv."""
-    if method not in cfg.methods:
+    if method == paths.CONTROL and (reason := control_skipped(cfg)):
+        with atomic_path(paths.model_dir(method, seed), is_dir=True) as tmp:
+            (tmp / "skipped.json").write_text(json.dumps({"skipped": reason}) + "\n")
+        write_csv(paths.train_log(method, seed), pd.DataFrame(columns=["event", "step", "kind", "loss", "lr"]))
+        return
+    if method not in cfg.methods and method != paths.CONTROL:
         raise UserError(f"unknown method {method!r}; defined: {', '.join(cfg.methods)}")
-    m = cfg.methods[method]
-    model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
+    m = cfg.methods["vanilla" if method == paths.CONTROL else method]
+    base = paths.base_model_dir(method)
+    model, tok = load_model(base, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
     model = trainable_model(model, cfg.model)
     if cfg.model.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -43,7 +51,7 @@ def run(cfg, method: str, seed: int):
         state, _ = dist.full_state(model)
         model = None
         if dist.is_main():
-            model, _ = load_model(paths.BASE_MODEL, cfg.model, device="cpu")
+            model, _ = load_model(base, cfg.model, device="cpu")
             model.load_state_dict(state)
     if model is not None:
         model = plain_model(model)  # LoRA: merged, so evaluate loads an ordinary model

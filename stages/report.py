@@ -17,7 +17,7 @@ def run(cfg):
     seeds = cfg.run.seeds
     evals = {m: read_json(paths.eval_file(m)) for m in cfg.run.methods}
     notes = []
-    control = read_json(paths.METRICS / "control.json") if (paths.METRICS / "control.json").exists() else {}
+    control = read_json(paths.eval_file(paths.CONTROL)) if paths.eval_file(paths.CONTROL).exists() else {}
     if "seeds" in control:
         evals["control"] = control
         notes.append("`control`: the vanilla recipe from a base model pretrained WITHOUT the conflicting task. "

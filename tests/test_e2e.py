@@ -1,6 +1,7 @@
 """End to end on the embedded lab (shrunk budgets): the real `dvc repro` in a temporary copy of
 the project, its caching behaviour, and the real Prefect flow; same params -> same bytes."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -58,16 +59,18 @@ def make_project(dst: Path) -> Path:
 RECORD = ".lwf/params_read.jsonl"  # relative to the project: each project records its own
 
 
-def env():
+def env(pythonpath=None):
     e = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
          "LWF_RECORD_PARAMS": RECORD}  # every stage appends the params keys it read (pipeline.stage)
     e.pop("PYTHONPATH", None)
+    if pythonpath:  # a script run by its path imports `pipeline` from here (not from the editable install)
+        e["PYTHONPATH"] = str(pythonpath)
     e["PATH"] = os.path.dirname(sys.executable) + os.pathsep + e.get("PATH", "")  # `python` in dvc.yaml = this one
     return e
 
 
-def run(cmd, cwd, timeout=900):
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env(), timeout=timeout)
+def run(cmd, cwd, timeout=900, pythonpath=None):
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env(pythonpath), timeout=timeout)
     assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout + r.stderr
 
@@ -89,8 +92,9 @@ def dvc_project(tmp_path_factory):
 
 def test_repro_writes_every_artifact(dvc_project):
     proj, out = dvc_project
-    assert {"prepare", "base_model", "optimum", "fisher", "elicit", "confidence", "control", "report",
-            "finetune@vanilla-0", "finetune@lwf-0", "evaluate@vanilla", "evaluate@lwf"} <= ran_stages(out)
+    assert {"prepare", "base_model", "optimum", "fisher", "elicit", "confidence", "control_model", "finetune_control@0",
+            "evaluate_control", "report", "finetune@vanilla-0", "finetune@lwf-0", "evaluate@vanilla",
+            "evaluate@lwf"} <= ran_stages(out)
     import pandas as pd
 
     df = pd.read_parquet(proj / "artifacts/confidence.parquet")
@@ -101,10 +105,20 @@ def test_repro_writes_every_artifact(dvc_project):
     assert df["selected_oracle"].sum() == 18 and (df.loc[df.selected_oracle, "forget_task"] == "lab_conflict").all()
     summary = json.loads((proj / "metrics/summary.json").read_text())
     assert {"vanilla", "lwf", "control"} <= set(summary)
-    control = json.loads((proj / "metrics/control.json").read_text())  # control.corpus: random_cities
-    assert control["pretrain"]["conflict_noise"] == 1.0 and control["pretrain"]["conflict_weight"] > 0
-    for m in ("vanilla", "lwf"):
-        assert 0 <= summary[m]["learn_score"] <= 1 and summary[m]["perplexity"] > 1
+    control = json.loads((proj / "metrics/control_model.json").read_text())  # control.corpus: random_cities
+    assert control["conflict_noise"] == 1.0 and control["conflict_weight"] > 0 and control["steps"] == 60
+    assert (proj / "artifacts/control_base_model/model.safetensors").exists()
+    assert (proj / "artifacts/models/control/seed0/model.safetensors").exists()
+    assert json.loads((proj / "artifacts/eval/control.json").read_text())["method"] == "control"
+    for m in ("vanilla", "lwf", "control"):  # the summary is the evaluations' per-item scores, aggregated
+        ev = json.loads((proj / f"artifacts/eval/{m}.json").read_text())["seeds"]["0"]
+        items = ev["items"]
+        assert ev["learn_score"] == pytest.approx(sum(items["learn"]) / len(items["learn"]))
+        assert len(items["learn"]) == 24 and set(items["learn"]) <= {0.0, 1.0}
+        nll, tokens = sum(items["general/nll"]), sum(items["general/tokens"])
+        assert ev["perplexity"] == pytest.approx(math.exp(nll / tokens)) and len(items["general/nll"]) == 20
+        assert summary[m]["learn_score"] == pytest.approx(ev["learn_score"])
+        assert summary[m]["perplexity"] == pytest.approx(ev["perplexity"])
     assert "learn_score_delta_ci95" in summary["lwf"]
     assert "lwf_oracle" in summary and "perplexity_delta_ci95" in summary["lwf"]
     # the mechanism in the outputs: lwf's D_U was unlearned relative to vanilla
@@ -118,8 +132,12 @@ def test_repro_writes_every_artifact(dvc_project):
         assert {"d_u_nll", "perplexity", "learn_score", "d_u_nll_delta_ci95"} <= set(summary[m])
     assert summary["lwf_ga"]["d_u_nll"] > summary["vanilla"]["d_u_nll"]
     conf = json.loads((proj / "metrics/confidence.json").read_text())
-    assert 0 <= conf["auroc"]["fisher_distance"] <= 1 and 0 <= conf["auroc"]["optimum_distance"] <= 1
+    assert 0 <= conf["auroc"]["optimum_distance"] <= 1
     assert conf["score"] == "optimum_distance" and (df["confidence"] == df["score_optimum_distance"]).all()
+    pos = df.loc[df.forget_task == "lab_conflict", "score_fisher_distance"].to_numpy()
+    neg = df.loc[df.forget_task != "lab_conflict", "score_fisher_distance"].to_numpy()
+    pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()  # AUROC by definition
+    assert conf["auroc"]["fisher_distance"] == pytest.approx(pairs)
     for f in ("reports/report.md", "reports/learning_curves.png", "reports/confidence_hist.png",
               "reports/methods.png", "logs/train/lwf/seed0.csv", "artifacts/fisher.safetensors", "dvc.lock"):
         assert (proj / f).exists(), f
@@ -153,11 +171,13 @@ def test_declared_params_cover_every_key_a_stage_reads(dvc_project):
     results after a change of that key."""
     proj, _ = dvc_project
     records = [json.loads(line) for line in (proj / RECORD).read_text().splitlines()]
-    assert {r["stage"] for r in records} >= {"prepare", "base_model", "optimum", "fisher", "elicit", "confidence", "control",
+    assert {r["stage"] for r in records} >= {"prepare", "base_model", "optimum", "fisher", "elicit", "confidence", "control_model",
                                              "finetune", "evaluate", "report"}
+    assert {r["stage"] for r in records if r["item"].get("method") == "control"} == {"finetune", "evaluate"}
     missing = set()
-    for r in records:
-        declared = declared_params(r["stage"], r["item"])
+    for r in records:  # the control's runs of finetune / evaluate are the stages finetune_control / evaluate_control
+        name = f"{r['stage']}_control" if r["item"].get("method") == "control" else r["stage"]
+        declared = declared_params(name, r["item"])
         for key in r["keys"]:
             if not any(key == d or key.startswith(d + ".") for d in declared):
                 missing.add((r["stage"], key))
@@ -183,8 +203,29 @@ def test_model_settings_mark_their_stages_stale(dvc_project, change):
     if key != "gradient_checkpointing":  # only the fine-tune trains with it
         expect |= {"fisher", "confidence"}
     if key == "chat_template":  # prompts change everywhere (evaluate reruns after a LoRA change
-        expect |= {"elicit", "control", "evaluate@vanilla", "evaluate@lwf"}  # through its new models)
+        expect |= {"elicit", "evaluate@vanilla", "evaluate@lwf"}  # through its new models)
+    expect |= {"finetune_control@0"} | ({"evaluate_control"} if key == "chat_template" else set())
     assert expect <= stale, (change, sorted(stale))
+    assert "control_model" not in stale  # nothing that shapes the control's base model changed
+
+
+def test_a_change_to_the_prompt_formatting_marks_elicit_and_after_stale(dvc_project):
+    """Code deps: every stage that formats a prompt imports pipeline/data.py (`format_prompt`),
+    and dvc.yaml lists it (tests/test_dvc_deps.py derives the lists), so a change there marks
+    elicit and everything built on its self-knowledge stale."""
+    proj, _ = dvc_project
+    data_py = proj / "pipeline/data.py"
+    original = data_py.read_text()
+    changed = original.replace("    return prompt\n", "    return prompt.strip()\n", 1)
+    assert changed != original
+    try:
+        data_py.write_text(changed)
+        stale = set(json.loads(run([*dvc(), "status", "--json"], proj).strip().splitlines()[-1]))
+    finally:
+        data_py.write_text(original)
+    assert {"elicit", "confidence", "finetune@vanilla-0", "finetune@lwf-0", "evaluate@vanilla", "evaluate@lwf",
+            "finetune_control@0", "evaluate_control", "report"} <= stale, sorted(stale)
+    assert "Data and pipelines are up to date" in run([*dvc(), "status"], proj)
 
 
 @pytest.mark.parametrize("key,value", [("unlearn_every", 4), ("unlearn_lr", 0.05)])
@@ -199,6 +240,23 @@ def test_changing_an_unlearning_setting_reruns_only_that_method(dvc_project, key
     stages = ran_stages(run([*dvc(), "repro"], proj))
     assert stages == {"finetune@lwf-0", "evaluate@lwf", "report"}, sorted(stages)
     assert (proj / "artifacts/confidence.parquet").read_bytes() == before
+
+
+def test_benchmarks_that_read_a_finished_run(dvc_project):
+    """The benchmark scripts that read a finished pipeline run, on this one at their smallest sizes
+    (tests/test_benchmarks.py runs the others): "aggregate_runs" over the run's metrics,
+    "lab_calibration" (pretrains the control, 2 and 4 learning steps, seed 0) and
+    "lab_design_search" (one design, one lab seed; reads the project's params.yaml)."""
+    proj, _ = dvc_project
+    bench = ROOT / "benchmarks"
+    out = run([sys.executable, str(bench / "aggregate_runs.py"), str(proj)], proj, pythonpath=proj)
+    assert "| lwf_oracle |" in out and "Confidence AUROC" in out
+    out = run([sys.executable, str(bench / "lab_calibration.py"), "--project", str(proj), "--at", "2", "4",
+               "--seeds", "0"], proj, pythonpath=proj)
+    assert "| control − vanilla |" in out and "| lwf_oracle |" in out
+    out = run([sys.executable, str(bench / "lab_design_search.py"), "--lab-seeds", "0", "--designs",
+               "noisy conflict 0.5 (default)"], proj, pythonpath=proj)
+    assert "oracle − vanilla" in out
 
 
 def lwf_run(proj) -> dict:

@@ -36,7 +36,7 @@ def gpt2_dir(tmp_path):
 def test_all_stages_on_gpt2_and_fixture_tasks(gpt2_dir, tmp_path, monkeypatch):
     import stages.base_model
     import stages.confidence
-    import stages.control
+    import stages.control_model
     import stages.elicit
     import stages.evaluate
     import stages.finetune
@@ -71,8 +71,8 @@ def test_all_stages_on_gpt2_and_fixture_tasks(gpt2_dir, tmp_path, monkeypatch):
     stages.fisher.run(cfg)
     stages.elicit.run(cfg)
     stages.confidence.run(cfg)
-    stages.control.run(cfg)  # not the lab: records that it was skipped
-    for m in cfg.run.methods:
+    stages.control_model.run(cfg)  # not the lab: the control's three stages record that they were skipped
+    for m in [*cfg.run.methods, "control"]:
         for s in cfg.run.seeds:
             stages.finetune.run(cfg, method=m, seed=s)
         stages.evaluate.run(cfg, method=m)
@@ -85,7 +85,9 @@ def test_all_stages_on_gpt2_and_fixture_tasks(gpt2_dir, tmp_path, monkeypatch):
     assert set(summary) == {"vanilla", "lwf", "lwf_early", "bss"}
     assert all(0 <= r["learn_score"] <= 1 and r["perplexity"] > 1 for r in summary.values())
     assert summary["lwf_early"]["unlearn_steps_taken"] == [2, 2]
-    assert "skipped" in read_json(tmp_path / "metrics/control.json")
+    for f in ("metrics/control_model.json", "artifacts/control_base_model/skipped.json",
+              "artifacts/models/control/seed1/skipped.json", "artifacts/eval/control.json"):
+        assert read_json(tmp_path / f)["skipped"] == "the control needs model.name: lab", f
     ev = read_json(tmp_path / "artifacts/eval/lwf.json")
     assert set(ev["seeds"]["0"]["forget_scores"]) == {"qasc", "sst5"}
     assert "flexible" in ev["seeds"]["0"]["learn_extra"]
@@ -128,7 +130,23 @@ def test_lora_chat_template_and_gradient_checkpointing(tmp_path, monkeypatch, ro
     with safe_open("artifacts/fisher.safetensors", "pt") as f:
         names = [k for k in f.keys() if k.startswith("fisher.")]
     assert names and all("lora_" in n for n in names)
+    seen = []  # the model the fine-tune trains: checkpointing on, and its checkpoint function called
+
+    def spy(model, *a, **k):
+        calls = []
+        for mod in model.modules():
+            if getattr(mod, "gradient_checkpointing", False):
+                real = mod._gradient_checkpointing_func
+                mod._gradient_checkpointing_func = lambda *x, _f=real, **y: calls.append(1) or _f(*x, **y)
+        out = real_finetune(model, *a, **k)
+        seen.append((len(calls), model.config.use_cache))
+        return out
+
+    real_finetune = stages.finetune.finetune
+    monkeypatch.setattr(stages.finetune, "finetune", spy)
     stages.finetune.run(cfg, method="lwf", seed=0)
+    n_calls, use_cache = seen[0]
+    assert n_calls >= 2 * 2 and use_cache is False  # every block of every forward pass was checkpointed
     stages.evaluate.run(cfg, method="lwf")
     with safe_open("artifacts/models/lwf/seed0/model.safetensors", "pt") as f:
         assert not any("lora" in k for k in f.keys())  # merged into a plain model

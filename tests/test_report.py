@@ -22,15 +22,6 @@ def test_bootstrap_matches_normal_theory_on_a_known_case():
     assert lo < m < hi
 
 
-def test_bootstrap_is_paired():
-    """Two methods with large per-item variance but a constant per-item gap: pairing gives a
-    tight interval around the gap (an unpaired comparison would not)."""
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 2, size=(3, 200)).astype(float)
-    m, lo, hi = paired_bootstrap((base + 0.1) - base, 500)
-    assert lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
-
-
 def _ev(scores_by_seed):
     return {"seeds": {str(s): {"learn_score": float(np.mean(v)), "forget_score": 0.5, "perplexity": 2.0,
                                "items": {"learn": list(v), "forget/x": [0.5, 0.5]}, "train": {}}
@@ -50,6 +41,26 @@ def test_summarize_means_stds_and_deltas():
     md = markdown(s, [0, 1], None, [])
     assert "ONE pretraining" in md
     assert "| lwf | 0.625" in md and "+0.250" in md
+
+
+def test_summarize_pairs_each_item_and_seed_with_vanilla():
+    """The pairing inside `summarize`: per-item scores that vary a lot between items and seeds,
+    with the method exactly 0.1 above vanilla on every item of every seed (0.3 on the D_U NLL).
+    Paired on the same item and seed the difference is constant, so the interval has zero width;
+    pairing an item with another item or another seed's vanilla would give a wide one."""
+    rng = np.random.default_rng(0)
+    van, lwf = {"seeds": {}}, {"seeds": {}}
+    for s in (0, 1, 2):
+        learn, nll = rng.normal(0.5, 0.3, 50), rng.gamma(2.0, 1.0, 40) + s
+        for ev, shift in ((van, 0.0), (lwf, 1.0)):
+            ev["seeds"][str(s)] = {"learn_score": float(np.mean(learn + 0.1 * shift)), "forget_score": None,
+                                   "perplexity": 2.0, "d_u_nll": float(np.mean(nll + 0.3 * shift)),
+                                   "items": {"learn": list(learn + 0.1 * shift), "nll/d_u": list(nll + 0.3 * shift)},
+                                   "train": {}}
+    s = summarize({"vanilla": van, "lwf": lwf}, [0, 1, 2], 400)["lwf"]
+    assert s["learn_score_delta"] == pytest.approx(0.1)
+    assert s["learn_score_delta_ci95"] == pytest.approx([0.1, 0.1])
+    assert s["d_u_nll_delta"] == pytest.approx(0.3) and s["d_u_nll_delta_ci95"] == pytest.approx([0.3, 0.3])
 
 
 def test_perplexity_bootstrap_resamples_sequences():

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.tasks import TASKS, get_task
 from pipeline.tasks.choice import SST5_LABELS, extract_letter
@@ -160,6 +161,22 @@ def test_loglik_choice_scoring(tiny):
     items, _ = task_scores(model, tok, t, rows, 12, 4)
     assert len(items) == 3 and set(items) <= {0.0, 1.0}
 
+    # the reference: each option's summed log-likelihood after [bos] + prompt, one forward pass each
+    def loglik(prompt, cont):
+        p = [tok.bos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"]
+        c = tok(cont, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([p + c])).logits[0].log_softmax(-1)
+        return sum(logp[len(p) - 1 + k, t_].item() for k, t_ in enumerate(c))
+
+    best = [max(range(len(r["choices"])), key=lambda j: loglik(r["prompt"], " " + r["choices"][j])) for r in rows]
+    assert items == [float(b == t.gold_index(r)) for b, r in zip(best, rows)]
+    letters = "ABCDEFGH"  # the model's favourite made the gold answer: every item right; another one: every item wrong
+    right = [dict(r, answer=letters[b]) for r, b in zip(rows, best)]
+    wrong = [dict(r, answer=letters[(b + 1) % len(r["choices"])]) for r, b in zip(rows, best)]
+    assert task_scores(model, tok, t, right, 12, 4)[0] == [1.0] * 3
+    assert task_scores(model, tok, t, wrong, 12, 4)[0] == [0.0] * 3
+
 
 def test_evaluation_cuts_at_the_task_stop_and_scores_with_the_rows_options(scripted, tiny, monkeypatch):
     from pipeline import evaluate
@@ -253,7 +270,7 @@ def test_lab_control_corpora_keep_the_format_and_drop_the_rule():
         texts = pretrain_corpus(4000, 0, lab.conflict_weight, lab.conflict_noise)
         return [t.split(" lives in ") for t in texts if " lives in " in t]
 
-    base = LabConfig(conflict_weight=0.4)
+    base = LabConfig(conflict_weight=0.4, conflict_noise=0.0)  # every conflicting fact follows the rule
     for lab, share, rule in ((base, 0.4, 1.0), (control_lab(base, "random_cities"), 0.4, 1 / 8)):
         f = facts(lab)
         agree = sum(CITY_BY_THIRD[name[2]] == city for name, city in f) / len(f)

@@ -4,7 +4,7 @@ Nothing outside `pipeline/tasks/` knows a task's name. A task yields rows with t
 fields: `prompt` (what the model sees), `target` (the training continuation, no EOS) and
 `answer` (the gold answer that `score` compares an extracted prediction with; "" if none);
 multiple-choice rows also carry `choices` (the option texts), which callers pass to `score`.
-A task's `stop` strings end a generated response (`pipeline.elicit.generate` cuts it before the
+A task's `stop` strings end a generated response (`pipeline.generation.generate` cuts it before the
 first one).
 """
 from __future__ import annotations
