@@ -139,3 +139,44 @@ def test_missing_extra_is_a_one_line_error(tmp_path):
     assert "Traceback" not in r.stderr
     assert "lwf: error: lm_eval.tasks lists lwf_sst5 but lm-evaluation-harness is not installed; " \
            "install the extra: pip install -e '.[eval]'" in r.stderr
+
+
+def _lm_result(items_by_seed: dict[int, list[float]], tasks=("lwf_sst5",)) -> dict:
+    """An lm_eval stage result (harness.seed_result per seed) with one task and its per-doc acc."""
+    seeds = {}
+    for s, items in items_by_seed.items():
+        acc = float(np.mean(items))
+        seeds[str(s)] = {"results": {"lwf_sst5": {"acc": {"value": acc, "stderr": float(np.std(items, ddof=1) / np.sqrt(len(items)))}},
+                                     "a_group": {"acc": {"value": acc, "stderr": None}}},
+                         "items": {"lwf_sst5": {"acc": list(items)}}, "n_samples": {"lwf_sst5": {"effective": len(items)}},
+                         "n_shot": {"lwf_sst5": 0}, "lm_eval_version": "0.4.x"}
+    return {"method": "m", "tasks": list(tasks), "settings": {"limit": None}, "seeds": seeds}
+
+
+def test_report_adds_lm_eval_scores_with_paired_deltas():
+    from pipeline.report import lm_eval_markdown, summarize_lm_eval
+
+    van = _lm_result({0: [0, 1, 0, 1, 0, 0], 1: [0, 0, 0, 1, 0, 1]})
+    lwf = _lm_result({0: [1, 1, 0, 1, 1, 0], 1: [1, 0, 0, 1, 1, 1]})
+    s = summarize_lm_eval({"vanilla": van, "lwf": lwf}, [0, 1], 400)
+    r = s["lwf"]["lwf_sst5"]["acc"]
+    assert r["seeds"] == pytest.approx([4 / 6, 4 / 6]) and r["mean"] == pytest.approx(4 / 6) and r["n"] == 6
+    assert r["stderr"] == pytest.approx(np.mean([lwf["seeds"][k]["results"]["lwf_sst5"]["acc"]["stderr"] for k in "01"]))
+    assert r["delta"] == pytest.approx(4 / 6 - 2 / 6)
+    lo, hi = r["delta_ci95"]
+    assert 0 <= lo < r["delta"] < hi  # every paired difference is >= 0
+    assert "delta" not in s["vanilla"]["lwf_sst5"]["acc"]
+    group = s["lwf"]["a_group"]["acc"]  # no per-doc values: difference of the means, no interval
+    assert group["delta"] == pytest.approx(r["delta"]) and "delta_ci95" not in group and group["stderr"] is None
+    md = lm_eval_markdown(s, {"vanilla": van, "lwf": lwf})
+    assert "## lm-evaluation-harness" in md and "lwf_sst5 0-shot" in md
+    assert f"| lwf | lwf_sst5 | acc | 6 | 0.667 ± 0.000 | {r['stderr']:.3f} | +0.333 [" in md
+    assert "| lwf | a_group | acc | — | 0.667 ± 0.000 | n/a | +0.333 (no interval) |" in md
+
+
+def test_report_without_lm_eval_tasks_is_unchanged():
+    from pipeline.report import lm_eval_markdown, summarize_lm_eval
+
+    empty = {"method": "vanilla", "tasks": [], "seeds": {}}
+    assert summarize_lm_eval({"vanilla": empty, "lwf": {**empty, "method": "lwf"}}, [0, 1, 2], 100) == {}
+    assert lm_eval_markdown({}, {"vanilla": empty}) == ""
