@@ -5,12 +5,11 @@ stages and the report. Skipped without lm-eval, except in CI (CI=true)."""
 import importlib.util
 import json
 import os
-import shutil
 
 import pytest
 import yaml
 
-from test_e2e import ROOT, RECORD, declared_params, dvc, make_project, ran_stages, run, small_params
+from test_e2e import RECORD, declared_params, dvc, make_project, ran_stages, run, small_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None and not os.environ.get("CI"),
                                                   reason="lm-eval not installed (pip install -e '.[eval]')")]
@@ -20,7 +19,6 @@ METHODS = ["vanilla", "lwf"]
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     proj = make_project(tmp_path_factory.mktemp("lm_eval"))
-    shutil.copytree(ROOT / "lm_eval_tasks", proj / "lm_eval_tasks", ignore=shutil.ignore_patterns("__pycache__"))
     raw = small_params()
     raw["run"]["methods"] = METHODS
     raw["control"]["enabled"] = False
