@@ -43,7 +43,8 @@ def count_tokens(lm, out: dict, task: str) -> tuple[int, int]:
     """(requests, tokens) lm-eval processed for `task`: every loglikelihood request's context +
     continuation, or every generation's context + generated tokens."""
     n_req, n_tok = 0, 0
-    for s in out["samples"][task]:
+    samples = out["samples"][task]
+    for s in [s for s in samples if s["filter"] == samples[0]["filter"]]:  # one record per doc and filter
         for args, resp in zip(s["arguments"], s["resps"]):
             n_req += 1
             if isinstance(args[1], str):  # (context, continuation)
@@ -58,6 +59,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--model-dir", default=None, help="a converted checkpoint (default: convert into a temp dir)")
+    p.add_argument("--only", nargs="*", default=None, help="run only these tasks of RUNS")
     a = p.parse_args(argv)
 
     import torch
@@ -82,7 +84,7 @@ def main(argv=None):
     convert_s = time.time() - t0
     rows, parity = [], None
     manager = harness.task_manager(sorted({r[0] for r in RUNS}), "lm_eval_tasks")
-    for task, limit, shots, chat in RUNS:
+    for task, limit, shots, chat in [r for r in RUNS if not a.only or r[0] in a.only]:
         model_cfg = cfg.model.model_copy(update={"chat_template": chat})
         model, tok = load_model(model_dir, model_cfg, device="cpu")
         ev = SimpleNamespace(tasks=[task], batch_size=8, max_length=None, num_fewshot=shots, limit=limit)
