@@ -40,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHELL_FENCES = {"", "bash", "sh", "shell", "console", "zsh"}
-EXTRAS = ("test", "real", "lora", "dist")
+EXTRAS = ("test", "real", "lora", "dist", "eval")
 
 
 @dataclass
@@ -175,6 +175,9 @@ CHECKS = {
              "ModelConfig(lora=LoraConfig())); "
              "names = [n for n, p in m.named_parameters() if p.requires_grad]; "
              "assert names and all(\"lora_\" in n for n in names), names'"],
+    # the lm-eval task registry finds the project's local-file tasks (lm_eval_tasks/)
+    "eval": ["python -c 'from pipeline.harness import require_lm_eval, task_manager; require_lm_eval([\"lwf_sst5\"]); "
+             "m = task_manager([\"lwf_sst5\"], \"lm_eval_tasks\"); print(\"lm-eval tasks ok\")'"],
     # JSON is YAML 1.2: the shipped params with launch.num_processes 2; a module that prints its rank,
     # started by pipeline.launch (which needs Accelerate's launcher for two processes)
     "dist": ["python -c 'import json; from pipeline.config import read_params; p = read_params(\"params.yaml\"); "

@@ -372,6 +372,47 @@ class EvaluateConfig(_Strict):
     self_nll: bool = True
 
 
+class LmEvalConfig(_Strict):
+    """lm-evaluation-harness tasks run on every fine-tuned model (stage lm_eval@<method>, extra `eval`;
+    docs/lm-eval.md). No tasks: the stage writes an empty result without importing lm_eval."""
+
+    tasks: list[str] = Field(default_factory=list)  # lm-eval task, group or tag names (hub ones or in include_path)
+    include_path: str = "lm_eval_tasks"  # folder of extra task YAMLs (a DVC dependency of the stage)
+    limit: Optional[Union[int, float]] = None  # the first N test docs of each task (a float in (0, 1): that share)
+    num_fewshot: Optional[int] = Field(None, ge=0)  # None: each task's own default
+    batch_size: Union[int, str] = 8  # or "auto" / "auto:N" (lm-eval finds the largest that fits)
+    max_length: Optional[int] = Field(None, gt=0)  # None: the model config's context length
+    apply_chat_template: Optional[bool] = None  # None: as model.chat_template
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v):
+        if any(not isinstance(t, str) or not t.strip() for t in v):
+            raise ValueError("task names must be non-empty strings")
+        if len(set(v)) != len(v):
+            raise ValueError(f"tasks repeat: {v}")
+        return v
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _limit(cls, v):
+        if v is None:
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                (isinstance(v, int) and v < 1) or (isinstance(v, float) and not 0 < v < 1):
+            raise ValueError("must be null, an integer >= 1 (docs per task) or a float in (0, 1) (share of each task)")
+        return v
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v):
+        if isinstance(v, str) and re.fullmatch(r"auto(:\d+)?", v):
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"must be an integer >= 1, 'auto' or 'auto:N', not {v!r}")
+        return v
+
+
 class ReportConfig(_Strict):
     bootstrap: int = Field(2000, gt=0)
     seed: int = 0
@@ -430,6 +471,7 @@ class Config(_Strict):
     methods: dict[str, MethodConfig] = Field(default_factory=lambda: dict(DEFAULT_METHODS))
     finetune: FinetuneConfig = FinetuneConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    lm_eval: LmEvalConfig = LmEvalConfig()
     report: ReportConfig = ReportConfig()
     control: ControlConfig = ControlConfig()
     launch: LaunchConfig = LaunchConfig()

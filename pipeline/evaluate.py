@@ -38,15 +38,22 @@ def task_scores(model, tok, task, rows: list[dict], max_new_tokens: int, batch_s
     return items, {k: sum(v) / len(v) for k, v in extras.items()}
 
 
-@torch.no_grad()
 def choice_scores(model, tok, task, rows: list[dict], batch_size: int, add_bos: bool = True) -> list[float]:
     """lm-evaluation-harness multiple choice: 1.0 when the option continuation with the highest
-    total log-likelihood after the prompt is the gold one."""
+    total log-likelihood after the prompt is the gold one (the first of equal ones, as lm-eval's
+    argmax)."""
+    lls = choice_logliks(model, tok, task, rows, batch_size, add_bos)
+    return [float(max(range(len(ll)), key=ll.__getitem__) == task.gold_index(r)) for ll, r in zip(lls, rows)]
+
+
+@torch.no_grad()
+def choice_logliks(model, tok, task, rows: list[dict], batch_size: int, add_bos: bool = True) -> list[list[float]]:
+    """Per row, the total log-likelihood of each of its option continuations after the prompt."""
     model.eval()
     device = next(model.parameters()).device
-    flat = [(i, j, {"prompt": r["prompt"], "target": c, "add_eos": False})
-            for i, r in enumerate(rows) for j, c in enumerate(task.choice_continuations(r))]
-    encs = encode_rows(tok, [f[2] for f in flat], 10**9, add_bos)
+    flat = [(i, {"prompt": r["prompt"], "target": c, "add_eos": False})
+            for i, r in enumerate(rows) for c in task.choice_continuations(r)]
+    encs = encode_rows(tok, [f[1] for f in flat], 10**9, add_bos)
     ll = []
     for chunk in batches(dist.shard_even(encs)[0], batch_size):
         batch = collate(chunk, tok.pad_token_id, device)
@@ -54,11 +61,10 @@ def choice_scores(model, tok, task, rows: list[dict], batch_size: int, add_bos: 
         nll, _ = token_nll(logits, batch["labels"])
         ll += (-nll.sum(1)).tolist()
     ll = dist.gather_sharded(ll, len(encs))
-    best: dict[int, tuple[float, int]] = {}
-    for (i, j, _), v in zip(flat, ll):
-        if i not in best or v > best[i][0]:
-            best[i] = (v, j)
-    return [float(best[i][1] == task.gold_index(r)) for i, r in enumerate(rows)]
+    out: list[list[float]] = [[] for _ in rows]
+    for (i, _), v in zip(flat, ll):
+        out[i].append(v)
+    return out
 
 
 @torch.no_grad()

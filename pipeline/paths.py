@@ -15,6 +15,7 @@ SELF_KNOWLEDGE = Path("artifacts/self_knowledge.parquet")
 CONFIDENCE = Path("artifacts/confidence.parquet")
 MODELS = Path("artifacts/models")
 EVAL = Path("artifacts/eval")
+LM_EVAL = Path("artifacts/lm_eval")
 TRAIN_LOGS = Path("logs/train")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
@@ -40,3 +41,8 @@ def eval_file(method: str) -> Path:
 
 def checkpoint(method: str, seed: int) -> Path:
     return CHECKPOINTS / f"{method}-seed{seed}.pt"
+
+
+def lm_eval_dir(method: str) -> Path:
+    """results.json (metrics per seed and task) and samples/seed<k>/<task>.jsonl (lm-eval's per-sample records)."""
+    return LM_EVAL / method

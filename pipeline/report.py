@@ -191,6 +191,70 @@ def markdown(summary: dict, seeds: list[int], confidence: dict | None, notes: li
     return "\n".join(lines) + "\n"
 
 
+def summarize_lm_eval(evals: dict[str, dict], seeds: list[int], n_boot: int, seed: int = 0) -> dict:
+    """evals: method -> its lm_eval result (artifacts/lm_eval/<method>/results.json); 'vanilla'
+    must be present. Returns method -> task -> metric -> {mean, std, seeds, stderr (lm-eval's, mean
+    over seeds), stderr_seeds, n (docs), delta, delta_ci95}; {} when no task was listed. The delta
+    is paired like every other score (seeds and docs resampled); where lm-eval keeps no per-doc
+    value (a group, a metric that is not a mean over docs) it is the difference of the means, with
+    no interval."""
+    if not any(ev.get("tasks") for ev in evals.values()):
+        return {}
+    van = evals["vanilla"]["seeds"]
+    out: dict = {}
+    for method, ev in evals.items():
+        per = ev["seeds"]
+        out[method] = {}
+        for task, metrics in per[str(seeds[0])]["results"].items():
+            out[method][task] = {}
+            for name in metrics:
+                got = [per[str(s)]["results"][task][name] for s in seeds]
+                mean, std = _mean_std([g["value"] for g in got])
+                errs = [g["stderr"] for g in got]
+                r = {"mean": mean, "std": std, "seeds": [g["value"] for g in got],
+                     "stderr": float(np.mean(errs)) if None not in errs else None, "stderr_seeds": errs,
+                     "n": per[str(seeds[0])]["n_samples"].get(task, {}).get("effective")}
+                if method != "vanilla" and all(name in van[str(s)]["results"].get(task, {}) for s in seeds):
+                    mine = [per[str(s)]["items"].get(task, {}).get(name) for s in seeds]
+                    base = [van[str(s)]["items"].get(task, {}).get(name) for s in seeds]
+                    if all(a is not None and b is not None and len(a) == len(b) for a, b in zip(mine, base)):
+                        d, lo, hi = paired_bootstrap(np.asarray(mine) - np.asarray(base), n_boot, seed)
+                        r["delta"], r["delta_ci95"] = d, [lo, hi]
+                    else:
+                        r["delta"] = mean - float(np.mean([van[str(s)]["results"][task][name]["value"] for s in seeds]))
+                out[method][task][name] = r
+    return out
+
+
+def lm_eval_markdown(summary: dict, evals: dict[str, dict]) -> str:
+    """The report's lm-evaluation-harness section ('' when no task was listed)."""
+    if not summary:
+        return ""
+    first = next(iter(evals["vanilla"]["seeds"].values()))
+    settings = evals["vanilla"].get("settings", {})
+    shots = ", ".join(f"{t} {k}-shot" for t, k in sorted(first.get("n_shot", {}).items()))
+    lines = ["", "## lm-evaluation-harness", "",
+             f"lm-eval {first.get('lm_eval_version') or ''} on every seed's model ({shots}; limit "
+             f"{settings.get('limit')}; chat template {'on' if settings.get('apply_chat_template') else 'off'}). "
+             "Mean ± std over seeds; stderr = lm-eval's standard error over the task's docs for one model (mean "
+             "over seeds); Δ vs vanilla with the paired bootstrap 95% interval of the tables above (seeds and docs "
+             "resampled; no interval where lm-eval keeps no per-doc value, e.g. a group). Per-sample outputs: "
+             "artifacts/lm_eval/<method>/samples/seed<k>/<task>.jsonl.", "",
+             "| method | task | metric | docs | score | lm-eval stderr | Δ vs vanilla [95% CI] |",
+             "|---|---|---|---|---|---|---|"]
+    for m, tasks in summary.items():
+        for task, metrics in tasks.items():
+            for name, r in metrics.items():
+                if "delta_ci95" in r:
+                    lo, hi = r["delta_ci95"]
+                    delta = f"{r['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" (noise)" if lo <= 0 <= hi else "")
+                else:
+                    delta = f"{r['delta']:+.3f} (no interval)" if "delta" in r else "—"
+                lines.append(f"| {m} | {task} | {name} | {r['n'] if r['n'] is not None else '—'} | {_fmt(r['mean'])} ± "
+                             f"{_fmt(r['std'])} | {_fmt(r['stderr'])} | {delta} |")
+    return "\n".join(lines) + "\n"
+
+
 def _pyplot():
     """matplotlib with the file-only backend (stages run headless)."""
     import matplotlib

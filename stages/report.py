@@ -5,7 +5,8 @@ import pandas as pd
 
 from pipeline import paths
 from pipeline.io import atomic_path, read_json, write_json, write_text
-from pipeline.report import markdown, plot_confidence, plot_learning_curves, plot_methods, summarize, summary_line
+from pipeline.report import (lm_eval_markdown, markdown, plot_confidence, plot_learning_curves, plot_methods,
+                             summarize, summarize_lm_eval, summary_line)
 from pipeline.stage import main, stage
 
 log = logging.getLogger("lwf")
@@ -23,11 +24,17 @@ def run(cfg):
         notes.append("`control`: the vanilla recipe from a base model pretrained WITHOUT the conflicting task. "
                      "control above vanilla = negative transfer from the conflicting knowledge.")
     summary = summarize(evals, seeds, cfg.report.bootstrap, cfg.report.seed)
+    lm_evals = {m: read_json(paths.lm_eval_dir(m) / "results.json") for m in cfg.run.methods
+                if (paths.lm_eval_dir(m) / "results.json").exists()}  # stage lm_eval (params lm_eval)
+    lm_summary = summarize_lm_eval(lm_evals, seeds, cfg.report.bootstrap, cfg.report.seed) if "vanilla" in lm_evals else {}
+    for m, tasks in lm_summary.items():
+        summary[m]["lm_eval"] = tasks
     write_json(paths.METRICS / "summary.json", summary)
     conf_path = paths.METRICS / "confidence.json"
     confidence = read_json(conf_path) if conf_path.exists() else None
     scoring = evals["vanilla"]["seeds"][str(seeds[0])]["scoring"]
-    write_text(paths.REPORTS / "report.md", markdown(summary, seeds, confidence, notes, scoring))
+    write_text(paths.REPORTS / "report.md", markdown(summary, seeds, confidence, notes, scoring)
+               + lm_eval_markdown(lm_summary, lm_evals))
     logs = {m: [pd.read_csv(paths.train_log(m, s)) for s in seeds] for m in cfg.run.methods}
     for name, fn, arg in (("learning_curves.png", plot_learning_curves, logs),
                           ("confidence_hist.png", plot_confidence, pd.read_parquet(paths.CONFIDENCE)),

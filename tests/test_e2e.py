@@ -45,7 +45,7 @@ def small_params() -> dict:
 
 
 def make_project(dst: Path) -> Path:
-    for name in ("pipeline", "stages"):
+    for name in ("pipeline", "stages", "lm_eval_tasks"):  # lm_eval_tasks: a dependency of the lm_eval stage
         shutil.copytree(ROOT / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, dst / name)

