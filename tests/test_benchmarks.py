@@ -46,6 +46,11 @@ NOT_RUN = {  # scripts whose cheapest real path is a whole pipeline run or the r
     "pipeline_overhead": "three no-op `dvc repro`, an `lwf run` and a Prefect server start (~1 min)",
     "real_step": "SmolLM2-135M training steps",
     "real_grads": "SmolLM2-135M per-sample gradients in subprocesses",
+    "objective_frontier": "a 1000-step lab pretraining and the confidence stage per lab seed before any fine-tune (~4 min)",
+    "lab_confidence": "`dvc repro confidence` per lab seed and Fisher site",
+    "optimum_budget": "runs on the projects lab_confidence.py made",
+    "real_confidence": "SmolLM2-135M through the confidence stage (~8 min)",
+    "lm_eval_cpu": "SmolLM2-135M under lm-evaluation-harness",
 }
 
 
