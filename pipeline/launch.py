@@ -15,7 +15,7 @@ import os
 import runpy
 import sys
 
-DISTRIBUTED = ("optimum", "fisher", "elicit", "confidence", "finetune", "evaluate")  # the stages that run under it
+DISTRIBUTED = ("fisher", "elicit", "confidence", "finetune", "evaluate")  # the stages that run under it
 
 
 def main(argv=None) -> None:

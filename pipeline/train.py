@@ -230,6 +230,9 @@ class Finetune:
         if all("ref_nll" in r for r in self.unlearn_rows):
             n = torch.tensor([n_target_tokens(e) for e in self.unlearn_encs], dtype=torch.float64)
             return torch.tensor([float(r["ref_nll"]) for r in self.unlearn_rows], dtype=torch.float64) * n
+        if dist.is_fsdp(self.model):  # a forward before the optimizer exists would leave FSDP2's root unsharded
+            raise ValueError("under FSDP the D_U rows must carry ref_nll (the confidence table's nll_base), as the "
+                             "finetune stage passes them")
         log.info("stage finetune: %s: reference NLL of %d D_U rows from the starting model", self.run_id,
                  len(self.unlearn_encs))
         return reference_nll_sums(self.model, self.unlearn_encs, self.tok.pad_token_id)

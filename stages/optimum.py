@@ -17,7 +17,7 @@ log = logging.getLogger("lwf")
 def run(cfg):
     """Write artifacts/optimum.safetensors (delta.<param>, theta.<param>) and metrics/optimum.json."""
     o = cfg.optimum
-    model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
+    model, tok = load_model(paths.BASE_MODEL, cfg.model)  # one process (the stage is not launched)
     model = trainable_model(model, cfg.model)  # the same seeded adapters / trainable subset as fisher, confidence
     selected = list(select_params(model, cfg.grads.param_regex, cfg.grads.embeddings))
     rows = load_rows(paths.LEARN_DATA, "train")

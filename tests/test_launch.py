@@ -14,9 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_dvc_yaml_launches_exactly_the_distributed_stages():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    launched = {name for name, st in stages.items()
-                if (st.get("do", st)["cmd"]).startswith("python -m pipeline.launch")}
-    assert launched == set(DISTRIBUTED)
+    cmds = [st.get("do", st)["cmd"] for st in stages.values()]
+    launched = {c.split()[3] for c in cmds if c.startswith("python -m pipeline.launch")}  # the stage module
+    assert launched == {f"stages.{name}" for name in DISTRIBUTED}  # the control's stages run the same modules
+    assert not {c.split()[2] for c in cmds if c.startswith("python -m stages.")} & launched
 
 
 def test_launcher_is_accelerate_run_by_this_interpreter(tmp_path, monkeypatch):

@@ -11,16 +11,24 @@ import torch
 import pandas as pd
 
 from pipeline import dist, paths
-from pipeline.confidence import unlearn_set
+from pipeline.confidence import as_rows
+from pipeline.config import SELECTIONS
 from pipeline.config import load_config
 from pipeline.models import load_model
 from pipeline.stage import load_rows
 from pipeline.train import StopAfter, finetune
 
 
+def d_u(cfg) -> list[dict]:
+    """lwf's D_U with each row's reference NLL, as the finetune stage passes it (NPO needs it)."""
+    table = pd.read_parquet(paths.CONFIDENCE)
+    sel = table[table[SELECTIONS[cfg.methods["lwf"].selection]]]
+    return [dict(r, ref_nll=float(n)) for r, n in zip(as_rows(sel), sel["nll_base"])]
+
+
 def trained(cfg, ckpt=None, stop=None) -> dict:
     model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=True)
-    args = (model, tok, load_rows(paths.LEARN_DATA, "train"), unlearn_set(pd.read_parquet(paths.CONFIDENCE), cfg.methods["lwf"].selection), cfg.finetune,
+    args = (model, tok, load_rows(paths.LEARN_DATA, "train"), d_u(cfg), cfg.finetune,
             cfg.methods["lwf"], 0, cfg.data.max_length, cfg.model.add_bos)
     try:
         finetune(*args, ckpt_path=ckpt, run_id="fsdp-resume", callbacks=[StopAfter(stop)] if stop else ())
