@@ -83,3 +83,19 @@ def auroc_ci(df, positive: list[str], negative: list[str], n_boot: int = 1000) -
         b = [auroc(v[i], y[i]) for i in boots]
         out[col.removeprefix("score_")] = (auroc(v, y), *np.percentile(b, [2.5, 97.5]))
     return out
+
+
+def sync_code(proj) -> None:
+    """Today's code and pipeline definition into a benchmark's project copy (DVC then reruns what a
+    code change touches): pipeline/, stages/, the lm-eval task folder the lm_eval stage depends on,
+    dvc.yaml, .dvcignore, .gitignore."""
+    import shutil
+    from pathlib import Path
+
+    root, proj = Path(__file__).resolve().parents[1], Path(proj)
+    for name in ("pipeline", "stages", "lm_eval_tasks"):
+        shutil.rmtree(proj / name, ignore_errors=True)
+        shutil.copytree(root / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(root / name, proj / name)
+

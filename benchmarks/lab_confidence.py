@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from _common import auroc_ci, machine, table
+from _common import auroc_ci, machine, sync_code, table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,11 +54,7 @@ def project(out: Path, lab_seed: int, at: str, threads: int, overrides: list[str
     proj = out / f"lab{lab_seed}"
     fresh = not (proj / ".dvc").exists()
     proj.mkdir(parents=True, exist_ok=True)
-    for name in ("pipeline", "stages"):
-        shutil.rmtree(proj / name, ignore_errors=True)
-        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, proj / name)
+    sync_code(proj)  # today's code, every time
     if fresh:
         sh(["git", "init", "-q"], proj, threads)
         sh([sys.executable, "-m", "dvc", "init", "-q"], proj, threads)

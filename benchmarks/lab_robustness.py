@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from _common import auroc_ci, interval, side, table
+from _common import auroc_ci, interval, side, sync_code, table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -60,11 +60,7 @@ def run(out: Path, lab_seed: int, threads: int, modes: list[str], overrides: lis
     proj = out / f"lab{lab_seed}-t{threads}"
     fresh = not (proj / ".dvc").exists()
     proj.mkdir(parents=True, exist_ok=True)
-    for name in ("pipeline", "stages"):  # today's code, every time: DVC reruns what a code change touches
-        shutil.rmtree(proj / name, ignore_errors=True)
-        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, proj / name)
+    sync_code(proj)  # today's code, every time
     if fresh:
         shutil.copy(ROOT / "params.yaml", proj / "params.yaml")
         sh(["git", "init", "-q"], proj, threads)

@@ -11,7 +11,6 @@ Prints each stage's wall time (from `dvc repro` and metrics/*.json) and the mach
 """
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from _common import machine, table
+from _common import machine, sync_code, table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,11 +55,7 @@ def main():
     proj = Path(a.out).resolve()
     fresh = not (proj / ".dvc").exists()
     proj.mkdir(parents=True, exist_ok=True)
-    for name in ("pipeline", "stages"):
-        shutil.rmtree(proj / name, ignore_errors=True)
-        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, proj / name)
+    sync_code(proj)  # today's code, every time
     raw = yaml.safe_load((ROOT / a.preset).read_text())
     for kv in a.set:
         k, v = kv.split("=", 1)
