@@ -253,6 +253,9 @@ class MethodConfig(_Strict):
     one reruns only the methods that use it (never `vanilla`), and two objectives or modes can run
     side by side in one run. Omitted fields take the defaults below."""
 
+    # false: no fine-tuning at all (the `base` row: the base model's own scores; the finetune stage
+    # writes the base weights unchanged and evaluate scores them once for every seed)
+    train: bool = True
     unlearn: Literal["none", "periodic", "early"] = "none"
     selection: Literal["high", "low", "random", "cosine", "oracle"] = "high"
     bss: bool = False
@@ -289,6 +292,13 @@ class MethodConfig(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _untrained_is_plain(self):
+        if not self.train and (self.unlearn != "none" or self.bss or self.match_steps):
+            raise ValueError("train: false (the base model, no fine-tuning) cannot unlearn, add bss or match steps; "
+                             "set unlearn: none, bss: false, match_steps: false")
+        return self
+
+    @model_validator(mode="after")
     def _early_not_joint(self):
         if self.unlearn == "early" and self.unlearn_optimizer == "joint":
             raise ValueError("unlearn 'early' has no learning step to join under unlearn_optimizer 'joint'; "
@@ -298,6 +308,7 @@ class MethodConfig(_Strict):
 
 _GA = dict(unlearn="periodic", objective="ga", unlearn_lr=0.1)
 DEFAULT_METHODS = {
+    "base": MethodConfig(train=False),
     "vanilla": MethodConfig(),
     "vanilla_matched": MethodConfig(match_steps=True),
     "lwf": MethodConfig(selection="high", **_GA),
@@ -366,7 +377,7 @@ class LaunchConfig(_Strict):
 
 class RunConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    methods: list[str] = Field(default_factory=lambda: ["vanilla", "vanilla_matched", "lwf", "lwf_npo", "lwf_low",
+    methods: list[str] = Field(default_factory=lambda: ["base", "vanilla", "vanilla_matched", "lwf", "lwf_npo", "lwf_low",
                                                         "lwf_random", "lwf_oracle"])
 
     @field_validator("seeds")
@@ -419,8 +430,8 @@ class Config(_Strict):
                 f"run.methods names unknown method {unknown[0]!r}; defined in `methods`: {', '.join(self.methods)}"
             )
         v = self.methods.get("vanilla", MethodConfig())
-        if v.unlearn != "none" or v.bss or v.match_steps:
-            raise ValueError("methods.vanilla must be plain fine-tuning (unlearn: none, bss: false)")
+        if v.unlearn != "none" or v.bss or v.match_steps or not v.train:
+            raise ValueError("methods.vanilla must be plain fine-tuning (train: true, unlearn: none, bss: false)")
         for name in self.run.methods:
             m = self.methods[name]
             if m.unlearn != "none" and m.selection == "oracle" and not self.confidence.auroc_positive:

@@ -2,6 +2,8 @@
 unlearning schedule; save the model, the per-step log and the run's statistics."""
 import json
 import logging
+import os
+import shutil
 
 import pandas as pd
 
@@ -21,6 +23,8 @@ def run(cfg, method: str, seed: int):
     if method not in cfg.methods:
         raise UserError(f"unknown method {method!r}; defined: {', '.join(cfg.methods)}")
     m = cfg.methods[method]
+    if not m.train:
+        return write_base(method, seed)
     model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
     model = trainable_model(model, cfg.model)
     if cfg.model.gradient_checkpointing:
@@ -52,6 +56,26 @@ def run(cfg, method: str, seed: int):
             tok.save_pretrained(tmp)
             (tmp / "train_stats.json").write_text(json.dumps({"method": method, "seed": seed, **stats}, indent=2))
     write_csv(paths.train_log(method, seed), pd.DataFrame(rows, columns=["event", "step", "kind", "loss", "lr"]))
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def write_base(method: str, seed: int) -> None:
+    """A method with `train: false`: the base model's files unchanged (hard links where the file
+    system allows, else copies), train_stats saying no fine-tuning ran, an empty training log."""
+    src, dst = paths.BASE_MODEL, paths.model_dir(method, seed)
+    log.info("stage finetune: %s seed %d: train false, the base model unchanged (no fine-tuning)", method, seed)
+    with atomic_path(dst, is_dir=True) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
+        stats = {"method": method, "seed": seed, "trained": False, "learn_steps": 0, "optimizer_steps": 0,
+                 "unlearn_steps_scheduled": 0, "unlearn_steps_taken": 0, "unlearn_stopped_at": None}
+        (tmp / "train_stats.json").write_text(json.dumps(stats, indent=2))
+    write_csv(paths.train_log(method, seed), pd.DataFrame([], columns=["event", "step", "kind", "loss", "lr"]))
 
 
 if __name__ == "__main__":

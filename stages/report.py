@@ -22,6 +22,10 @@ def run(cfg):
         evals["control"] = control
         notes.append("`control`: the vanilla recipe from a base model pretrained WITHOUT the conflicting task. "
                      "control above vanilla = negative transfer from the conflicting knowledge.")
+    base = [m for m in cfg.run.methods if not cfg.methods[m].train]
+    if base:
+        notes.append(f"`{'`, `'.join(base)}`: the base model itself, not fine-tuned (its scores are the same for "
+                     "every seed); its Δ is base − vanilla, so vanilla's gain from fine-tuning is minus that Δ.")
     summary = summarize(evals, seeds, cfg.report.bootstrap, cfg.report.seed)
     write_json(paths.METRICS / "summary.json", summary)
     conf_path = paths.METRICS / "confidence.json"
