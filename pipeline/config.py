@@ -83,6 +83,9 @@ class ModelConfig(_Strict):
     # regex over parameter names: only matching parameters are trained (fine-tune, probe) and have
     # Fisher/confidence gradients; the rest are frozen (a forward pass still runs through them)
     trainable: Optional[str] = None
+    # fine-tune only: run the frozen blocks below the lowest trainable block once per row and memoise
+    # their output (pipeline/prefix_cache.py); needs model.trainable on the top blocks of a Llama-style model
+    prefix_cache: bool = False
     lab: LabConfig = LabConfig()
 
     @field_validator("trainable")
@@ -424,6 +427,13 @@ class Config(_Strict):
         if self.launch.strategy == "fsdp" and self.model.lora is not None:
             raise ValueError("launch.strategy 'fsdp' cannot shard model.lora adapters; use 'ddp' (LoRA trains few "
                              "parameters, so the AdamW state fits every process)")
+        if self.model.prefix_cache:
+            for bad, why in ((self.model.lora is not None, "model.lora is set (adapters sit in every block)"),
+                             (self.model.trainable is None, "model.trainable (the top blocks to train) is not set"),
+                             (self.model.gradient_checkpointing, "model.gradient_checkpointing is on"),
+                             (self.launch.strategy == "fsdp", "launch.strategy is 'fsdp' (sharded blocks)")):
+                if bad:
+                    raise ValueError(f"model.prefix_cache: true cannot be used: {why}")
         unknown = [m for m in self.run.methods if m not in self.methods]
         if unknown:
             raise ValueError(

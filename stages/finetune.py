@@ -31,6 +31,13 @@ def run(cfg, method: str, seed: int):
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
         model.config.use_cache = False
+    if cfg.model.prefix_cache:  # the frozen blocks run once per row (pipeline/prefix_cache.py)
+        from pipeline.prefix_cache import PrefixCacheError, enable_prefix_cache
+
+        try:
+            prefix = enable_prefix_cache(model)
+        except PrefixCacheError as e:
+            raise UserError(str(e)) from None
     learn = load_rows(paths.LEARN_DATA, "train")
     d_u = []
     if m.unlearn != "none":  # D_U with each row's reference NLL (mean token NLL under the base model)
@@ -43,6 +50,14 @@ def run(cfg, method: str, seed: int):
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     rows, stats = finetune(model, tok, learn, d_u, cfg.finetune, m, seed, cfg.data.max_length, cfg.model.add_bos,
                            ckpt_path=ckpt, run_id=f"{method}-seed{seed}", mixed_precision=cfg.launch.mixed_precision)
+    if cfg.model.prefix_cache:
+        from pipeline.prefix_cache import disable_prefix_cache
+
+        log.info("stage finetune: %s seed %d: prefix cache: %d rows stored (%.1f MB), %d forwards of rows served "
+                 "from it, %d ran the frozen blocks", method, seed, len(prefix.store), prefix.nbytes() / 1e6,
+                 prefix.hits, prefix.misses)
+        stats["prefix_cache"] = {"rows": len(prefix.store), "hits": prefix.hits, "misses": prefix.misses}
+        disable_prefix_cache(model)
     if dist.is_fsdp(model):  # gather the shards: the whole trained model, on rank 0's CPU only
         state, _ = dist.full_state(model)
         model = None
