@@ -25,8 +25,12 @@ checkpointing, LoRA or FSDP; right padding (a batch with a padding position befo
 refused). A forward that asks for hidden states (the `bss` method reads them), a KV cache or
 `labels` runs the model's own forward, uncached.
 
-Not used by the fisher and confidence stages: their per-sample gradients (`pipeline/grads.py`) run
-their own forward under `torch.func`, and those stages may take gradients of every parameter.
+Turned on by the finetune stage only. Both per-sample-gradient engines (`pipeline/grads.py`) hook
+the layers of one batched forward and work through it unchanged for parameters above the cut
+(tests/test_prefix_cache.py), but the fisher and confidence stages do not turn it on: they score
+each row about once (nothing to reuse within a stage) and `grads.param_regex` may select
+parameters below the cut. Sharing the stored states between stages and runs (every fine-tune of
+one base model has the same frozen blocks) is not built.
 """
 from __future__ import annotations
 

@@ -150,3 +150,30 @@ def test_config_refuses_prefix_cache_without_its_conditions(extra, needle):
     assert "model.prefix_cache" in msg and needle in msg and "\n" not in msg
     assert re.search("fsdp", str(pytest.raises(ConfigError, parse_config, {
         "model": {"prefix_cache": True, "trainable": "layers"}, "launch": {"strategy": "fsdp"}}).value))
+
+
+@pytest.mark.parametrize("engine", ["vectorized", "loop"])
+def test_per_sample_gradients_through_the_cache(rows, engine):
+    """Both per-sample-gradient engines (pipeline/grads.py) hook the layers of one batched forward, so
+    through the cache they give the same per-sample gradients of the parameters above the cut."""
+    from pipeline.grads import iter_per_sample_grads
+
+    model, tok = _model()
+    encs = encode_rows(tok, rows[:5], 64)
+    regex = r"model\.layers\.3\.mlp\."
+
+    def grads():
+        out = {}
+        for idx, g in iter_per_sample_grads(model, encs, tok.pad_token_id, engine, chunk_size=3, param_regex=regex):
+            for n, v in g.items():
+                out.setdefault(n, torch.zeros(len(encs), *v.shape[1:]))[idx] = v
+        return out
+
+    ref = grads()
+    state = enable_prefix_cache(model)
+    for _ in range(2):
+        got = grads()
+        assert set(got) == set(ref) and len(ref) == 3
+        for n in ref:
+            torch.testing.assert_close(got[n], ref[n], **TOL, msg=n)
+    assert state.misses == 5 and state.hits == 5
