@@ -219,7 +219,8 @@ def main(argv=None):
     per = {r["stage"]: r["tflop_per_call"] * 1e12 for r in results if r["seq"] == seq}
     n_forget = sum(ref.n_train for ref in cfg.data.forget) * cfg.elicit.num_return_sequences
     n_eval = cfg.data.learn.n_test + sum(ref.n_test for ref in cfg.data.forget)
-    runs = len(cfg.run.methods) * len(cfg.run.seeds)
+    trained = [m for m in cfg.run.methods if cfg.methods[m].train]  # `base` (train: false) copies the weights
+    runs = len(trained) * len(cfg.run.seeds)
     lwf = cfg.methods["lwf"]  # the unlearning recipe of the preset's lwf
     unlearn_steps = cfg.finetune.max_steps // lwf.unlearn_every
     decode_steps = lambda n: -(-n // cfg.elicit.batch_size) * cfg.elicit.max_new_tokens  # noqa: E731
@@ -236,7 +237,9 @@ def main(argv=None):
         (f"finetune x {runs}", runs * per["finetune"] * (cfg.finetune.max_steps + unlearn_steps
                                                               * lwf.unlearn_batch_size / cfg.finetune.batch_size) / flops_s,
          runs * ft_steps),
-        (f"evaluate x {runs}", runs * gen(n_eval), runs * decode_steps(n_eval)),
+        # + one evaluation per untrained method (scored once for every seed)
+        (f"evaluate x {runs + len(cfg.run.methods) - len(trained)}", (runs + len(cfg.run.methods) - len(trained))
+         * gen(n_eval), (runs + len(cfg.run.methods) - len(trained)) * decode_steps(n_eval)),
     ]
     cols, rows = ["stage", "minutes (lower bound)"], [[s, f"{t / 60:.1f}"] for s, t, _ in est]
     total = [["total", f"{sum(t for _, t, _ in est) / 60:.1f}"]]

@@ -83,6 +83,9 @@ class ModelConfig(_Strict):
     # regex over parameter names: only matching parameters are trained (fine-tune, probe) and have
     # Fisher/confidence gradients; the rest are frozen (a forward pass still runs through them)
     trainable: Optional[str] = None
+    # fine-tune only: run the frozen blocks below the lowest trainable block once per row and memoise
+    # their output (pipeline/prefix_cache.py); needs model.trainable on the top blocks of a Llama-style model
+    prefix_cache: bool = False
     lab: LabConfig = LabConfig()
 
     @field_validator("trainable")
@@ -283,6 +286,9 @@ class MethodConfig(_Strict):
     one reruns only the methods that use it (never `vanilla`), and two objectives or modes can run
     side by side in one run. Omitted fields take the defaults below."""
 
+    # false: no fine-tuning at all (the `base` row: the base model's own scores; the finetune stage
+    # writes the base weights unchanged and evaluate scores them once for every seed)
+    train: bool = True
     unlearn: Literal["none", "periodic", "early"] = "none"
     selection: Literal[tuple(SELECTIONS)] = "high"
     bss: bool = False
@@ -319,6 +325,13 @@ class MethodConfig(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _untrained_is_plain(self):
+        if not self.train and (self.unlearn != "none" or self.bss or self.match_steps):
+            raise ValueError("train: false (the base model, no fine-tuning) cannot unlearn, add bss or match steps; "
+                             "set unlearn: none, bss: false, match_steps: false")
+        return self
+
+    @model_validator(mode="after")
     def _early_not_joint(self):
         if self.unlearn == "early" and self.unlearn_optimizer == "joint":
             raise ValueError("unlearn 'early' has no learning step to join under unlearn_optimizer 'joint'; "
@@ -330,6 +343,7 @@ class MethodConfig(_Strict):
 # (docs/objectives.md, benchmarks/objective_frontier.py); every ablation of lwf uses the same recipe
 _NPO = dict(unlearn="periodic", objective="npo", objective_args={"beta": 0.1}, unlearn_lr=0.03)
 DEFAULT_METHODS = {
+    "base": MethodConfig(train=False),
     "vanilla": MethodConfig(),
     "vanilla_matched": MethodConfig(match_steps=True),
     "lwf": MethodConfig(selection="high", **_NPO),
@@ -437,7 +451,7 @@ class LaunchConfig(_Strict):
 
 class RunConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    methods: list[str] = Field(default_factory=lambda: ["vanilla", "vanilla_matched", "lwf", "lwf_ga", "lwf_low",
+    methods: list[str] = Field(default_factory=lambda: ["base", "vanilla", "vanilla_matched", "lwf", "lwf_ga", "lwf_low",
                                                         "lwf_random", "lwf_oracle"])
 
     @field_validator("seeds")
@@ -486,6 +500,13 @@ class Config(_Strict):
         if self.launch.strategy == "fsdp" and self.model.lora is not None:
             raise ValueError("launch.strategy 'fsdp' cannot shard model.lora adapters; use 'ddp' (LoRA trains few "
                              "parameters, so the AdamW state fits every process)")
+        if self.model.prefix_cache:
+            for bad, why in ((self.model.lora is not None, "model.lora is set (adapters sit in every block)"),
+                             (self.model.trainable is None, "model.trainable (the top blocks to train) is not set"),
+                             (self.model.gradient_checkpointing, "model.gradient_checkpointing is on"),
+                             (self.launch.strategy == "fsdp", "launch.strategy is 'fsdp' (sharded blocks)")):
+                if bad:
+                    raise ValueError(f"model.prefix_cache: true cannot be used: {why}")
         unknown = [m for m in self.run.methods if m not in self.methods]
         if unknown:
             raise ValueError(
@@ -495,8 +516,8 @@ class Config(_Strict):
             raise ValueError("methods.control: the name is reserved for the negative-transfer control (`control`); "
                              "rename the method")
         v = self.methods.get("vanilla", MethodConfig())
-        if v.unlearn != "none" or v.bss or v.match_steps:
-            raise ValueError("methods.vanilla must be plain fine-tuning (unlearn: none, bss: false)")
+        if v.unlearn != "none" or v.bss or v.match_steps or not v.train:
+            raise ValueError("methods.vanilla must be plain fine-tuning (train: true, unlearn: none, bss: false)")
         for name in self.run.methods:
             m = self.methods[name]
             if m.unlearn != "none" and m.selection == "oracle" and not self.confidence.auroc_positive:

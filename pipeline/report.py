@@ -270,6 +270,8 @@ def plot_learning_curves(logs: dict[str, list[pd.DataFrame]], path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (m, frames) in enumerate(logs.items()):
         learn = pd.concat([f[f["kind"] == "learn"] for f in frames])
+        if learn.empty:  # a method that does not fine-tune (train: false)
+            continue
         curve = learn.groupby("step")["loss"].agg(["mean", "std"]).fillna(0)
         color = f"C{i}"
         ax.plot(curve.index, curve["mean"], label=m, color=color, lw=1.2)

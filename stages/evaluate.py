@@ -22,14 +22,20 @@ def run(cfg, method: str):
     learn_test, forget_tests, general = held_out(cfg)
     sets = nll_sets(cfg, method)
     out = {"method": method, "seeds": {}}
+    trained = cfg.methods[method].train if method in cfg.methods else True
+    res = None
     for seed in cfg.run.seeds:
         d = paths.model_dir(method, seed)
+        if not trained and res is not None:  # train: false: every seed's model is the base model, scored once
+            out["seeds"][str(seed)] = {**res, "train": json.loads((d / "train_stats.json").read_text())}
+            continue
         model, tok = load_model(d, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
         res = evaluate_model(model, tok, cfg.data, learn_test, forget_tests, general, cfg.evaluate, cfg.model.add_bos,
                              sets)
         res["train"] = json.loads((d / "train_stats.json").read_text())
-        log.info("stage evaluate: %s seed %d: learn %.3f forget %s ppl %.3f NLL of lwf's D_U %.3f", method, seed,
-                 res["learn_score"], rounded(res["forget_scores"]), res["perplexity"], res["d_u_nll"])
+        log.info("stage evaluate: %s seed %d%s: learn %.3f forget %s ppl %.3f NLL of lwf's D_U %.3f", method, seed,
+                 "" if trained else " (the base model, not fine-tuned: scored once for every seed)", res["learn_score"],
+                 rounded(res["forget_scores"]), res["perplexity"], res["d_u_nll"])
         out["seeds"][str(seed)] = res
     write_json(paths.eval_file(method), out)
 

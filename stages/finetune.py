@@ -3,6 +3,8 @@ unlearning schedule; save the model, the per-step log and the run's statistics.
 finetune_control@<seed> (method=control): the vanilla recipe from the control's base model."""
 import json
 import logging
+import os
+import shutil
 
 import pandas as pd
 
@@ -28,6 +30,8 @@ def run(cfg, method: str, seed: int):
     if method not in cfg.methods and method != paths.CONTROL:
         raise UserError(f"unknown method {method!r}; defined: {', '.join(cfg.methods)}")
     m = cfg.methods["vanilla" if method == paths.CONTROL else method]
+    if not m.train:
+        return write_base(method, seed)
     base = paths.base_model_dir(method)
     model, tok = load_model(base, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
     model = trainable_model(model, cfg.model)
@@ -35,6 +39,13 @@ def run(cfg, method: str, seed: int):
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
         model.config.use_cache = False
+    if cfg.model.prefix_cache:  # the frozen blocks run once per row (pipeline/prefix_cache.py)
+        from pipeline.prefix_cache import PrefixCacheError, enable_prefix_cache
+
+        try:
+            prefix = enable_prefix_cache(model)
+        except PrefixCacheError as e:
+            raise UserError(str(e)) from None
     learn = load_rows(paths.LEARN_DATA, "train")
     d_u = []
     if m.unlearn != "none":  # D_U with each row's reference NLL (mean token NLL under the base model)
@@ -47,6 +58,14 @@ def run(cfg, method: str, seed: int):
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     rows, stats = finetune(model, tok, learn, d_u, cfg.finetune, m, seed, cfg.data.max_length, cfg.model.add_bos,
                            ckpt_path=ckpt, run_id=f"{method}-seed{seed}", mixed_precision=cfg.launch.mixed_precision)
+    if cfg.model.prefix_cache:
+        from pipeline.prefix_cache import disable_prefix_cache
+
+        log.info("stage finetune: %s seed %d: prefix cache: %d rows stored (%.1f MB), %d forwards of rows served "
+                 "from it, %d ran the frozen blocks", method, seed, len(prefix.store), prefix.nbytes() / 1e6,
+                 prefix.hits, prefix.misses)
+        stats["prefix_cache"] = {"rows": len(prefix.store), "hits": prefix.hits, "misses": prefix.misses}
+        disable_prefix_cache(model)
     if dist.is_fsdp(model):  # gather the shards: the whole trained model, on rank 0's CPU only
         state, _ = dist.full_state(model)
         model = None
@@ -60,6 +79,26 @@ def run(cfg, method: str, seed: int):
             tok.save_pretrained(tmp)
             (tmp / "train_stats.json").write_text(json.dumps({"method": method, "seed": seed, **stats}, indent=2))
     write_csv(paths.train_log(method, seed), pd.DataFrame(rows, columns=["event", "step", "kind", "loss", "lr"]))
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def write_base(method: str, seed: int) -> None:
+    """A method with `train: false`: the base model's files unchanged (hard links where the file
+    system allows, else copies), train_stats saying no fine-tuning ran, an empty training log."""
+    src, dst = paths.BASE_MODEL, paths.model_dir(method, seed)
+    log.info("stage finetune: %s seed %d: train false, the base model unchanged (no fine-tuning)", method, seed)
+    with atomic_path(dst, is_dir=True) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
+        stats = {"method": method, "seed": seed, "trained": False, "learn_steps": 0, "optimizer_steps": 0,
+                 "unlearn_steps_scheduled": 0, "unlearn_steps_taken": 0, "unlearn_stopped_at": None}
+        (tmp / "train_stats.json").write_text(json.dumps(stats, indent=2))
+    write_csv(paths.train_log(method, seed), pd.DataFrame([], columns=["event", "step", "kind", "loss", "lr"]))
 
 
 if __name__ == "__main__":

