@@ -17,7 +17,7 @@ import math
 import torch
 
 from . import dist
-from .data import batches, collate, encode_rows, sequence_nlls, token_nll
+from .data import IGNORE, Encoded, _accepts_logits_to_keep, batches, collate, encode_rows, sequence_nlls, token_nll
 from .generation import generate
 from .tasks import get_task
 
@@ -46,24 +46,65 @@ def choice_scores(model, tok, task, rows: list[dict], batch_size: int, add_bos: 
     return [float(max(range(len(ll)), key=ll.__getitem__) == task.gold_index(r)) for ll, r in zip(lls, rows)]
 
 
+def option_carriers(encs: list[Encoded]) -> dict[int, int]:
+    """For one row's encoded option continuations: which sequence to run for each option (option ->
+    its carrier). An option rides on a longer sequence whose first tokens equal its own sequence
+    minus the last token: under causal attention the logits that predict its tokens are the same
+    there (SST-5's five labels need one forward: "negative" and "very negative" both ride on
+    prompt + " very negative"). Carriers are the longest sequences first."""
+    order = sorted(range(len(encs)), key=lambda j: -len(encs[j].input_ids))
+    carrier: dict[int, int] = {}
+    runs: list[int] = []
+    for j in order:
+        ids = encs[j].input_ids
+        head = ids[:-1]
+        carrier[j] = next((c for c in runs if encs[c].input_ids[:len(head)] == head), j)
+        if carrier[j] == j:
+            runs.append(j)
+    return carrier
+
+
 @torch.no_grad()
 def choice_logliks(model, tok, task, rows: list[dict], batch_size: int, add_bos: bool = True) -> list[list[float]]:
-    """Per row, the total log-likelihood of each of its option continuations after the prompt."""
+    """Per row, the total log-likelihood of each of its option continuations after the prompt.
+    One forward per carrier sequence (`option_carriers`), logits only at the positions that predict
+    an option token (`logits_to_keep`, where the model takes it)."""
     model.eval()
     device = next(model.parameters()).device
-    flat = [(i, {"prompt": r["prompt"], "target": c, "add_eos": False})
-            for i, r in enumerate(rows) for c in task.choice_continuations(r)]
-    encs = encode_rows(tok, [f[1] for f in flat], 10**9, add_bos)
-    ll = []
-    for chunk in batches(dist.shard_even(encs)[0], batch_size):
-        batch = collate(chunk, tok.pad_token_id, device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        nll, _ = token_nll(logits, batch["labels"])
-        ll += (-nll.sum(1)).tolist()
-    ll = dist.gather_sharded(ll, len(encs))
-    out: list[list[float]] = [[] for _ in rows]
-    for (i, _), v in zip(flat, ll):
-        out[i].append(v)
+    runs = []  # (carrier Encoded, [(row, option, target positions, target tokens)])
+    for i, r in enumerate(rows):
+        encs = encode_rows(tok, [{"prompt": r["prompt"], "target": c, "add_eos": False}
+                                 for c in task.choice_continuations(r)], 10**9, add_bos)
+        carrier = option_carriers(encs)
+        for c in sorted(set(carrier.values())):
+            riders = []
+            for j in sorted(k for k, v in carrier.items() if v == c):
+                t = [q for q, lab in enumerate(encs[j].labels) if lab != IGNORE]
+                riders.append((i, j, [q - 1 for q in t], [encs[j].input_ids[q] for q in t]))
+            runs.append((encs[c], riders))
+    runs.sort(key=lambda run: len(run[0].input_ids))  # similar lengths together: less padding
+    keeps = _accepts_logits_to_keep(model)
+    local = []
+    for chunk in batches(dist.shard_even(runs)[0], batch_size):
+        batch = collate([run[0] for run in chunk], tok.pad_token_id, device)
+        need = [sorted({p for rider in run[1] for p in rider[2]}) for run in chunk]
+        k = max(len(n) for n in need)
+        pos = torch.tensor([n + [n[0]] * (k - len(n)) for n in need], device=device)
+        kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        if keeps:
+            logits = model(**kw, logits_to_keep=pos).logits
+        else:
+            logits = model(**kw).logits
+            logits = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))
+        logp = logits.float().log_softmax(-1)
+        for b, (run, n) in enumerate(zip(chunk, need)):
+            at = {p: q for q, p in enumerate(n)}
+            local.append([(i, j, float(sum(logp[b, at[p], t] for p, t in zip(ps, ts)))) for i, j, ps, ts in run[1]])
+    gathered = dist.gather_sharded(local, len(runs))
+    out: list[list[float]] = [[0.0] * len(task.choice_continuations(r)) for r in rows]
+    for part in gathered:
+        for i, j, v in part:
+            out[i][j] = v
     return out
 
 

@@ -1,0 +1,106 @@
+"""`loglik` scoring (pipeline/evaluate.py: choice_logliks) against a brute-force reference: one
+full forward per option, the log-probabilities of its tokens summed. The project runs one forward
+per *carrier* (an option rides on a longer sequence that starts with its own sequence minus the
+last token) and computes logits only where an option token is predicted; both must give the same
+numbers, with and without `logits_to_keep`, through the frozen-prefix cache too."""
+import pytest
+import torch
+
+from conftest import tiny_lab
+from pipeline.data import IGNORE, encode_rows
+from pipeline.evaluate import choice_logliks, choice_scores, option_carriers
+from pipeline.tasks import get_task
+
+TASK = get_task("psychol", {"scoring": "loglik"})  # a ChoiceTask: continuations " " + option text
+ROWS = [
+    {"prompt": "Q: one?", "choices": ["a b", "a", "a c", "b"], "answer": "C"},  # all ride on " a b"
+    {"prompt": "Question: which two", "choices": ["xy", "zw", "x", "xyz"], "answer": "A"},
+    {"prompt": "Q3", "choices": ["very negative", "negative", "neutral", "positive", "very positive"],
+     "answer": "E"},
+]
+
+
+def brute_force(model, tok, rows):
+    out = []
+    with torch.no_grad():
+        for r in rows:
+            lls = []
+            for c in TASK.choice_continuations(r):
+                e = encode_rows(tok, [{"prompt": r["prompt"], "target": c, "add_eos": False}], 10**9)[0]
+                logp = model(input_ids=torch.tensor([e.input_ids])).logits[0].double().log_softmax(-1)
+                lls.append(sum(float(logp[t - 1, e.input_ids[t]]) for t, lab in enumerate(e.labels) if lab != IGNORE))
+            out.append(lls)
+    return out
+
+
+class NoKeep(torch.nn.Module):
+    """The model behind a forward that does not take `logits_to_keep` (the full-logits path)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    def forward(self, input_ids=None, attention_mask=None, use_cache=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
+@pytest.fixture(scope="module")
+def model_tok():
+    torch.manual_seed(0)
+    return tiny_lab(layers=3)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 50])
+@pytest.mark.parametrize("keep", [True, False], ids=["logits_to_keep", "full_logits"])
+def test_logliks_equal_one_forward_per_option(model_tok, batch_size, keep):
+    model, tok = model_tok
+    ref = brute_force(model, tok, ROWS)
+    got = choice_logliks(model if keep else NoKeep(model), tok, TASK, ROWS, batch_size=batch_size)
+    assert [len(g) for g in got] == [len(r["choices"]) for r in ROWS]
+    torch.testing.assert_close(torch.tensor([x for g in got for x in g], dtype=torch.float64),
+                               torch.tensor([x for r in ref for x in r], dtype=torch.float64), rtol=1e-5, atol=1e-4)
+    best = [max(range(len(r)), key=r.__getitem__) for r in ref]
+    assert choice_scores(model, tok, TASK, ROWS, 2) == [float(b == "ABCDE".index(r["answer"])) for b, r in zip(best, ROWS)]
+
+
+def test_carriers_share_forwards_only_where_the_prefix_matches(model_tok):
+    _, tok = model_tok
+    enc = lambda r: encode_rows(tok, [{"prompt": r["prompt"], "target": c, "add_eos": False}  # noqa: E731
+                                      for c in TASK.choice_continuations(r)], 10**9)
+    # " a b" carries " a", " a c", " b": each one's sequence minus its last byte starts " a b"'s
+    assert set(option_carriers(enc(ROWS[0])).values()) == {0}
+    # " xyz" carries " xy", " x"; " zw" needs its own forward
+    assert option_carriers(enc(ROWS[1])) == {3: 3, 0: 3, 2: 3, 1: 1}
+
+
+def test_counts_one_forward_per_carrier(model_tok):
+    model, tok = model_tok
+    calls = []
+    handle = model.register_forward_hook(lambda m, a, k, o: calls.append(k["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        choice_logliks(model, tok, TASK, ROWS[:2], batch_size=50)
+    finally:
+        handle.remove()
+    assert calls == [3]  # 1 carrier for row 0, 2 for row 1: one batch of 3 sequences
+
+
+def test_through_the_prefix_cache(model_tok):
+    from pipeline.config import parse_config
+    from pipeline.models import trainable_model
+    from pipeline.prefix_cache import disable_prefix_cache, enable_prefix_cache
+
+    torch.manual_seed(1)
+    model, tok = tiny_lab(layers=3)
+    ref = brute_force(model, tok, ROWS)
+    model = trainable_model(model, parse_config({"model": {"trainable": r"model\.layers\.2\."}}).model)
+    state = enable_prefix_cache(model)
+    try:
+        for _ in range(2):  # fills the store, then served from it
+            got = choice_logliks(model, tok, TASK, ROWS, batch_size=4)
+            torch.testing.assert_close(torch.tensor([x for g in got for x in g], dtype=torch.float64),
+                                       torch.tensor([x for r in ref for x in r], dtype=torch.float64),
+                                       rtol=1e-5, atol=1e-4)
+        assert state.hits == state.misses == 8  # 1 + 2 + 5 carriers per pass (bytes: no SST-5 label rides)
+    finally:
+        disable_prefix_cache(model)
