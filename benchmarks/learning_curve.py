@@ -31,6 +31,11 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--n-val", type=int, default=150)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lr", type=float, help="learning rate (default: the preset's finetune.lr)")
+    ap.add_argument("--n-train", type=int, help="learning rows (default: the preset's data.learn.n_train)")
+    ap.add_argument("--batch-size", type=int, help="learning batch (default: the preset's finetune.batch_size)")
+    ap.add_argument("--trainable", help="model.trainable regex (default: the preset's)")
+    ap.add_argument("--scoring", default=None, help="generate | loglik (default: the preset's)")
     ap.add_argument("--json")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -44,6 +49,13 @@ def main():
     from pipeline.train import OnLearnStep, finetune
 
     cfg = load_config(a.preset)
+    learn_upd = {**({"n_train": a.n_train} if a.n_train else {}),
+                 **({"options": {**cfg.data.learn.options, "scoring": a.scoring}} if a.scoring else {})}
+    cfg = cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"trainable": a.trainable} if a.trainable else {}),
+        "data": cfg.data.model_copy(update={"learn": cfg.data.learn.model_copy(update=learn_upd)})})
+    fcfg = cfg.finetune.model_copy(update={"max_steps": a.steps, **({"lr": a.lr} if a.lr else {}),
+                                           **({"batch_size": a.batch_size} if a.batch_size else {})})
     ref = cfg.data.learn
     task = get_task(ref.task, ref.options)
     learn = task.load("train", ref.n_train, cfg.data.seed, ref.options)  # the prepare stage's draw
@@ -59,9 +71,9 @@ def main():
         for seed in a.seeds:
             model, tok = load_model(ckpt, cfg.model, device="cpu")
             model = trainable_model(model, cfg.model)
+            enable_prefix_cache(model)  # the validation rows are memoised too: scoring runs the top blocks only
             if 0 in curve:
                 curve[0].append(score(model))
-            enable_prefix_cache(model)
 
             def at_step(m, step):
                 if step in curve:
@@ -70,17 +82,18 @@ def main():
                     print(f"seed {seed} step {step}: validation accuracy {curve[step][-1]:.3f} "
                           f"({time.time() - t0:.0f} s)", flush=True)
 
-            finetune(model, tok, learn, [], cfg.finetune.model_copy(update={"max_steps": a.steps}),
+            finetune(model, tok, learn, [], fcfg,
                      cfg.methods["vanilla"], seed, cfg.data.max_length, cfg.model.add_bos,
                      callbacks=[OnLearnStep(at_step)])
     base = sum(curve[0]) / len(curve[0]) if curve.get(0) else None
     rows = [[k, ", ".join(f"{v:.3f}" for v in vs), f"{sum(vs) / len(vs):.3f}",
              f"{sum(vs) / len(vs) - base:+.3f}" if base is not None else "-"] for k, vs in curve.items() if vs]
     table(f"vanilla on SST-5 validation ({len(val)} rows), {cfg.model.name}, {ref.n_train} learning rows, "
-          f"batch {cfg.finetune.batch_size}, lr {cfg.finetune.lr}, prefix cache on, {a.threads} thread(s), "
+          f"batch {fcfg.batch_size}, lr {fcfg.lr}, trainable {cfg.model.trainable}, scoring {task.scoring}, prefix cache on, {a.threads} thread(s), "
           f"{time.time() - t0:.0f} s ({machine()})", ["learning steps", "accuracy per seed", "mean", "vs base"], rows)
     if a.json:
-        Path(a.json).write_text(json.dumps({"curve": curve, "n_val": len(val)}, indent=2))
+        Path(a.json).write_text(json.dumps({"curve": curve, "n_val": len(val), "lr": fcfg.lr, "n_train": ref.n_train,
+                                               "trainable": cfg.model.trainable, "scoring": task.scoring}, indent=2))
 
 
 if __name__ == "__main__":

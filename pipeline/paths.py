@@ -13,6 +13,7 @@ FISHER = Path("artifacts/fisher.safetensors")
 OPTIMUM = Path("artifacts/optimum.safetensors")
 SELF_KNOWLEDGE = Path("artifacts/self_knowledge.parquet")
 CONFIDENCE = Path("artifacts/confidence.parquet")
+PREFIX = Path("artifacts/prefix")  # frozen-block states of the base model (model.prefix_cache)
 MODELS = Path("artifacts/models")
 EVAL = Path("artifacts/eval")
 LM_EVAL = Path("artifacts/lm_eval")
@@ -46,3 +47,7 @@ def checkpoint(method: str, seed: int) -> Path:
 def lm_eval_dir(method: str) -> Path:
     """results.json (metrics per seed and task) and samples/seed<k>/<task>.jsonl (lm-eval's per-sample records)."""
     return LM_EVAL / method
+
+
+def prefix_store(part: str) -> Path:
+    return PREFIX / f"{part}.pt"

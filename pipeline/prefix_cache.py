@@ -29,12 +29,25 @@ Turned on by the finetune stage only. Both per-sample-gradient engines (`pipelin
 the layers of one batched forward and work through it unchanged for parameters above the cut
 (tests/test_prefix_cache.py), but the fisher and confidence stages do not turn it on: they score
 each row about once (nothing to reuse within a stage) and `grads.param_regex` may select
-parameters below the cut. Sharing the stored states between stages and runs (every fine-tune of
-one base model has the same frozen blocks) is not built.
+parameters below the cut.
+
+Shared between stages (`save_store` / `load_store`): every fine-tune and every evaluation of one
+base model has the same frozen blocks, so the `prefix@train` and `prefix@eval` stages run them once
+over every row the fine-tunes and the evaluations will feed (learning rows, self-knowledge, test
+rows) and write the states; the finetune and evaluate stages load them and run only the top
+blocks. A store carries the cut and a fingerprint of the frozen weights (embeddings, blocks below
+the cut, rotary buffers): loading it into a model whose frozen part differs in one bit is refused,
+so a stale store can slow a run down (a row not in it is computed) but never change a number.
+File (torch.save, weights_only): `version`, `cut`, `fingerprint`, `lengths` (int64, one per row),
+`ids` (int64, the rows' token ids concatenated), `states` (rows' hidden states concatenated,
+(sum of lengths, hidden size), the model's dtype); or `{"version": 1, "prefix_cache": false}`
+when `model.prefix_cache` is off.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+from pathlib import Path
 from types import MethodType
 
 import torch
@@ -54,6 +67,7 @@ class PrefixState:
         self.store: dict[tuple[int, ...], torch.Tensor] = {}
         self.hits = 0  # rows served from the store
         self.misses = 0  # rows whose bottom blocks ran
+        self.loaded = 0  # rows that came from a saved store (load_store)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.store.values())
@@ -183,3 +197,71 @@ def _cached_forward(self, input_ids=None, attention_mask=None, logits_to_keep=0,
     hidden = inner.norm(hidden)
     logits = self.lm_head(slice_logits_to_keep(hidden, logits_to_keep))
     return CausalLMOutputWithPast(logits=logits)
+
+
+def fingerprint(model, cut: int) -> str:
+    """Hash of everything the frozen bottom computes with: the cut, the input embeddings, the
+    blocks below the cut (parameters and buffers, names, dtypes, bytes) and the rotary buffers."""
+    inner = _layout(model)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"cut={cut};".encode())
+    for prefix, mod in [("embed", inner.embed_tokens), ("rotary", inner.rotary_emb),
+                        *[(f"layer{i}", layer) for i, layer in enumerate(inner.layers[:cut])]]:
+        for name, t in [*mod.named_parameters(), *mod.named_buffers()]:
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{prefix}.{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_store(model, path: str | Path) -> int:
+    """Write `model`'s memoised bottom states (see the module docstring) to `path`; returns the row count."""
+    state: PrefixState = model._lwf_prefix
+    keys = list(state.store)
+    hidden = model.model.embed_tokens.embedding_dim
+    states = (torch.cat([state.store[k].to("cpu") for k in keys]) if keys
+              else torch.zeros(0, hidden, dtype=model.model.embed_tokens.weight.dtype))
+    torch.save({"version": 1, "cut": state.cut, "fingerprint": fingerprint(model, state.cut),
+                "lengths": torch.tensor([len(k) for k in keys], dtype=torch.int64),
+                "ids": torch.tensor([i for k in keys for i in k], dtype=torch.int64), "states": states}, path)
+    return len(keys)
+
+
+def save_disabled(path: str | Path) -> None:
+    """The placeholder the prefix stage writes when `model.prefix_cache` is off."""
+    torch.save({"version": 1, "prefix_cache": False}, path)
+
+
+_LOADED: dict = {}
+
+
+def load_store(model, path: str | Path) -> int:
+    """Add the states saved in `path` to `model`'s cache (enabled first); returns the rows added.
+    Refused (PrefixCacheError) when the store was made for another cut or other frozen weights."""
+    state: PrefixState = model._lwf_prefix
+    path = Path(path)
+    stamp = (str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size)
+    if _LOADED.get("stamp") != stamp:  # one read per process: evaluate loads one store for every seed
+        _LOADED.clear()
+        _LOADED.update(stamp=stamp, data=torch.load(path, weights_only=True, map_location="cpu"))
+    d = _LOADED["data"]
+    if d.get("prefix_cache") is False:
+        raise PrefixCacheError(f"{path} was written with model.prefix_cache off: run its prefix stage again "
+                               "(dvc repro)")
+    if d["cut"] != state.cut:
+        raise PrefixCacheError(f"{path} holds states below block {d['cut']}, the model's first trainable block is "
+                               f"{state.cut}: run its prefix stage again (dvc repro)")
+    if d["fingerprint"] != fingerprint(model, state.cut):
+        raise PrefixCacheError(f"{path} was made with other frozen weights than this model's blocks below "
+                               f"{state.cut}: run its prefix stage again (dvc repro)")
+    device = model.model.embed_tokens.weight.device
+    lengths = d["lengths"].tolist()
+    ids = d["ids"].tolist()
+    states = d["states"].to(device).split(lengths) if lengths else []
+    start = 0
+    for n, h in zip(lengths, states):
+        state.store.setdefault(tuple(ids[start:start + n]), h)
+        start += n
+    state.loaded += len(lengths)
+    log.info("model.prefix_cache: %d rows' frozen-block states loaded from %s", len(lengths), path)
+    return len(lengths)

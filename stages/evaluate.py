@@ -8,7 +8,7 @@ from pipeline.config import control_skipped
 from pipeline.evaluate import evaluate_model, held_out, nll_sets
 from pipeline.io import rounded, write_json
 from pipeline.models import load_model
-from pipeline.stage import main, stage
+from pipeline.stage import UserError, main, stage
 
 log = logging.getLogger("lwf")
 
@@ -30,14 +30,36 @@ def run(cfg, method: str):
             out["seeds"][str(seed)] = {**res, "train": json.loads((d / "train_stats.json").read_text())}
             continue
         model, tok = load_model(d, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
+        prefix = _prefix_cache(cfg, model, method)
         res = evaluate_model(model, tok, cfg.data, learn_test, forget_tests, general, cfg.evaluate, cfg.model.add_bos,
                              sets)
+        if prefix is not None:
+            res["prefix_cache"] = {"loaded": prefix.loaded, "hits": prefix.hits, "misses": prefix.misses}
+            log.info("stage evaluate: %s seed %d: prefix cache: %d row forwards served, %d ran the frozen blocks",
+                     method, seed, prefix.hits, prefix.misses)
         res["train"] = json.loads((d / "train_stats.json").read_text())
         log.info("stage evaluate: %s seed %d%s: learn %.3f forget %s ppl %.3f NLL of lwf's D_U %.3f", method, seed,
                  "" if trained else " (the base model, not fine-tuned: scored once for every seed)", res["learn_score"],
                  rounded(res["forget_scores"]), res["perplexity"], res["d_u_nll"])
         out["seeds"][str(seed)] = res
     write_json(paths.eval_file(method), out)
+
+
+def _prefix_cache(cfg, model, method: str):
+    """With `model.prefix_cache`: the base model's stored frozen-block states (prefix@eval) serve this
+    model's forwards, which then run only the top blocks; refused if its frozen blocks differ."""
+    if not cfg.model.prefix_cache or method == paths.CONTROL:  # the control has another base model
+        return None
+    from pipeline.models import trainable_model
+    from pipeline.prefix_cache import PrefixCacheError, enable_prefix_cache, load_store
+
+    trainable_model(model, cfg.model)  # marks the blocks model.trainable names: the cut
+    try:
+        state = enable_prefix_cache(model)
+        load_store(model, paths.prefix_store("eval"))
+    except PrefixCacheError as e:
+        raise UserError(str(e)) from None
+    return state
 
 
 if __name__ == "__main__":

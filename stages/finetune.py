@@ -40,10 +40,12 @@ def run(cfg, method: str, seed: int):
         enable()
         model.config.use_cache = False
     if cfg.model.prefix_cache:  # the frozen blocks run once per row (pipeline/prefix_cache.py)
-        from pipeline.prefix_cache import PrefixCacheError, enable_prefix_cache
+        from pipeline.prefix_cache import PrefixCacheError, enable_prefix_cache, load_store
 
         try:
             prefix = enable_prefix_cache(model)
+            if method != paths.CONTROL:  # the control has its own base model: its rows are stored as they come
+                load_store(model, paths.prefix_store("train"))
         except PrefixCacheError as e:
             raise UserError(str(e)) from None
     learn = load_rows(paths.LEARN_DATA, "train")
@@ -61,10 +63,11 @@ def run(cfg, method: str, seed: int):
     if cfg.model.prefix_cache:
         from pipeline.prefix_cache import disable_prefix_cache
 
-        log.info("stage finetune: %s seed %d: prefix cache: %d rows stored (%.1f MB), %d forwards of rows served "
-                 "from it, %d ran the frozen blocks", method, seed, len(prefix.store), prefix.nbytes() / 1e6,
-                 prefix.hits, prefix.misses)
-        stats["prefix_cache"] = {"rows": len(prefix.store), "hits": prefix.hits, "misses": prefix.misses}
+        log.info("stage finetune: %s seed %d: prefix cache: %d rows stored (%.1f MB, %d loaded from the prefix stage), "
+                 "%d forwards of rows served from it, %d ran the frozen blocks", method, seed, len(prefix.store),
+                 prefix.nbytes() / 1e6, prefix.loaded, prefix.hits, prefix.misses)
+        stats["prefix_cache"] = {"rows": len(prefix.store), "loaded": prefix.loaded, "hits": prefix.hits,
+                                 "misses": prefix.misses}
         disable_prefix_cache(model)
     if dist.is_fsdp(model):  # gather the shards: the whole trained model, on rank 0's CPU only
         state, _ = dist.full_state(model)

@@ -177,3 +177,52 @@ def test_per_sample_gradients_through_the_cache(rows, engine):
         for n in ref:
             torch.testing.assert_close(got[n], ref[n], **TOL, msg=n)
     assert state.misses == 5 and state.hits == 5
+
+
+def test_a_saved_store_serves_another_process_model_and_refuses_other_frozen_weights(rows, tmp_path):
+    """prefix@train / prefix@eval write the base model's states; a fine-tune or an evaluation of a model
+    with the same frozen blocks loads them (no bottom forward at all), one with other frozen blocks or
+    another cut is refused in one sentence."""
+    from pipeline.prefix_cache import fingerprint, load_store, save_store
+
+    base, tok = _model()
+    batch = _batch(tok, rows[:6])
+    state = enable_prefix_cache(base)
+    forward_loss(base, batch)
+    path = tmp_path / "train.pt"
+    assert save_store(base, path) == 6
+
+    tuned = copy.deepcopy(base)  # the top blocks change in a fine-tune; the frozen ones do not
+    disable_prefix_cache(tuned)
+    with torch.no_grad():
+        tuned.model.layers[3].mlp.down_proj.weight.mul_(1.5)
+    ref, _ = forward_loss(tuned, batch)
+    s2 = enable_prefix_cache(tuned)
+    assert load_store(tuned, path) == 6 and s2.loaded == 6
+    bottom = _count_calls(tuned.model.layers[0])
+    torch.testing.assert_close(forward_loss(tuned, batch)[0], ref, **TOL)
+    assert (s2.hits, s2.misses, len(bottom)) == (6, 0, 0)
+    assert fingerprint(tuned, 2) == fingerprint(base, state.cut)
+
+    other = copy.deepcopy(tuned)  # one frozen weight changed by one ulp
+    disable_prefix_cache(other)
+    with torch.no_grad():
+        w = other.model.layers[1].self_attn.q_proj.weight
+        w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(1e9))
+    enable_prefix_cache(other)
+    with pytest.raises(PrefixCacheError, match="other frozen weights"):
+        load_store(other, path)
+    deeper, _ = _model(trainable=r"model\.layers\.3\.")  # cut 3, not 2
+    enable_prefix_cache(deeper)
+    with pytest.raises(PrefixCacheError, match="below block 2"):
+        load_store(deeper, path)
+
+
+def test_prefix_stage_placeholder_is_refused_by_name(tmp_path):
+    from pipeline.prefix_cache import load_store, save_disabled
+
+    model, _ = _model()
+    enable_prefix_cache(model)
+    save_disabled(tmp_path / "eval.pt")
+    with pytest.raises(PrefixCacheError, match="prefix_cache off"):
+        load_store(model, tmp_path / "eval.pt")

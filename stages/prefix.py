@@ -1,0 +1,73 @@
+"""prefix@<part>: the frozen bottom blocks of the base model run once over every row the later
+stages feed (`model.prefix_cache`, pipeline/prefix_cache.py); with the cache off, a placeholder.
+
+- part=train: the learning rows and all self-knowledge (every D_U is a subset) as the fine-tune
+  encodes them -> artifacts/prefix/train.pt, loaded by every finetune@<method>-<seed>;
+- part=eval: every row the evaluate stage scores by a forward (loglik test rows of the learning and
+  forgetting tasks, the general text, the self-knowledge NLL sets) -> artifacts/prefix/eval.pt.
+Two files, so that a change of the test rows does not rerun the fine-tunes."""
+import logging
+import time
+
+import pandas as pd
+
+from pipeline import paths
+from pipeline.confidence import as_rows
+from pipeline.data import encode_rows, sequence_nlls
+from pipeline.evaluate import choice_logliks, held_out, perplexity, set_nlls
+from pipeline.io import atomic_path
+from pipeline.models import load_model, trainable_model
+from pipeline.prefix_cache import PrefixCacheError, enable_prefix_cache, save_disabled, save_store
+from pipeline.stage import UserError, load_rows, main, stage
+from pipeline.tasks import get_task
+
+log = logging.getLogger("lwf")
+PARTS = ("train", "eval")
+
+
+@stage("prefix")
+def run(cfg, part: str):
+    """Write artifacts/prefix/<part>.pt."""
+    if part not in PARTS:
+        raise UserError(f"prefix part {part!r}: one of {', '.join(PARTS)}")
+    out = paths.prefix_store(part)
+    if not cfg.model.prefix_cache:
+        with atomic_path(out) as tmp:
+            save_disabled(tmp)
+        log.info("stage prefix: %s: model.prefix_cache is off, nothing stored", part)
+        return
+    model, tok = load_model(paths.BASE_MODEL, cfg.model)
+    model = trainable_model(model, cfg.model)
+    try:
+        state = enable_prefix_cache(model)
+    except PrefixCacheError as e:
+        raise UserError(str(e)) from None
+    t0 = time.time()
+    self_rows = as_rows(pd.read_parquet(paths.SELF_KNOWLEDGE))
+    max_length, add_bos = cfg.data.max_length, cfg.model.add_bos
+    if part == "train":  # batched like the fine-tune (finetune.batch_size: a setting its stages already depend on)
+        bs = cfg.finetune.batch_size
+        rows = load_rows(paths.LEARN_DATA, "train") + self_rows
+        log.info("stage prefix: train: %s, %d learning + %d self-knowledge rows through blocks 0-%d", cfg.model.name,
+                 len(rows) - len(self_rows), len(self_rows), state.cut - 1)
+        sequence_nlls(model, encode_rows(tok, rows, max_length, add_bos), tok.pad_token_id, bs)
+    else:
+        bs = cfg.evaluate.batch_size
+        learn_test, forget_tests, general = held_out(cfg)
+        scored = [(cfg.data.learn, learn_test)] + [(ref, forget_tests[ref.task]) for ref in cfg.data.forget]
+        for ref, rows in scored:
+            task = get_task(ref.task, ref.options)
+            if task.has_gold and task.scoring == "loglik":  # generation runs the whole model anyway
+                log.info("stage prefix: eval: %s, %d %s test rows (loglik)", cfg.model.name, len(rows), ref.task)
+                choice_logliks(model, tok, task, rows, bs, add_bos)
+        log.info("stage prefix: eval: %s, %d general-text rows, %d self-knowledge rows", cfg.model.name, len(general),
+                 len(self_rows))
+        perplexity(model, tok, general, max_length, bs, add_bos)
+        set_nlls(model, tok, self_rows, max_length, bs, add_bos)
+    with atomic_path(out) as tmp:
+        n = save_store(model, tmp)
+    log.info("stage prefix: %s: %d rows stored (%.0f MB) in %.0f s", part, n, state.nbytes() / 1e6, time.time() - t0)
+
+
+if __name__ == "__main__":
+    main(run)
