@@ -8,7 +8,7 @@ from pipeline.grads import select_params
 from pipeline.io import write_json
 from pipeline.models import load_model, trainable_model
 from pipeline.optimum import optimum_delta, save_optimum
-from pipeline.stage import load_rows, main, stage
+from pipeline.stage import UserError, load_rows, main, stage
 
 log = logging.getLogger("lwf")
 
@@ -20,11 +20,21 @@ def run(cfg):
     model, tok = load_model(paths.BASE_MODEL, cfg.model)  # one process (the stage is not launched)
     model = trainable_model(model, cfg.model)  # the same seeded adapters / trainable subset as fisher, confidence
     selected = list(select_params(model, cfg.grads.param_regex, cfg.grads.embeddings))
+    if cfg.model.prefix_cache:  # the learning rows' frozen-block states from prefix_train: top blocks only
+        from pipeline.prefix_cache import PrefixCacheError, disable_prefix_cache, enable_prefix_cache, load_store
+
+        try:
+            enable_prefix_cache(model)
+            load_store(model, paths.prefix_store("train"))
+        except PrefixCacheError as e:
+            raise UserError(str(e)) from None
     rows = load_rows(paths.LEARN_DATA, "train")
     log.info("stage optimum: theta*_L = %d plain AdamW steps (lr %g, batch %d, warmup %d) on %d %s training rows",
              o.steps, o.lr, o.batch_size, o.warmup_steps, len(rows), cfg.data.learn.task)
     t0 = time.time()
     delta, theta, stats = optimum_delta(model, tok, rows, o, cfg.data.max_length, cfg.model.add_bos, selected)
+    if cfg.model.prefix_cache:
+        disable_prefix_cache(model)
     meta = {"steps": o.steps, "lr": o.lr, "batch_size": o.batch_size, "warmup_steps": o.warmup_steps, "seed": o.seed,
             "n_rows": len(rows), "n_delta_params": sum(d.numel() for d in delta.values()),
             "n_theta_params": sum(t.numel() for t in theta.values())}

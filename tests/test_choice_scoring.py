@@ -20,12 +20,12 @@ ROWS = [
 ]
 
 
-def brute_force(model, tok, rows):
+def brute_force(model, tok, rows, task=TASK):
     out = []
     with torch.no_grad():
         for r in rows:
             lls = []
-            for c in TASK.choice_continuations(r):
+            for c in task.choice_continuations(r):
                 e = encode_rows(tok, [{"prompt": r["prompt"], "target": c, "add_eos": False}], 10**9)[0]
                 logp = model(input_ids=torch.tensor([e.input_ids])).logits[0].double().log_softmax(-1)
                 lls.append(sum(float(logp[t - 1, e.input_ids[t]]) for t, lab in enumerate(e.labels) if lab != IGNORE))
@@ -104,3 +104,21 @@ def test_through_the_prefix_cache(model_tok):
         assert state.hits == state.misses == 8  # 1 + 2 + 5 carriers per pass (bytes: no SST-5 label rides)
     finally:
         disable_prefix_cache(model)
+
+
+def test_letter_continuations_score_the_letters_in_one_forward(model_tok):
+    model, tok = model_tok
+    task = get_task("psychol", {"scoring": "loglik", "continuations": "letters"})
+    rows = [dict(r, prompt=r["prompt"][:40]) for r in ROWS[:2]]
+    assert task.choice_continuations(rows[0]) == [" A", " B", " C", " D"]
+    enc = encode_rows(tok, [{"prompt": rows[0]["prompt"], "target": c, "add_eos": False}
+                            for c in task.choice_continuations(rows[0])], 10**9)
+    assert len(set(option_carriers(enc).values())) == 1  # same length, same head: all ride on one sequence
+    ref = brute_force(model, tok, rows, task)
+    got = choice_logliks(model, tok, task, rows, batch_size=2)
+    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64),
+                               rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="continuations"):
+        get_task("psychol", {"continuations": "words"})
+    with pytest.raises(ValueError, match="sst5"):
+        get_task("sst5", {"continuations": "letters"})

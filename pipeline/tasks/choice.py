@@ -7,7 +7,10 @@ Two scoring conventions (params: the task's `options.scoring`):
   (`extract_letter`: a letter only where it stands as an answer, else the option text the output
   states; sst5: the earliest label word, any case); nothing found scores 0;
 - `loglik`: lm-evaluation-harness style, the option whose continuation has the highest total
-  log-likelihood after the prompt wins (no generation, no extraction).
+  log-likelihood after the prompt wins (no generation, no extraction). The continuations are the
+  option texts (`options.continuations: texts`, default) or the letters the prompt lists them
+  under (`letters`: " A", " B", ...; lm-evaluation-harness's MMLU convention; one token each, so a
+  row needs one forward, not one per option).
 """
 from __future__ import annotations
 
@@ -58,11 +61,16 @@ def extract_letter(text: str, n_choices: int, choices: list[str] | None = None) 
 
 @dataclass(frozen=True)
 class ChoiceTask(Task):
+    continuations: str = "texts"  # loglik: score the option texts | the letters (options.continuations)
+
     def with_options(self, options):
         scoring = options.get("scoring", "generate")
         if scoring not in ("generate", "loglik"):
             raise ValueError(f"options.scoring {scoring!r} must be 'generate' or 'loglik'")
-        return replace(self, scoring=scoring)
+        cont = options.get("continuations", "texts")
+        if cont not in ("texts", "letters"):
+            raise ValueError(f"options.continuations {cont!r} must be 'texts' or 'letters'")
+        return replace(self, scoring=scoring, continuations=cont)
 
     def records(self, split, options) -> list[dict]:
         """Records in a common form: question, choices (list), gold (int)."""
@@ -77,6 +85,8 @@ class ChoiceTask(Task):
         return extract_letter(text, len(choices) if choices else len(LETTERS), choices)
 
     def choice_continuations(self, row) -> list[str]:
+        if self.continuations == "letters":
+            return [" " + LETTERS[i] for i in range(len(row["choices"]))]
         return [" " + c for c in row["choices"]]
 
     def gold_index(self, row) -> int:
@@ -133,6 +143,11 @@ SST5_LABELS = ("very negative", "negative", "neutral", "positive", "very positiv
 class SST5(ChoiceTask):
     """5-class sentiment (SetFit/sst5): the answer is a label word."""
     name: str = "sst5"
+
+    def with_options(self, options):
+        if options.get("continuations", "texts") != "texts":
+            raise ValueError("options.continuations: sst5's prompt lists label words, not letters; use 'texts'")
+        return super().with_options(options)
 
     def load(self, split, n, seed, options):
         recs = load_records(options, split, hub_id="SetFit/sst5", required=("text", "label"))
