@@ -35,6 +35,7 @@ def main():
     ap.add_argument("--n-train", type=int, help="learning rows (default: the preset's data.learn.n_train)")
     ap.add_argument("--batch-size", type=int, help="learning batch (default: the preset's finetune.batch_size)")
     ap.add_argument("--trainable", help="model.trainable regex (default: the preset's)")
+    ap.add_argument("--lr-schedule", help="constant | linear | cosine (default: the preset's)")
     ap.add_argument("--scoring", default=None, help="generate | loglik (default: the preset's)")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -55,7 +56,8 @@ def main():
         "model": cfg.model.model_copy(update={"trainable": a.trainable} if a.trainable else {}),
         "data": cfg.data.model_copy(update={"learn": cfg.data.learn.model_copy(update=learn_upd)})})
     fcfg = cfg.finetune.model_copy(update={"max_steps": a.steps, **({"lr": a.lr} if a.lr else {}),
-                                           **({"batch_size": a.batch_size} if a.batch_size else {})})
+                                           **({"batch_size": a.batch_size} if a.batch_size else {}),
+                                           **({"lr_schedule": a.lr_schedule} if a.lr_schedule else {})})
     ref = cfg.data.learn
     task = get_task(ref.task, ref.options)
     learn = task.load("train", ref.n_train, cfg.data.seed, ref.options)  # the prepare stage's draw
@@ -89,10 +91,10 @@ def main():
     rows = [[k, ", ".join(f"{v:.3f}" for v in vs), f"{sum(vs) / len(vs):.3f}",
              f"{sum(vs) / len(vs) - base:+.3f}" if base is not None else "-"] for k, vs in curve.items() if vs]
     table(f"vanilla on SST-5 validation ({len(val)} rows), {cfg.model.name}, {ref.n_train} learning rows, "
-          f"batch {fcfg.batch_size}, lr {fcfg.lr}, trainable {cfg.model.trainable}, scoring {task.scoring}, prefix cache on, {a.threads} thread(s), "
+          f"batch {fcfg.batch_size}, lr {fcfg.lr} ({fcfg.lr_schedule}), trainable {cfg.model.trainable}, scoring {task.scoring}, prefix cache on, {a.threads} thread(s), "
           f"{time.time() - t0:.0f} s ({machine()})", ["learning steps", "accuracy per seed", "mean", "vs base"], rows)
     if a.json:
-        Path(a.json).write_text(json.dumps({"curve": curve, "n_val": len(val), "lr": fcfg.lr, "n_train": ref.n_train,
+        Path(a.json).write_text(json.dumps({"curve": curve, "n_val": len(val), "lr": fcfg.lr, "lr_schedule": fcfg.lr_schedule, "n_train": ref.n_train,
                                                "trainable": cfg.model.trainable, "scoring": task.scoring}, indent=2))
 
 
