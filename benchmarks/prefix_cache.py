@@ -12,7 +12,11 @@ the base_model stage writes, converted once here):
   from the same starting weights, the store emptied first (its wall time includes the fill); its
   per-step losses are printed for both configurations (they must agree).
 
-    python benchmarks/prefix_cache.py [--steps 6] [--threads 1]
+- an evaluation as the evaluate stage runs it under the powered preset's scoring (`--n-eval` SST-5
+  rows by loglik, psychology rows by letter loglik, GSM8K questions by perplexity): uncached, and
+  cached from a store a first pass filled (that pass, timed too, is the prefix_eval stage's cost).
+
+    python benchmarks/prefix_cache.py [--steps 6] [--threads 1] [--n-eval 100]
 """
 import argparse
 import json
@@ -40,7 +44,7 @@ def rows_and_batch(tok):
     return [rows[i] for i in order], collate([encs[i] for i in order], tok.pad_token_id)
 
 
-def one(ckpt: str, cached: bool, steps: int) -> dict:
+def one(ckpt: str, cached: bool, steps: int, n_eval: int) -> dict:
     from pipeline.config import FinetuneConfig, MethodConfig, ModelConfig
     from pipeline.data import forward_loss
     from pipeline.models import load_model, trainable_model
@@ -81,9 +85,35 @@ def one(ckpt: str, cached: bool, steps: int) -> dict:
                       max_length=384)
     out["finetune_s"] = time.perf_counter() - t
     out["losses"] = [r["loss"] for r in log if r["kind"] == "learn"]
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if cached:
         out["store_mb"] = state.nbytes() / 1e6
+    # an evaluation as the evaluate stage runs it (the powered preset's scoring) on n_eval rows per task:
+    # uncached = the whole model per forward; cached = served from a store that a first pass filled
+    # (that first pass is what the prefix_eval stage pays once per run, not once per model)
+    from pipeline.evaluate import choice_logliks, perplexity
+    from pipeline.tasks import get_task
+
+    sst = get_task("sst5", {"source": "vendored", "scoring": "loglik"})
+    psy = get_task("psychol", {"source": "vendored", "scoring": "loglik", "continuations": "letters"})
+    ev = [(sst, sst.load("test", n_eval, 0, {"source": "vendored"})),
+          (psy, psy.load("test", n_eval, 0, {"source": "vendored"}))]
+    gen = get_task("gsm8k").load("test", n_eval, 0, {"source": "vendored"})
+    general = [{"prompt": "", "target": r["prompt"]} for r in gen]
+
+    def evaluate():
+        scores = [choice_logliks(model, tok, t, r, 32) for t, r in ev]
+        return scores, perplexity(model, tok, general, 384, 32)[0]
+
+    if cached:
+        t = time.perf_counter()
+        evaluate()
+        out["prefix_fill_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    scores, ppl = evaluate()
+    out["eval_s"] = time.perf_counter() - t
+    out["eval_first_logliks"] = [s[0] for s in scores]
+    out["eval_ppl"] = ppl
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
 
@@ -91,12 +121,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--n-eval", type=int, default=100, help="test rows per task in the evaluation measurement")
     ap.add_argument("--one", choices=["cached", "uncached"])
     ap.add_argument("--ckpt")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.one:
-        print("RESULT " + json.dumps(one(a.ckpt, a.one == "cached", a.steps)))
+        print("RESULT " + json.dumps(one(a.ckpt, a.one == "cached", a.steps, a.n_eval)))
         return
     from pipeline.config import ModelConfig
     from pipeline.io import save_pretrained
@@ -107,7 +138,7 @@ def main():
         save_pretrained(ckpt, *load_packaged("smollm2-135m-instruct", ModelConfig(name="smollm2-135m-instruct")))
         res = {}
         for name in ("uncached", "cached"):
-            r = subprocess.run([sys.executable, __file__, "--one", name, "--ckpt", ckpt, "--steps", str(a.steps),
+            r = subprocess.run([sys.executable, __file__, "--one", name, "--ckpt", ckpt, "--steps", str(a.steps), "--n-eval", str(a.n_eval),
                                 "--threads", str(a.threads)], capture_output=True, text=True, check=True)
             res[name] = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))[7:])
     u, c = res["uncached"], res["cached"]
@@ -119,12 +150,20 @@ def main():
            ["first cached step (fills the store), s", "-", f"{c['first_step_s']:.3f}", "-"],
            [f"fine-tune, {a.steps} steps, wall s", f"{u['finetune_s']:.2f}", f"{c['finetune_s']:.2f}",
             f"{u['finetune_s'] / c['finetune_s']:.2f}x"],
+           [f"evaluation: {a.n_eval} SST-5 + {a.n_eval} psychology test rows (loglik) + {a.n_eval} GSM8K questions "
+            "(perplexity), wall s", f"{u['eval_s']:.2f}", f"{c['eval_s']:.2f}", f"{u['eval_s'] / c['eval_s']:.2f}x"],
+           ["the same evaluation filling the store (the prefix_eval stage, once per run), s", "-",
+            f"{c['prefix_fill_s']:.2f}", "-"],
            ["peak RSS of the process, MB", f"{u['peak_rss_mb']:.0f}", f"{c['peak_rss_mb']:.0f}", "-"],
            ["store of frozen-block outputs, MB", "-", f"{c['store_mb']:.2f}", "-"]])
     diff = max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(u["losses"], c["losses"]))
     print("fine-tune losses uncached:", ", ".join(f"{x:.5f}" for x in u["losses"]))
     print("fine-tune losses cached:  ", ", ".join(f"{x:.5f}" for x in c["losses"]))
     print(f"max relative difference of the losses: {diff:.2e}")
+    la = [x for s_ in u["eval_first_logliks"] for x in s_]
+    lb = [x for s_ in c["eval_first_logliks"] for x in s_]
+    print(f"evaluation: first row's option log-likelihoods max abs difference "
+          f"{max(abs(x - y) for x, y in zip(la, lb)):.2e}; perplexity {u['eval_ppl']:.4f} vs {c['eval_ppl']:.4f}")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ NOT_RUN = {  # scripts whose cheapest real path is a whole pipeline run or the r
     "optimum_budget": "runs on the projects lab_confidence.py made",
     "real_confidence": "SmolLM2-135M through the confidence stage (~8 min)",
     "lm_eval_cpu": "SmolLM2-135M under lm-evaluation-harness",
+    "prefix_cache": "SmolLM2-135M fine-tuning steps and evaluations, cached and uncached, in subprocesses",
+    "learning_curve": "SmolLM2-135M fine-tunes of 150 steps scored on SST-5 validation (~8 min a seed)",
 }
 
 
