@@ -94,8 +94,12 @@ def test_repro_writes_every_artifact(dvc_project):
     proj, out = dvc_project
     assert {"prepare", "base_model", "optimum", "fisher", "elicit", "confidence", "control_model", "finetune_control@0",
             "evaluate_control", "report", "finetune@vanilla-0", "finetune@lwf-0", "evaluate@vanilla",
-            "evaluate@lwf"} <= ran_stages(out)
+            "evaluate@lwf", "prefix_train", "prefix_eval"} <= ran_stages(out)
     import pandas as pd
+    import torch
+
+    for part in ("train", "eval"):  # model.prefix_cache is off in the lab: a placeholder the stages never load
+        assert torch.load(proj / f"artifacts/prefix/{part}.pt", weights_only=True) == {"version": 1, "prefix_cache": False}
 
     df = pd.read_parquet(proj / "artifacts/confidence.parquet")
     assert {"sample_id", "forget_task", "prompt", "response", "confidence", "rank", "selected"} <= set(df.columns)
