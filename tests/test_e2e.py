@@ -189,6 +189,8 @@ def test_declared_params_cover_every_key_a_stage_reads(dvc_project):
     missing = set()
     for r in records:  # the control's runs of finetune / evaluate are the stages finetune_control / evaluate_control
         name = f"{r['stage']}_control" if r["item"].get("method") == "control" else r["stage"]
+        if r["stage"] == "prefix":  # one stage module, two dvc.yaml stages (prefix_train, prefix_eval)
+            name = f"prefix_{r['item']['part']}"
         declared = declared_params(name, r["item"])
         for key in r["keys"]:
             if not any(key == d or key.startswith(d + ".") for d in declared):
