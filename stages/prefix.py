@@ -5,7 +5,8 @@ stages feed (`model.prefix_cache`, pipeline/prefix_cache.py); with the cache off
   encodes them -> artifacts/prefix/train.pt, loaded by every finetune@<method>-<seed>;
 - part=eval: every row the evaluate stage scores by a forward (loglik test rows of the learning and
   forgetting tasks, the general text, the self-knowledge NLL sets) -> artifacts/prefix/eval.pt.
-Two files, so that a change of the test rows does not rerun the fine-tunes."""
+Two files, so that what only the evaluations read (general text, evaluate.batch_size) never reruns
+the fine-tunes through the store."""
 import logging
 import time
 
