@@ -190,13 +190,19 @@ def test_readme_paper_recipes_give_valid_params(tmp_path):
     from dvc.utils.hydra import apply_overrides
 
     text = _docs_text().replace("\\\n", " ")
-    recipes = [shlex.split(line.split("#")[0])[3:] for line in text.splitlines()
-               if line.startswith("dvc exp run -S")]
+    recipes, preset = [], "presets/paper_llama3.2-1b.yaml"  # or the preset its code block copied to params.yaml
+    for line in text.splitlines():
+        if line.startswith("```"):
+            preset = "presets/paper_llama3.2-1b.yaml"
+        elif m := re.match(r"cp (presets/\S+\.yaml) params\.yaml", line):
+            preset = m.group(1)
+        elif line.startswith("dvc exp run -S"):
+            recipes.append((preset, shlex.split(line.split("#")[0])[3:]))
     assert len(recipes) >= 2
-    for args in recipes:
+    for preset, args in recipes:
         overrides = [a for a in args if a != "-S"]
         p = tmp_path / "params.yaml"
-        p.write_text((ROOT / "presets/paper_llama3.2-1b.yaml").read_text())
+        p.write_text((ROOT / preset).read_text())
         apply_overrides(str(p), overrides)
         raw = read_params(p)
         raw["model"]["name"] = "lab"
