@@ -83,8 +83,9 @@ class ModelConfig(_Strict):
     # regex over parameter names: only matching parameters are trained (fine-tune, probe) and have
     # Fisher/confidence gradients; the rest are frozen (a forward pass still runs through them)
     trainable: Optional[str] = None
-    # fine-tune only: run the frozen blocks below the lowest trainable block once per row and memoise
-    # their output (pipeline/prefix_cache.py); needs model.trainable on the top blocks of a Llama-style model
+    # run the frozen blocks below the lowest trainable block once per row for the whole run (prefix_train /
+    # prefix_eval stages; optimum, finetune and evaluate load the stored states: pipeline/prefix_cache.py);
+    # needs model.trainable on the top blocks of a Llama-style model
     prefix_cache: bool = False
     lab: LabConfig = LabConfig()
 

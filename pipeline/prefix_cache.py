@@ -25,17 +25,18 @@ checkpointing, LoRA or FSDP; right padding (a batch with a padding position befo
 refused). A forward that asks for hidden states (the `bss` method reads them), a KV cache or
 `labels` runs the model's own forward, uncached.
 
-Turned on by the finetune stage only. Both per-sample-gradient engines (`pipeline/grads.py`) hook
-the layers of one batched forward and work through it unchanged for parameters above the cut
-(tests/test_prefix_cache.py), but the fisher and confidence stages do not turn it on: they score
+Turned on by the prefix, optimum, finetune and evaluate stages (`model.prefix_cache`). Both
+per-sample-gradient engines (`pipeline/grads.py`) hook the layers of one batched forward and work
+through it unchanged for parameters above the cut (tests/test_prefix_cache.py), but the fisher and
+confidence stages do not turn it on: they score
 each row about once (nothing to reuse within a stage) and `grads.param_regex` may select
 parameters below the cut.
 
 Shared between stages (`save_store` / `load_store`): every fine-tune and every evaluation of one
-base model has the same frozen blocks, so the `prefix@train` and `prefix@eval` stages run them once
+base model has the same frozen blocks, so the `prefix_train` and `prefix_eval` stages run them once
 over every row the fine-tunes and the evaluations will feed (learning rows, self-knowledge, test
-rows) and write the states; the finetune and evaluate stages load them and run only the top
-blocks. A store carries the cut and a fingerprint of the frozen weights (embeddings, blocks below
+rows) and write the states; the optimum, finetune and evaluate stages load them and run only the
+top blocks. A store carries the cut and a fingerprint of the frozen weights (embeddings, blocks below
 the cut, rotary buffers): loading it into a model whose frozen part differs in one bit is refused,
 so a stale store can slow a run down (a row not in it is computed) but never change a number.
 File (torch.save, weights_only): `version`, `cut`, `fingerprint`, `lengths` (int64, one per row),

@@ -46,7 +46,7 @@ def run(cfg, method: str):
 
 
 def _prefix_cache(cfg, model, method: str):
-    """With `model.prefix_cache`: the base model's stored frozen-block states (prefix@eval) serve this
+    """With `model.prefix_cache`: the base model's stored frozen-block states (prefix_eval) serve this
     model's forwards, which then run only the top blocks; refused if its frozen blocks differ."""
     if not cfg.model.prefix_cache or method == paths.CONTROL:  # the control has another base model
         return None

@@ -1,5 +1,5 @@
-"""prefix@<part>: the frozen bottom blocks of the base model run once over every row the later
-stages feed (`model.prefix_cache`, pipeline/prefix_cache.py); with the cache off, a placeholder.
+"""prefix_train, prefix_eval (part=train | eval): the frozen bottom blocks of the base model run
+once over every row the later stages feed (`model.prefix_cache`, pipeline/prefix_cache.py); with the cache off, a placeholder.
 
 - part=train: the learning rows and all self-knowledge (every D_U is a subset) as the fine-tune
   encodes them -> artifacts/prefix/train.pt, loaded by every finetune@<method>-<seed>;
