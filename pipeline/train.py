@@ -218,7 +218,7 @@ class Finetune:
             self.fwd = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = dist.adamw(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         # the separate ascent optimizer is stateless (plain SGD, no momentum)
         self.ascent = torch.optim.SGD(self.params, lr=method.unlearn_lr) if self.mode == "separate" else None
         self.sched = lr_scheduler(self.opt, cfg, self.n_steps)

@@ -122,3 +122,29 @@ def test_letter_continuations_score_the_letters_in_one_forward(model_tok):
         get_task("psychol", {"continuations": "words"})
     with pytest.raises(ValueError, match="sst5"):
         get_task("sst5", {"continuations": "letters"})
+
+
+def test_perplexity_per_sequence_in_row_order_with_length_sorted_batches():
+    """`perplexity` batches rows of similar length together; each row's summed NLL and token count
+    must still be its own (one forward per row, no padding) and come back in the order of the rows."""
+    import math
+
+    from pipeline.evaluate import perplexity
+
+    torch.manual_seed(0)
+    model, tok = tiny_lab(layers=2)
+    texts = ["a b c d e f g h i j k l", "x", "p q r s", "one two three four five six", "z y", "m n o"]
+    rows = [{"prompt": "", "target": t} for t in texts]
+    ref_sums, ref_counts = [], []
+    with torch.no_grad():
+        for r in rows:
+            e = encode_rows(tok, [r], 512)[0]
+            logp = model(input_ids=torch.tensor([e.input_ids])).logits[0].double().log_softmax(-1)
+            t = [q for q, lab in enumerate(e.labels) if lab != IGNORE]
+            ref_sums.append(-sum(float(logp[q - 1, e.input_ids[q]]) for q in t))
+            ref_counts.append(len(t))
+    assert len(set(ref_counts)) >= 4  # rows of different lengths, not in length order
+    ppl, sums, counts = perplexity(model, tok, rows, 512, batch_size=4)
+    assert counts == ref_counts
+    assert sums == pytest.approx(ref_sums, rel=1e-5)
+    assert ppl == pytest.approx(math.exp(sum(ref_sums) / sum(ref_counts)), rel=1e-6)
