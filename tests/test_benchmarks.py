@@ -53,6 +53,7 @@ NOT_RUN = {  # scripts whose cheapest real path is a whole pipeline run or the r
     "lm_eval_cpu": "SmolLM2-135M under lm-evaluation-harness",
     "prefix_cache": "SmolLM2-135M fine-tuning steps and evaluations, cached and uncached, in subprocesses",
     "learning_curve": "SmolLM2-135M fine-tunes of 150 steps scored on SST-5 validation (~8 min a seed)",
+    "objective_frontier_real": "36+ SmolLM2-135M fine-tunes in a finished `dvc repro` of the powered preset (~1 h)",
 }
 
 
@@ -82,6 +83,13 @@ def test_finetune_overhead_benchmark(capsys):
     _fresh("finetune_overhead").main(steps=4, every=2, repeat=1)
     rows = _table(capsys.readouterr().out, "Fine-tune wall time, 4 learning steps")
     assert [r[0] for r in rows] == ["vanilla", "lwf"] and float(rows[1][1]) > 0
+
+
+def test_optimizer_step_benchmark(capsys):
+    diff = _fresh("optimizer_step").main(blocks=1, repeat=1, hidden=32, inter=64, kv=16)
+    rows = _table(capsys.readouterr().out, "AdamW step over 9 tensors")
+    assert [r[0].split(" ")[0] for r in rows] == ["torch.optim.AdamW", "torch.optim.AdamW(fused=True)"]
+    assert diff < 1e-5  # the same update
 
 
 def test_confidence_scaling_benchmark(capsys):

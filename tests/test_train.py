@@ -49,6 +49,30 @@ def _unlearn_rows():
             {"prompt": "12+3=", "target": "15"}]
 
 
+def test_adamw_is_fused_on_plain_tensors_and_takes_the_same_steps():
+    """pipeline.dist.adamw (every learning step of the fine-tune and of theta*_L): the fused kernel on
+    plain CPU tensors, the same parameters as torch's default AdamW after several steps."""
+    from pipeline import dist
+
+    torch.manual_seed(0)
+    start = [torch.randn(7, 5), torch.randn(5), torch.randn(3, 7)]
+    grads = [[torch.randn_like(t) for t in start] for _ in range(6)]
+    out = []
+    for make in (lambda ps: dist.adamw(ps, lr=1e-2, weight_decay=0.1),
+                 lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1)):
+        ps = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = make(ps)
+        for gs in grads:
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            opt.step()
+        out.append(ps)
+        assert bool(opt.defaults.get("fused")) == (len(out) == 1)
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(out[0][0], start[0])
+
+
 def test_unlearn_events_in_log_at_multiples(tiny, rows):
     model = copy.deepcopy(tiny[0])
     log, stats = finetune(model, tiny[1], rows, _unlearn_rows(), _cfg(), _lwf(), 0, 48)
