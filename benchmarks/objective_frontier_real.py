@@ -49,7 +49,8 @@ from pipeline.prefix_cache import enable_prefix_cache, load_store
 from pipeline.report import paired_bootstrap, perplexity_bootstrap
 from pipeline.stage import load_rows
 from pipeline.tasks import get_task
-from pipeline.train import finetune
+from pipeline.objectives import check_args
+from pipeline.train import finetune, rows_digest, weights_digest
 
 
 def validation_rows(cfg, n_learn: int, n_general: int):
@@ -77,8 +78,11 @@ class Runner:
         self.sets = {"d_u": [{k: v for k, v in r.items() if k != "ref_nll"} for r in self.d_u]}
         self.val = validation_rows(cfg, n_learn, n_general)
         self.store = None
-        self.settings = {"n_learn": n_learn, "n_general": n_general, "d_u": len(self.d_u),
-                         "finetune": cfg.finetune.model_dump(mode="json"), "lwf": lwf.model_dump(mode="json")}
+        # what a cached fine-tune's scores depend on: the rows, the recipe, the model and its base weights
+        self.settings = {"n_learn": n_learn, "n_general": n_general, "learn": rows_digest(self.learn),
+                         "d_u": rows_digest(self.d_u), "base_model": weights_digest(self.plain),
+                         **{k: getattr(cfg, k).model_dump(mode="json") for k in ("model", "data", "finetune", "evaluate",
+                                                                                   "launch")}}
         print(f"{cfg.model.name}: {len(self.learn)} learning rows, D_U {len(self.d_u)} rows ({lwf.selection}); "
               f"validation: {len(self.val[0])} {cfg.data.learn.task}, "
               + ", ".join(f"{len(v)} {k}" for k, v in self.val[1].items()) + f", {len(self.val[2])} general",
@@ -109,7 +113,8 @@ class Runner:
         if method is not None:
             rows = self.d_u if method.unlearn != "none" else []
             _, stats = finetune(m, self.tok, self.learn, rows, self.cfg.finetune, method, seed,
-                                self.cfg.data.max_length, self.cfg.model.add_bos)
+                                self.cfg.data.max_length, self.cfg.model.add_bos, run_id=f"{name}-seed{seed}",
+                                mixed_precision=self.cfg.launch.mixed_precision)
         learn, forget, general = self.val
         res = evaluate_model(m, self.tok, self.cfg.data, learn, forget, general, self.cfg.evaluate,
                              self.cfg.model.add_bos, self.sets)
@@ -133,6 +138,8 @@ def main():
     ap.add_argument("--params", default="params.yaml")
     a = ap.parse_args()
     cfg = load_config(a.params)
+    for obj in a.objectives:  # an unknown objective fails here, before any fine-tune
+        check_args(obj, {})
     out = Path(a.out)
     runner = Runner(cfg, a.n_learn, a.n_general, Path(f"{out}_runs"))
     base = runner.run("base", None, None)
