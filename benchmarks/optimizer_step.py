@@ -43,7 +43,7 @@ def run(fused: bool, shp, steps: int = 20, repeat: int = 3):
     return best, params
 
 
-def main(blocks: int = 4, repeat: int = 3, hidden=576, inter=1536, kv=192):
+def compare(blocks: int = 4, repeat: int = 3, hidden=576, inter=1536, kv=192):
     shp = shapes(blocks, hidden, inter, kv)
     n = sum(torch.Size(s).numel() for s in shp)
     t_loop, p_loop = run(False, shp, repeat=repeat)
@@ -57,11 +57,15 @@ def main(blocks: int = 4, repeat: int = 3, hidden=576, inter=1536, kv=192):
     return diff
 
 
-if __name__ == "__main__":
+def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--blocks", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    main(a.blocks, a.repeat)
+    compare(a.blocks, a.repeat)
+
+
+if __name__ == "__main__":
+    main()

@@ -53,6 +53,7 @@ NOT_RUN = {  # scripts whose cheapest real path is a whole pipeline run or the r
     "lm_eval_cpu": "SmolLM2-135M under lm-evaluation-harness",
     "prefix_cache": "SmolLM2-135M fine-tuning steps and evaluations, cached and uncached, in subprocesses",
     "learning_curve": "SmolLM2-135M fine-tunes of 150 steps scored on SST-5 validation (~8 min a seed)",
+    "perplexity_batches": "SmolLM2-135M perplexity of 100 GSM8K questions, twice",
     "objective_frontier_real": "36+ SmolLM2-135M fine-tunes in a finished `dvc repro` of the powered preset (~1 h)",
 }
 
@@ -86,7 +87,7 @@ def test_finetune_overhead_benchmark(capsys):
 
 
 def test_optimizer_step_benchmark(capsys):
-    diff = _fresh("optimizer_step").main(blocks=1, repeat=1, hidden=32, inter=64, kv=16)
+    diff = _fresh("optimizer_step").compare(blocks=1, repeat=1, hidden=32, inter=64, kv=16)
     rows = _table(capsys.readouterr().out, "AdamW step over 9 tensors")
     assert [r[0].split(" ")[0] for r in rows] == ["torch.optim.AdamW", "pipeline.dist.adamw"]
     assert diff < 1e-5  # the same update
