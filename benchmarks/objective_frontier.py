@@ -137,6 +137,25 @@ def plot(df: pd.DataFrame, path: Path):
     fig.savefig(path, dpi=120)
 
 
+def ci_columns(r: dict) -> dict:
+    """The CSV columns of one frontier point: each paired delta as mean, _lo and _hi."""
+    return {f"{k}{suf}": r[k][i] for k in ("d_u_nll_rise", "ppl_change", "learn_delta", "forget_delta")
+            for i, suf in enumerate(("", "_lo", "_hi"))}
+
+
+def write_frontier(rows: list[dict], out: Path) -> None:
+    """OUT.csv (one row per point) and OUT.png (the plot), each written atomically."""
+    from pipeline.io import atomic_path
+
+    flat = pd.DataFrame(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        flat.to_csv(tmp, index=False)
+    with atomic_path(out.with_suffix(".png")) as tmp:
+        plot(flat, tmp)
+    print(f"\nwrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lab-seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -171,20 +190,9 @@ def main():
             interval(*[100 * x for x in r["ppl_change"]]) + " %", interval(*r["learn_delta"]),
             interval(*r["forget_delta"])] for r in res])
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    flat = pd.DataFrame([{"lab_seed": r["lab_seed"], "objective": r["objective"], "unlearn_lr": r["unlearn_lr"],
-                          "split": a.split, **{f"{k}{suf}": r[k][i] for k in ("d_u_nll_rise", "ppl_change", "learn_delta",
-                                                                               "forget_delta")
-                                               for i, suf in enumerate(("", "_lo", "_hi"))},
-                          "vanilla_learn": r["vanilla_learn"], "vanilla_ppl": r["vanilla_ppl"],
-                          "unlearn_steps_taken": r["unlearn_steps_taken"]} for r in res])
-    from pipeline.io import atomic_path
-
-    with atomic_path(out.with_suffix(".csv")) as tmp:
-        flat.to_csv(tmp, index=False)
-    with atomic_path(out.with_suffix(".png")) as tmp:
-        plot(flat, tmp)
-    print(f"\nwrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
+    write_frontier([{"lab_seed": r["lab_seed"], "objective": r["objective"], "unlearn_lr": r["unlearn_lr"],
+                     "split": a.split, **ci_columns(r), "vanilla_learn": r["vanilla_learn"],
+                     "vanilla_ppl": r["vanilla_ppl"], "unlearn_steps_taken": r["unlearn_steps_taken"]} for r in res], out)
 
 
 if __name__ == "__main__":

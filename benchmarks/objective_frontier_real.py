@@ -37,13 +37,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from _common import interval, machine, table
-from objective_frontier import VAL_SEED, items, plot
+from objective_frontier import VAL_SEED, ci_columns, items, write_frontier
 
 from pipeline import paths
 from pipeline.config import SELECTIONS, load_config
 from pipeline.confidence import as_rows
 from pipeline.evaluate import evaluate_model
-from pipeline.io import atomic_path, write_json
+from pipeline.io import write_json
 from pipeline.models import load_model, trainable_model
 from pipeline.prefix_cache import enable_prefix_cache, load_store
 from pipeline.report import paired_bootstrap, perplexity_bootstrap
@@ -173,19 +173,9 @@ def main():
           [[r["objective"], r["unlearn_lr"], interval(*r["d_u_nll_rise"]),
             interval(*[100 * x for x in r["ppl_change"]]) + " %", interval(*r["learn_delta"]),
             interval(*r["forget_delta"]), "/".join(str(s) for s in r["unlearn_steps"])] for r in res])
-    flat = pd.DataFrame([{"model": cfg.model.name, "objective": r["objective"], "unlearn_lr": r["unlearn_lr"],
-                          "split": "validation",
-                          **{f"{k}{suf}": r[k][i] for k in ("d_u_nll_rise", "ppl_change", "learn_delta", "forget_delta")
-                             for i, suf in enumerate(("", "_lo", "_hi"))},
-                          "vanilla_learn": van_learn, "vanilla_ppl": ppl_v,
-                          "unlearn_steps_taken": float(np.mean(r["unlearn_steps"]))} for r in res])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out.with_suffix(".csv")) as tmp:
-        flat.to_csv(tmp, index=False)
-    with atomic_path(out.with_suffix(".png")) as tmp:
-        plot(flat, tmp)
-    print(f"\nwrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
-
+    write_frontier([{"model": cfg.model.name, "objective": r["objective"], "unlearn_lr": r["unlearn_lr"],
+                     "split": "validation", **ci_columns(r), "vanilla_learn": van_learn, "vanilla_ppl": ppl_v,
+                     "unlearn_steps_taken": float(np.mean(r["unlearn_steps"]))} for r in res], out)
 
 if __name__ == "__main__":
     main()
