@@ -227,7 +227,7 @@ SCORES = ("optimum_distance", "fisher_distance", "fisher_conflict", "cosine", "p
 # methods.<m>.selection -> its flag column in artifacts/confidence.parquet (pipeline.confidence.select)
 SELECTIONS = {"high": "selected", "low": "selected_low", "random": "selected_random", "cosine": "selected_cosine",
               "oracle": "selected_oracle"}
-# finetune.lr_schedule -> the transformers scheduler (pipeline.train.lr_scheduler), after the warm-up
+# finetune.lr_schedule -> the transformers scheduler (pipeline.step.lr_scheduler), after the warm-up
 LR_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 # control.corpus (pipeline.lab.control_lab): the control's pretraining corpus
 CONTROL_CORPORA = ("random_cities", "without_facts")
@@ -278,7 +278,9 @@ class ConfidenceConfig(_Strict):
         return v
 
 
-UNLEARN_OPTIMIZERS = ("separate", "joint", "shared")
+UNLEARN_OPTIMIZERS = ("separate", "adam", "joint", "shared")
+# methods.<m>.guard (pipeline/guard.py): what stops unlearning
+GUARDS = ("graceful", "absolute", "none")
 
 
 class MethodConfig(_Strict):
@@ -300,12 +302,18 @@ class MethodConfig(_Strict):
     unlearn_every: int = Field(4, gt=0)  # N_u: one unlearning step after every N_u learning steps
     unlearn_batch_size: int = Field(16, gt=0)
     # separate: plain SGD step theta -= unlearn_lr * clip(grad objective), no state shared with learning;
+    # adam: AdamW at unlearn_lr with its own state (moves firmly held knowledge, whose gradients are small);
     # joint: every N_u-th learning step optimises l(learn) + alpha * objective in one AdamW step;
     # shared: AdamW step on alpha * objective with the learning steps' AdamW state (ablation only)
     unlearn_optimizer: Literal[UNLEARN_OPTIMIZERS] = "separate"
     unlearn_lr: float = Field(0.1, gt=0)
     alpha: float = Field(0.1, gt=0)
-    unlearn_max_loss: float = Field(6.0, gt=0)  # guard: stop unlearning when the D_U batch NLL passes this
+    # graceful: undo and stop when an unlearning step raises the guard rows' NLL by more than guard_max_rise
+    # (relative); absolute: stop when the D_U batch NLL passes unlearn_max_loss; none: only on a non-finite NLL
+    guard: Literal[GUARDS] = "graceful"
+    guard_max_rise: float = Field(0.1, gt=0)
+    guard_rows: int = Field(16, gt=0)  # learning rows the graceful guard watches (the stage adds general text)
+    unlearn_max_loss: float = Field(6.0, gt=0)  # the absolute guard's bound on the D_U batch NLL
 
     @field_validator("objective")
     @classmethod

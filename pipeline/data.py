@@ -195,3 +195,17 @@ class Stream:
         for pos in range(k * self.bs, (k + 1) * self.bs):
             out.append(self._perm(pos // self.n)[pos % self.n])
         return out
+
+
+def n_target_tokens(enc) -> int:
+    """Target tokens of one encoded row that the loss counts (labels shifted by one, as `token_nll`)."""
+    return sum(lab != IGNORE for lab in enc.labels[1:])
+
+
+@torch.no_grad()
+def reference_nll_sums(model, encs: list, pad_id: int, batch_size: int = 64) -> torch.Tensor:
+    """S_ref per row: the summed target-token NLL under `model` (float64, CPU), no gradients."""
+    was_training = model.training
+    mean = sequence_nlls(model, encs, pad_id, batch_size).cpu()
+    model.train(was_training)
+    return mean * torch.tensor([n_target_tokens(e) for e in encs], dtype=torch.float64)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from . import dist
-from .data import collate, forward_loss
+from .data import collate, encode_rows, forward_loss
 
 log = logging.getLogger("lwf")
 
@@ -336,3 +336,15 @@ def iter_per_sample_grads(model: nn.Module, encs: list, pad_id: int, engine: str
         yield torch.tensor(idx, dtype=torch.long), fn(model, params, [encs[i] for i in idx], pad_id, device)
         if progress is not None:
             progress.update(len(idx))
+
+
+def ascent_direction(model, tok, rows: list[dict], max_length: int, add_bos: bool = True):
+    """(mean l over `rows`, its gradient flattened over all parameters): the direction a GA
+    unlearning step on that batch ascends (the mechanism tests compare with it)."""
+    batch = collate(encode_rows(tok, rows, max_length, add_bos), tok.pad_token_id, next(model.parameters()).device)
+    model.zero_grad(set_to_none=True)
+    loss = forward_loss(model, batch)[0].mean()
+    loss.backward()
+    grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+    model.zero_grad(set_to_none=True)
+    return loss.item(), grad

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from .data import collate, encode
 from .models import build_byte_tokenizer, set_seed, tiny_llama
+from .step import optimizer_step
 from .tasks.lab import pretrain_corpus
 
 log = logging.getLogger("lwf")
@@ -38,7 +39,8 @@ def pretrain_lab(lab, max_length: int, desc: str = "pretrain", stage: str = "bas
                             lab.conflict_noise)
     log.info("stage %s: pretraining a %.2fM-parameter Llama on %d lab texts (conflict share %.2f, "
              "random cities %.2f)", stage, n_params / 1e6, len(texts), lab.conflict_weight, lab.conflict_noise)
-    opt = torch.optim.AdamW(model.parameters(), lr=lab.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=lab.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
     warm = max(1, lab.pretrain_steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / lab.pretrain_steps)))
@@ -50,10 +52,7 @@ def pretrain_lab(lab, max_length: int, desc: str = "pretrain", stage: str = "bas
         encs = [encode(tok, "", t, max_length) for t in texts[step * bs:(step + 1) * bs]]
         batch = collate(encs, tok.pad_token_id)
         out = model(**batch)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(out.loss, params, opt, grad_clip=1.0)
         sched.step()
         if step % 50 == 0 or step == lab.pretrain_steps - 1:
             losses.append((step, out.loss.item()))

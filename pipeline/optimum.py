@@ -6,10 +6,9 @@ unlearning, written out on its own so that the confidence stage (its probe) and 
 stage do not import the fine-tuning loop (a change of that loop must not rerun them):
 
     torch.manual_seed(seed); batches from `data.Stream(n, batch_size, seed)`;
-    step k: AdamW on mean_b l(x_b, y_b) (l = the mean target-token NLL of one row), gradient norm
-    clipped to `grad_clip`, a step whose gradient norm is non-finite is skipped;
-    LR: linear warmup over `warmup_steps` (lr * k / warmup_steps at step k < warmup_steps), then
-    constant (transformers' `constant_with_warmup`).
+    step k: AdamW on mean_b l(x_b, y_b) (l = the mean target-token NLL of one row) by
+    `pipeline.step.optimizer_step` (clipped; skipped when the gradient norm is non-finite);
+    LR: linear warmup over `warmup_steps`, then constant (`pipeline.step.lr_scheduler`).
 
 With the same settings it gives the weights `finetune(model, tok, rows, [], FinetuneConfig(...),
 MethodConfig(), seed, ...)` gives, bit for bit (tests/test_optimum.py). Several processes: as
@@ -33,18 +32,9 @@ from tqdm import tqdm
 
 from . import dist
 from .data import Stream, collate, encode_rows, forward_loss, sequence_nlls
+from .step import lr_scheduler, optimizer_step
 
 log = logging.getLogger("lwf")
-
-
-def warmup_constant(warmup_steps: int):
-    """LR factor of step k: k / warmup_steps during warmup, then 1 (transformers' constant_with_warmup)."""
-    def factor(k: int) -> float:
-        if k < warmup_steps:
-            return float(k) / float(max(1.0, warmup_steps))
-        return 1.0
-
-    return factor
 
 
 def plain_finetune(model, tok, rows: list[dict], steps: int, lr: float, batch_size: int, seed: int,
@@ -66,19 +56,13 @@ def plain_finetune(model, tok, rows: list[dict], steps: int, lr: float, batch_si
         fwd = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = dist.adamw(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_constant(warmup_steps))
+    sched = lr_scheduler(opt, "constant", warmup_steps, steps)
     skipped, first, last = 0, None, None
     for k in tqdm(range(steps), desc=desc, mininterval=5, leave=False, disable=not dist.is_main()):
         idx = stream.batch(k)
         batch = collate([encs[i] for i in dist.shard(idx)], tok.pad_token_id, device)
         losses, _ = forward_loss(fwd, batch)
-        total = losses.sum() * (W / len(idx))
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        if torch.isfinite(dist.full_tensor(torch.nn.utils.clip_grad_norm_(params, grad_clip))):
-            opt.step()
-        else:
-            skipped += 1
+        skipped += not optimizer_step(losses.sum() * (W / len(idx)), params, opt, grad_clip)
         sched.step()
         loss = (dist.all_reduce_sum_(losses.detach().sum()) / len(idx)).item()
         first = loss if first is None else first

@@ -101,6 +101,8 @@ def summarize(evals: dict[str, dict], seeds: list[int], n_boot: int, seed: int =
         row["unlearn_steps_taken"] = [t.get("unlearn_steps_taken", 0) for t in tr]
         row["optimizer_steps"] = [t.get("optimizer_steps") for t in tr]
         row["unlearn_stopped"] = sum(t.get("unlearn_stopped_at") is not None for t in tr)
+        row["unlearn_steps_scheduled"] = [t.get("unlearn_steps_scheduled", 0) for t in tr]
+        row["guard"] = [t.get("guard") for t in tr]
         out[method] = row
     return out
 
@@ -116,6 +118,35 @@ def _delta(r: dict, metric: str) -> str:
     lo, hi = r[f"{metric}_delta_ci95"]
     flag = " (noise)" if lo <= 0 <= hi else ""
     return f"{r[f'{metric}_delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]{flag}"
+
+
+def _steps(r: dict) -> str:
+    """Unlearning steps taken of those scheduled, per seed ('15/15, 4/15'), '—' for a method without."""
+    sched = r.get("unlearn_steps_scheduled") or []
+    if not any(sched):
+        return "—"
+    return ", ".join(f"{t}/{n}" for t, n in zip(r.get("unlearn_steps_taken", []), sched))
+
+
+def guard_lines(summary: dict, seeds: list[int]) -> list[str]:
+    """The guard's decisions in words: for each unlearning method, which guard, and per seed whether
+    and why it stopped unlearning (pipeline/guard.py)."""
+    out = []
+    for m, r in summary.items():
+        guards = [g for g in r.get("guard", []) if g]
+        if not guards or not any(r.get("unlearn_steps_scheduled", [])):
+            continue
+        g0 = guards[0]
+        bound = {"graceful": f"a rise of the guard rows' NLL above +{100 * (g0.get('max_rise') or 0):.0f}% per step",
+                 "absolute": f"a D_U batch NLL above {g0.get('max_loss')}", "none": "a non-finite NLL only"}[g0["kind"]]
+        stops = [(s, g) for s, g in zip(seeds, r["guard"]) if g and g.get("stopped_at") is not None]
+        if not stops:
+            out.append(f"- {m}: guard `{g0['kind']}` (stops on {bound}) never stopped unlearning.")
+            continue
+        out.append(f"- {m}: guard `{g0['kind']}` (stops on {bound}) stopped unlearning in {len(stops)} of "
+                   f"{len(guards)} seeds:")
+        out += [f"  - seed {s}: at learning step {g['stopped_at']}, {g['reason']}" for s, g in stops]
+    return ["", "Unlearning guard:", ""] + out if out else []
 
 
 def summary_line(method: str, r: dict) -> str:
@@ -147,7 +178,7 @@ def markdown(summary: dict, seeds: list[int], confidence: dict | None, notes: li
         "(seeds and test items resampled). A delta whose interval contains 0 is **within the noise**. "
         "The intervals cover ONE pretraining of the base model (one `base_model` run): they do not include the "
         "variation between pretrainings (for the embedded lab, see docs/results-lab.md: the results over lab seeds).", "",
-        "| method | learn score | Δ learn vs vanilla [95% CI] | forget score | Δ forget | perplexity | Δ ppl | unlearn steps |",
+        "| method | learn score | Δ learn vs vanilla [95% CI] | forget score | Δ forget | perplexity | Δ ppl | unlearn steps taken/scheduled |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for m, r in summary.items():
@@ -155,7 +186,7 @@ def markdown(summary: dict, seeds: list[int], confidence: dict | None, notes: li
             f"| {m} | {_fmt(r.get('learn_score'))} ± {_fmt(r.get('learn_score_std'))} | {_delta(r, 'learn_score')} "
             f"| {_fmt(r.get('forget_score'))} ± {_fmt(r.get('forget_score_std'))} | {_delta(r, 'forget_score')} "
             f"| {_fmt(r.get('perplexity'))} ± {_fmt(r.get('perplexity_std'))} | {_delta(r, 'perplexity')} "
-            f"| {r.get('unlearn_steps_taken')} |")
+            f"| {_steps(r)} |")
     tasks = sorted({t for r in summary.values() for t in r.get("forget_scores", {})})
     if tasks:
         lines += ["", "Forgetting-task scores per task (mean over seeds):", "",
@@ -175,6 +206,7 @@ def markdown(summary: dict, seeds: list[int], confidence: dict | None, notes: li
             steps = sorted({x for x in r.get("optimizer_steps", []) if x is not None})
             lines.append(f"| {m} | {', '.join(map(str, steps)) or '—'} | " +
                          " | ".join(_fmt(r["nll"].get(k)) for k in sets) + f" | {_delta(r, 'd_u_nll')} |")
+    lines += guard_lines(summary, seeds)
     lines.append("")
     lines.append("Per-seed learning scores: " + "; ".join(
         f"{m}: {', '.join(_fmt(v) for v in r.get('learn_score_seeds', []))}" for m, r in summary.items()))

@@ -1,46 +1,34 @@
 """Stage 4: fine-tuning on the learning task with periodic unlearning (one loop for every method).
 
-A method is data (`MethodConfig`): `unlearn` = none | periodic | early, `selection` = which rows
-of the confidence table form D_U, `objective` = what an unlearning step minimises on a D_U batch
-(`pipeline/objectives.py`: ga, npo, simnpo, wga), `unlearn_optimizer` and its step size, `bss` =
-add the Batch Spectral Shrinkage term, `match_steps` = vanilla with as many learning steps as LWF
-takes optimizer steps. The loop walks a precomputed *schedule* of events:
+A method is data (`MethodConfig`): `unlearn` = none | periodic | early (the *schedule*),
+`selection` = which rows of the confidence table form D_U, `objective` = what an unlearning step
+minimises on a D_U batch (`pipeline/objectives.py`), `unlearn_optimizer` = how the unlearning step
+is taken, `guard` = when unlearning stops (`pipeline/guard.py`), `bss` = add the Batch Spectral
+Shrinkage term, `match_steps` = vanilla with as many learning steps as LWF takes optimizer steps.
+The loop walks a precomputed list of events:
 
     periodic  learn x N_u, unlearn, learn x N_u, unlearn, ...   (unlearn after learning step s
               whenever s % unlearn_every == 0; under `joint`, learning step s itself carries it)
     early     the same number of unlearning steps, all before the first learning step
     none      learning steps only (vanilla, bss)
 
-Learning step: AdamW on mean_b l(x_b, y_b) (+ BSS term), clipped; the LR schedule
-(`transformers.get_scheduler`: warmup, then constant / linear / cosine decay to 0 at the last
-learning step) advances on learning steps only.
+Learning step: AdamW on mean_b l(x_b, y_b) (+ BSS term), clipped (`pipeline.step.optimizer_step`,
+the step theta*_L and the lab's pretraining take too); the LR schedule advances on learning steps.
 
-Unlearning step on a D_U batch, objective U = mean_b objective(row b) (for `ga`: -mean_b l(u_b)),
-by `unlearn_optimizer` (method.md's optimizer caveat):
+Unlearning step on a D_U batch, U = mean_b objective(row b) (for `ga`: -mean_b l(u_b)), taken by
+`unlearn_optimizer` (method.md's optimizer caveat):
 
-    separate  theta <- theta - unlearn_lr * clip(grad U): plain SGD (no momentum, no state shared
-              with learning), so the step IS the objective's descent direction and its size is set
-              by `unlearn_lr` alone (`alpha` is not used)
+    separate  theta <- theta - unlearn_lr * clip(grad U): plain SGD, no state shared with learning
+    adam      AdamW at `unlearn_lr` with its own state (no weight decay): Adam's normalisation moves
+              firmly held knowledge, whose gradients are small, as far as weakly held knowledge
     joint     learning step s (s % N_u == 0) optimises mean l(x_b, y_b) + alpha * U in ONE AdamW
               step: alpha weighs the two gradients before Adam's normalisation
-    shared    AdamW step on alpha * U with the learning steps' AdamW state: an ablation that
-              documents the defect (momentum and Adam's normalisation make it mostly one more
-              learning step; alpha hardly matters)
+    shared    AdamW step on alpha * U with the learning steps' AdamW state at the unscheduled `lr`:
+              an ablation that documents the defect (mostly one more learning step)
 
-Unlearning steps are not scheduled: every one takes the same step size (separate: `unlearn_lr`;
-shared: `lr`), so `early` and `periodic` differ only in when they unlearn. Guard: if the NLL on the
-unlearning batch (mean target-token NLL, measured in the step's own forward) is non-finite or above
-`unlearn_max_loss`, the step (or, under joint, the unlearning term) is not taken and unlearning
-stops for the rest of the run (logged and counted). A step whose gradient norm is non-finite is
-skipped.
-
-The pieces, top to bottom: `Finetune` holds one run (its `learning_step` and `unlearning_step`,
-and `unlearning_loss`, the one place an objective is called); `Checkpoint` saves and restores it
-(every `checkpoint_every` events and on an interrupt between events: model, optimizer, scheduler,
-RNG states, the event position and both stream counters, so a killed run resumes to the same final
-weights; resumed only when its fingerprint matches every setting of the run plus digests of the
-learning rows, the D_U rows and the starting weights); `Callback`s observe it (tests, calibration);
-`finetune()` runs it.
+Override points (subclass `Finetune`): `learning_loss`, `unlearning_loss`, and `Callback`s after
+every learning step and every event. `Checkpoint` (pipeline/checkpoint.py) resumes a killed run to
+the same final weights.
 
 From your own script (no DVC):
 
@@ -49,161 +37,98 @@ From your own script (no DVC):
     log, stats = finetune(model, tok, learn_rows, unlearn_rows, FinetuneConfig(max_steps=40),
                           MethodConfig(unlearn="periodic", objective="npo"), seed=0, max_length=64)
 
-`learn_rows` and `unlearn_rows` are dicts with `prompt` and `target` (see docs/objectives.md, "From your own Python
-script"); `unlearn_rows` may carry `ref_nll` (the row's mean target-token NLL under the reference
-model, e.g. the confidence table's `nll_base`), otherwise objectives that need a reference compute
-it with one forward pass of the starting model.
+`learn_rows` and `unlearn_rows` are dicts with `prompt` and `target` (docs/objectives.md);
+`unlearn_rows` may carry `ref_nll` (the row's mean target-token NLL under the reference model, e.g.
+the confidence table's `nll_base`), otherwise objectives that need it take one forward pass.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import dist
-from .data import IGNORE, Stream, collate, encode_rows, forward_loss, forward_token_nll
+from .checkpoint import Checkpoint
+from .bss import bss_term, pooled_target_features
+from .data import Stream, collate, encode_rows, forward_token_nll, n_target_tokens, reference_nll_sums
+from .guard import Guard
 from .objectives import OBJECTIVES
+from .step import autocast_context, lr_scheduler, optimizer_step, row_losses
 
 log = logging.getLogger("lwf")
 
 
-def build_schedule(max_steps: int, unlearn_every: int, mode: str, joint: bool = False) -> list[str]:
+def build_schedule(max_steps: int, unlearn_every: int, schedule: str, joint: bool = False) -> list[str]:
     """The ordered events of a run: 'learn', 'unlearn' (a step of its own) and, with `joint`,
     'joint' (a learning step that also carries the unlearning term)."""
-    if mode == "none":
+    if schedule == "none":
         return ["learn"] * max_steps
-    if mode == "early":
+    if schedule == "early":
         if joint:
             raise ValueError("unlearn 'early' has no learning step to join under unlearn_optimizer 'joint'")
         return ["unlearn"] * (max_steps // unlearn_every) + ["learn"] * max_steps
-    if mode == "periodic":
-        out = []
+    if schedule == "periodic":
+        events = []
         for s in range(1, max_steps + 1):
             due = s % unlearn_every == 0
-            out.append("joint" if due and joint else "learn")
+            events.append("joint" if due and joint else "learn")
             if due and not joint:
-                out.append("unlearn")
-        return out
-    raise ValueError(f"unknown unlearning schedule {mode!r}")
+                events.append("unlearn")
+        return events
+    raise ValueError(f"unknown unlearning schedule {schedule!r}")
 
 
 def learning_steps(cfg, method) -> int:
-    """Learning steps of a run: `max_steps`, plus one per scheduled unlearning step for a method
-    with `match_steps` (vanilla_matched: its own `unlearn_every` and `unlearn_optimizer` say which
-    unlearning run it matches) when unlearning takes optimizer steps of its own."""
+    """`max_steps`, plus one per scheduled unlearning step for a method with `match_steps`
+    (vanilla_matched) when unlearning takes optimizer steps of its own."""
     extra = cfg.max_steps // method.unlearn_every if method.match_steps and method.unlearn_optimizer != "joint" else 0
     return cfg.max_steps + extra
 
 
-def ascent_direction(model, tok, rows: list[dict], max_length: int, add_bos: bool = True):
-    """(mean l over `rows`, its gradient flattened over all parameters): the direction a GA
-    unlearning step on that batch ascends (the mechanism tests and benchmark compare with it)."""
-    batch = collate(encode_rows(tok, rows, max_length, add_bos), tok.pad_token_id, next(model.parameters()).device)
-    model.zero_grad(set_to_none=True)
-    loss = forward_loss(model, batch)[0].mean()
-    loss.backward()
-    g = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
-    model.zero_grad(set_to_none=True)
-    return loss.item(), g
-
-
-def bss_term(features: torch.Tensor, k: int, eta: float) -> torch.Tensor:
-    """Batch Spectral Shrinkage (Chen et al. 2019): eta * sum of the k smallest squared singular
-    values of the (batch x hidden) feature matrix."""
-    s = torch.linalg.svdvals(features.float())  # descending
-    return eta * (s[-k:] ** 2).sum()
-
-
-def pooled_target_features(hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Final hidden state mean-pooled over each row's target tokens (the BSS features)."""
-    m = (labels != IGNORE).unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
-
-
-from .config import LR_SCHEDULES as SCHEDULERS  # noqa: E402  (finetune.lr_schedule -> transformers name)
-
-
-def lr_scheduler(opt, cfg, total_steps: int):
-    """`transformers.get_scheduler`: linear warmup over `warmup_steps`, then constant, or linear /
-    cosine decay reaching 0 after `total_steps` learning steps."""
-    from transformers import get_scheduler
-
-    return get_scheduler(SCHEDULERS[cfg.lr_schedule], opt, num_warmup_steps=cfg.warmup_steps,
-                         num_training_steps=total_steps)
-
-
-def autocast_context(device: torch.device, mixed_precision: str = "no"):
-    """bf16 autocast for params `launch.mixed_precision: bf16` (the weights, gradients and AdamW
-    state keep `model.dtype`: float32 weights + bf16 compute is classic mixed precision)."""
-    import contextlib
-
-    if mixed_precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def n_target_tokens(enc) -> int:
-    """Target tokens of one encoded row that the loss counts (labels shifted by one, as `token_nll`)."""
-    return sum(lab != IGNORE for lab in enc.labels[1:])
-
-
-@torch.no_grad()
-def reference_nll_sums(model, encs: list, pad_id: int, batch_size: int = 64) -> torch.Tensor:
-    """S_ref per row: the summed target-token NLL under `model` (float64, CPU), no gradients."""
-    from .data import sequence_nlls
-
-    was_training = model.training
-    mean = sequence_nlls(model, encs, pad_id, batch_size).cpu()
-    model.train(was_training)
-    return mean * torch.tensor([n_target_tokens(e) for e in encs], dtype=torch.float64)
-
-
-# --- one run -------------------------------------------------------------------------------------
-
 @dataclass
 class RunState:
+    """Where a run stands (all a checkpoint needs besides weights, optimizers and RNG)."""
     event: int = 0
-    n_learn: int = 0
-    n_unlearn: int = 0
+    learn_steps: int = 0
+    unlearn_batches: int = 0  # D_U batches drawn (a stopped run draws no more)
     unlearn_taken: int = 0
-    unlearn_stopped_at: int | None = None
     skipped_nonfinite: int = 0
-    rows: list = field(default_factory=list)
+    log: list = field(default_factory=list)
 
 
 class Finetune:
     """One fine-tuning run of one method: its data, model, optimizers, schedule and state."""
 
     def __init__(self, model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, method, seed: int,
-                 max_length: int, add_bos: bool = True, mixed_precision: str = "no", run_id: str = ""):
-        W = dist.world_size() if dist.active() else 1
-        if W > 1 and method.bss:
+                 max_length: int, add_bos: bool = True, mixed_precision: str = "no", run_id: str = "",
+                 guard_rows: list[dict] | None = None):
+        self.world = dist.world_size() if dist.active() else 1
+        if self.world > 1 and method.bss:
             raise ValueError("the bss method runs in one process only (its SVD needs the whole batch)")
-        if W > 1 and min(cfg.batch_size, method.unlearn_batch_size) < W:
-            raise ValueError(f"finetune.batch_size and unlearn_batch_size must be >= the {W} processes")
+        if self.world > 1 and min(cfg.batch_size, method.unlearn_batch_size) < self.world:
+            raise ValueError(f"finetune.batch_size and unlearn_batch_size must be >= the {self.world} processes")
         self.model, self.tok, self.cfg, self.method, self.seed = model, tok, cfg, method, seed
-        self.W, self.run_id, self.mixed_precision = W, run_id, mixed_precision
-        self.mode = method.unlearn_optimizer
+        self.run_id, self.mixed_precision = run_id, mixed_precision
         self.objective = OBJECTIVES[method.objective]
         self.n_steps = learning_steps(cfg, method)
-        self.schedule = build_schedule(self.n_steps, method.unlearn_every, method.unlearn, joint=self.mode == "joint")
-        self.n_unlearn_sched = sum(e != "learn" for e in self.schedule)
-        if self.n_unlearn_sched and not unlearn_rows:
+        self.schedule = build_schedule(self.n_steps, method.unlearn_every, method.unlearn,
+                                       joint=method.unlearn_optimizer == "joint")
+        self.n_unlearn_scheduled = sum(e != "learn" for e in self.schedule)
+        if self.n_unlearn_scheduled and not unlearn_rows:
             raise ValueError("this method unlearns but its selected set D_U is empty")
         self.learn_rows = learn_rows
-        self.unlearn_rows = unlearn_rows if self.n_unlearn_sched else []
+        self.unlearn_rows = unlearn_rows if self.n_unlearn_scheduled else []
         self.learn_encs = encode_rows(tok, learn_rows, max_length, add_bos)
         self.unlearn_encs = encode_rows(tok, self.unlearn_rows, max_length, add_bos)
-        self.learn_stream = Stream(len(self.learn_encs), cfg.batch_size, seed)
-        self.unlearn_stream = Stream(len(self.unlearn_encs), method.unlearn_batch_size, seed + 1) if self.unlearn_encs else None
+        self.learn_batches = Stream(len(self.learn_encs), cfg.batch_size, seed)
+        self.unlearn_batches = Stream(len(self.unlearn_encs), method.unlearn_batch_size, seed + 1) \
+            if self.unlearn_encs else None
+        guard_rows = (guard_rows or learn_rows[:method.guard_rows]) if self.n_unlearn_scheduled else []
+        self.guard = Guard(method, encode_rows(tok, guard_rows, max_length, add_bos), guard_rows,
+                           tok.pad_token_id, run_id)
         self.device = next(model.parameters()).device
         self.ref = self._reference() if self.objective.needs_ref and self.unlearn_encs else None
 
@@ -213,20 +138,22 @@ class Finetune:
         # every loss is scaled so that the average equals the single-process batch mean
         # (fsdp: the same, with gradients reduce-scattered to the process that holds each shard)
         self.fsdp = dist.is_fsdp(model)
-        self.fwd = model
-        if W > 1 and not self.fsdp:
-            self.fwd = torch.nn.parallel.DistributedDataParallel(
+        self.forward_model = model
+        if self.world > 1 and not self.fsdp:
+            self.forward_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = dist.adamw(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        # the separate ascent optimizer is stateless (plain SGD, no momentum)
-        self.ascent = torch.optim.SGD(self.params, lr=method.unlearn_lr) if self.mode == "separate" else None
-        self.sched = lr_scheduler(self.opt, cfg, self.n_steps)
-        self.st = RunState()
+        self.optimizer = dist.adamw(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.unlearn_optimizer = {  # the unlearning step's own optimizer (joint and shared use the learning one)
+            "separate": lambda: torch.optim.SGD(self.params, lr=method.unlearn_lr),
+            "adam": lambda: dist.adamw(self.params, lr=method.unlearn_lr, weight_decay=0.0),
+        }.get(method.unlearn_optimizer, lambda: None)()
+        self.scheduler = lr_scheduler(self.optimizer, cfg.lr_schedule, cfg.warmup_steps, self.n_steps)
+        self.state = RunState()
 
     def _reference(self) -> torch.Tensor:
-        """S_ref of every D_U row: from the rows' `ref_nll` (mean token NLL under the reference, the
-        confidence table's `nll_base`) when they all carry it, else one forward of the starting model."""
+        """S_ref of every D_U row: from the rows' `ref_nll` when they all carry it, else one forward
+        of the starting model."""
         if all("ref_nll" in r for r in self.unlearn_rows):
             n = torch.tensor([n_target_tokens(e) for e in self.unlearn_encs], dtype=torch.float64)
             return torch.tensor([float(r["ref_nll"]) for r in self.unlearn_rows], dtype=torch.float64) * n
@@ -237,143 +164,161 @@ class Finetune:
                  len(self.unlearn_encs))
         return reference_nll_sums(self.model, self.unlearn_encs, self.tok.pad_token_id)
 
-    # -- the pieces of a step ---------------------------------------------------------------------
+    # -- the losses (override points) -------------------------------------------------------------
 
-    def forward(self, encs: list, idx: list[int], bss: bool = False):
-        """(per-token NLL, mask, model output, batch) of this process's shard of batch `idx`."""
+    def forward(self, encs: list, idx: list[int], hidden: bool = False):
+        """(per-token NLL, mask, model output, batch) of this process's shard `idx` of `encs`."""
         batch = collate([encs[i] for i in idx], self.tok.pad_token_id, self.device)
         with autocast_context(self.device, self.mixed_precision):
-            nll, mask, out = forward_token_nll(self.fwd, batch, output_hidden_states=bss)
+            nll, mask, out = forward_token_nll(self.forward_model, batch, output_hidden_states=hidden)
         return nll, mask, out, batch
 
-    def unlearning_loss(self, nll: torch.Tensor, mask: torch.Tensor, shard_idx: list[int], n_batch: int):
-        """The unlearning objective of a D_U batch (its rows `shard_idx` on this process), scaled so
-        that the sum over processes is the batch mean. The only call of an objective."""
+    def learning_loss(self, nll, mask, hidden, labels, n_batch: int) -> torch.Tensor:
+        """mean_b l(x_b, y_b) over the whole batch (this process's share of it), + the BSS term on
+        the final hidden states `hidden` (None without BSS)."""
+        loss = row_losses(nll, mask).sum() * (self.world / n_batch)
+        if self.method.bss:
+            loss = loss + bss_term(pooled_target_features(hidden, labels), self.cfg.bss_k, self.cfg.bss_eta)
+        return loss
+
+    def unlearning_loss(self, nll, mask, shard_idx: list[int], n_batch: int) -> torch.Tensor:
+        """The unlearning objective of a D_U batch (rows `shard_idx` on this process), scaled so that
+        the sum over processes is the batch mean. The only call of an objective."""
         ref = self.ref[shard_idx].to(self.device, nll.dtype) if self.ref is not None else None
-        per_row = self.objective(nll, mask, ref, **self.method.objective_args)
-        return per_row.sum() * (self.W / n_batch)
+        return self.objective(nll, mask, ref, **self.method.objective_args).sum() * (self.world / n_batch)
 
-    def batch_mean_nll(self, nll: torch.Tensor, mask: torch.Tensor, n_batch: int) -> float:
+    def batch_mean(self, nll, mask, n_batch: int) -> float:
         """Mean over the whole batch (all processes) of each row's mean target-token NLL."""
-        rows = (nll.detach().sum(1) / mask.sum(1).clamp_min(1)).sum()
-        return (dist.all_reduce_sum_(rows) / n_batch).item()
+        return (dist.all_reduce_sum_(row_losses(nll.detach(), mask).sum()) / n_batch).item()
 
-    def step(self, loss, optimizer) -> bool:
-        """One optimizer step on `loss` with clipping; a non-finite gradient skips it (counted)."""
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if torch.isfinite(dist.full_tensor(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip))):
-            optimizer.step()
-            return True
-        self.st.skipped_nonfinite += 1
-        return False
+    def take_step(self, loss, optimizer) -> bool:
+        taken = optimizer_step(loss, self.params, optimizer, self.cfg.grad_clip)
+        self.state.skipped_nonfinite += int(not taken)
+        return taken
 
-    def guard(self, v: float, lr: float) -> bool:
-        """False (and unlearning stops for good) when the D_U batch NLL is non-finite or too high."""
-        st, bound = self.st, self.method.unlearn_max_loss
-        if math.isfinite(v) and v <= bound:
-            return True
-        st.unlearn_stopped_at = st.n_learn
-        log.warning("stage finetune: %s unlearning stopped after learning step %d (NLL on D_U %.3g > bound %g)",
-                    self.run_id, st.n_learn, v, bound)
-        st.rows.append({"event": st.event, "step": st.n_learn, "kind": "unlearn_stopped", "loss": v, "lr": lr})
-        return False
+    def unlearning(self) -> bool:
+        return self.guard.stopped_at is None
+
+    def next_unlearn_batch(self) -> list[int]:
+        idx = self.unlearn_batches.batch(self.state.unlearn_batches)
+        self.state.unlearn_batches += 1
+        return idx
+
+    def record(self, kind: str, loss: float, lr: float) -> None:
+        self.state.log.append({"event": self.state.event, "step": self.state.learn_steps, "kind": kind,
+                               "loss": loss, "lr": lr})
 
     # -- the two kinds of step --------------------------------------------------------------------
 
     def learning_step(self, joint: bool) -> None:
-        """AdamW on the next learning batch (+ BSS); with `joint`, + alpha * the unlearning objective of
-        the next D_U batch in the same step (one forward over both, split after)."""
-        st, cfg, method = self.st, self.cfg, self.method
-        idx = self.learn_stream.batch(st.n_learn)
-        st.n_learn += 1
-        lr = self.sched.get_last_lr()[0]
-        lsh = dist.shard(idx)
-        unlearn_term = False
-        if joint and st.unlearn_stopped_at is None:
-            uidx = self.unlearn_stream.batch(st.n_unlearn)
-            st.n_unlearn += 1
-            ush = dist.shard(uidx)
-            encs = self.learn_encs + self.unlearn_encs
-            nll_all, mask_all, out, batch = self.forward(encs, lsh + [len(self.learn_encs) + i for i in ush], method.bss)
-            nll, mask, unll, umask = nll_all[:len(lsh)], mask_all[:len(lsh)], nll_all[len(lsh):], mask_all[len(lsh):]
-            hidden, labels = ((out.hidden_states[-1][:len(lsh)], batch["labels"][:len(lsh)])
-                              if method.bss else (None, None))
-            v = self.batch_mean_nll(unll, umask, len(uidx))
-            unlearn_term = self.guard(v, lr)
+        """AdamW on the next learning batch; with `joint`, + alpha * the unlearning objective of the
+        next D_U batch in the same step (one forward over both batches, split after)."""
+        state = self.state
+        idx = self.learn_batches.batch(state.learn_steps)
+        state.learn_steps += 1
+        lr = self.scheduler.get_last_lr()[0]
+        mine = dist.shard(idx)
+        bss = self.method.bss
+        with_unlearning = joint and self.unlearning()
+        before = None
+        if with_unlearning:
+            if self.guard.watching():
+                before = self.guard.nll(self.model, self.device)
+            unlearn_idx = self.next_unlearn_batch()
+            unlearn_mine = dist.shard(unlearn_idx)
+            rows = mine + [len(self.learn_encs) + i for i in unlearn_mine]
+            nll, mask, out, batch = self.forward(self.learn_encs + self.unlearn_encs, rows, bss)
+            k = len(mine)
+            hidden, labels = (out.hidden_states[-1][:k], batch["labels"][:k]) if bss else (None, None)
+            d_u_nll = self.batch_mean(nll[k:], mask[k:], len(unlearn_idx))
+            with_unlearning = self.guard.allows(state.learn_steps, d_u_nll)
+            if not with_unlearning:
+                self.record("unlearn_stopped", d_u_nll, lr)
+            loss = self.learning_loss(nll[:k], mask[:k], hidden, labels, len(idx))
+            if with_unlearning:
+                loss = loss + self.method.alpha * self.unlearning_loss(nll[k:], mask[k:], unlearn_mine, len(unlearn_idx))
+            nll, mask = nll[:k], mask[:k]
         else:
-            nll, mask, out, batch = self.forward(self.learn_encs, lsh, method.bss)
-            hidden, labels = (out.hidden_states[-1], batch["labels"]) if method.bss else (None, None)
-        losses = nll.sum(1) / mask.sum(1).clamp_min(1)
-        total = losses.sum() * (self.W / len(idx))
-        loss = dist.all_reduce_sum_(losses.detach().sum()) / len(idx)
-        if method.bss:
-            total = total + bss_term(pooled_target_features(hidden, labels), cfg.bss_k, cfg.bss_eta)
-        if unlearn_term:
-            total = total + method.alpha * self.unlearning_loss(unll, umask, ush, len(uidx))
-        taken = self.step(total, self.opt)
-        self.sched.step()
-        if st.n_learn % cfg.log_every == 0 or st.n_learn == self.n_steps:
-            st.rows.append({"event": st.event, "step": st.n_learn, "kind": "learn", "loss": loss.item(), "lr": lr})
-        if unlearn_term:
-            st.unlearn_taken += int(taken)
-            st.rows.append({"event": st.event, "step": st.n_learn, "kind": "unlearn", "loss": v, "lr": lr})
+            nll, mask, out, batch = self.forward(self.learn_encs, mine, bss)
+            hidden, labels = (out.hidden_states[-1], batch["labels"]) if bss else (None, None)
+            loss = self.learning_loss(nll, mask, hidden, labels, len(idx))
+        learn_nll = self.batch_mean(nll, mask, len(idx))
+        taken = self.take_step(loss, self.optimizer)
+        self.scheduler.step()
+        if state.learn_steps % self.cfg.log_every == 0 or state.learn_steps == self.n_steps:
+            self.record("learn", learn_nll, lr)
+        if with_unlearning:
+            state.unlearn_taken += int(taken)
+            self.record("unlearn", d_u_nll, lr)
+            if before is not None:
+                after = self.guard.nll(self.model, self.device)
+                if not self.guard.accepts(state.learn_steps, before, after):
+                    self.record("unlearn_stopped", after, lr)
 
     def unlearning_step(self) -> None:
-        """One step of its own on the objective of the next D_U batch (separate: SGD; shared: the
-        learning AdamW state at the unscheduled learning LR, scaled by alpha)."""
-        st, method = self.st, self.method
-        if st.unlearn_stopped_at is not None:
+        """One step of its own on the objective of the next D_U batch (separate / adam: the unlearning
+        optimizer at unlearn_lr; shared: the learning AdamW at the unscheduled `lr`, on alpha * U)."""
+        if not self.unlearning():
             return
-        idx = self.unlearn_stream.batch(st.n_unlearn)
-        st.n_unlearn += 1
-        ush = dist.shard(idx)
-        nll, mask, _, _ = self.forward(self.unlearn_encs, ush)
-        v = self.batch_mean_nll(nll, mask, len(idx))  # one sync: the guard needs it
-        lr = method.unlearn_lr if self.mode == "separate" else self.cfg.lr
-        if not self.guard(v, lr):
-            return
-        loss = self.unlearning_loss(nll, mask, ush, len(idx))
-        if self.mode == "separate":
-            taken = self.step(loss, self.ascent)
-        else:  # shared
-            scheduled = [g["lr"] for g in self.opt.param_groups]
-            for g in self.opt.param_groups:
+        state, method = self.state, self.method
+        idx = self.next_unlearn_batch()
+        mine = dist.shard(idx)
+        nll, mask, _, _ = self.forward(self.unlearn_encs, mine)
+        d_u_nll = self.batch_mean(nll, mask, len(idx))
+        shared = method.unlearn_optimizer == "shared"
+        lr = self.cfg.lr if shared else method.unlearn_lr
+        if not self.guard.allows(state.learn_steps, d_u_nll):
+            return self.record("unlearn_stopped", d_u_nll, lr)
+        if self.guard.watching():
+            before = self.guard.nll(self.model, self.device)
+            saved = [p.detach().clone() for p in self.params]
+        loss = self.unlearning_loss(nll, mask, mine, len(idx))
+        if shared:
+            scheduled = [g["lr"] for g in self.optimizer.param_groups]
+            for g in self.optimizer.param_groups:
                 g["lr"] = self.cfg.lr
-            taken = self.step(method.alpha * loss, self.opt)
-            for g, old in zip(self.opt.param_groups, scheduled):
+            taken = self.take_step(method.alpha * loss, self.optimizer)
+            for g, old in zip(self.optimizer.param_groups, scheduled):
                 g["lr"] = old
-        st.unlearn_taken += int(taken)
-        st.rows.append({"event": st.event, "step": st.n_learn, "kind": "unlearn", "loss": v, "lr": lr})
+        else:
+            taken = self.take_step(loss, self.unlearn_optimizer)
+        state.unlearn_taken += int(taken)
+        self.record("unlearn", d_u_nll, lr)
+        if self.guard.watching():
+            after = self.guard.nll(self.model, self.device)
+            if not self.guard.accepts(state.learn_steps, before, after):
+                with torch.no_grad():  # undo the step that did the damage
+                    for p, old in zip(self.params, saved):
+                        p.copy_(old)
+                state.unlearn_taken -= int(taken)
+                self.record("unlearn_stopped", after, lr)
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def run(self, checkpoint: "Checkpoint | None" = None, callbacks=()) -> tuple[list, dict]:
+    def run(self, checkpoint: Checkpoint | None = None, callbacks=()) -> tuple[list, dict]:
         """Walk the schedule from where `checkpoint` left it. An interrupt (KeyboardInterrupt) between
         two events saves the checkpoint first. Returns (log rows, stats)."""
         if checkpoint is not None:
             checkpoint.restore(self)
-        st = self.st
-        bar = tqdm(total=len(self.schedule), initial=st.event, desc=f"finetune {self.run_id}", mininterval=5,
+        state = self.state
+        bar = tqdm(total=len(self.schedule), initial=state.event, desc=f"finetune {self.run_id}", mininterval=5,
                    leave=False)
         between_events = True
         try:
-            while st.event < len(self.schedule):
-                kind = self.schedule[st.event]
+            while state.event < len(self.schedule):
+                kind = self.schedule[state.event]
                 between_events = False
-                if kind == "unlearn":
-                    self.unlearning_step()
-                else:
-                    self.learning_step(joint=kind == "joint")
-                st.event += 1
+                self.unlearning_step() if kind == "unlearn" else self.learning_step(joint=kind == "joint")
+                state.event += 1
                 between_events = True
                 bar.update(1)
-                if checkpoint is not None and st.event % self.cfg.checkpoint_every == 0 and st.event < len(self.schedule):
+                if checkpoint is not None and state.event % self.cfg.checkpoint_every == 0 \
+                        and state.event < len(self.schedule):
                     checkpoint.save(self)
-                for cb in callbacks:
+                for callback in callbacks:
                     if kind != "unlearn":
-                        cb.on_learn_step(self, st.n_learn)
-                    cb.on_event_end(self)
+                        callback.on_learn_step(self, state.learn_steps)
+                    callback.on_event_end(self)
         except KeyboardInterrupt:
             if checkpoint is not None and between_events:
                 checkpoint.save(self)
@@ -384,102 +329,31 @@ class Finetune:
         dist.barrier()  # every rank is done with the checkpoint before rank 0 removes it
         if checkpoint is not None:
             checkpoint.remove()
-        return st.rows, self.stats()
+        return state.log, self.stats()
 
     def stats(self) -> dict:
-        st, m = self.st, self.method
+        state, method = self.state, self.method
         finite = all(torch.isfinite(dist.full_tensor(p)).all() for p in self.model.parameters())
-        separate_steps = st.unlearn_taken if self.mode != "joint" else 0
+        own_steps = state.unlearn_taken if method.unlearn_optimizer != "joint" else 0
         return {
-            "learn_steps": st.n_learn,
-            "optimizer_steps": st.n_learn + separate_steps,  # attempted: learning steps + ascent steps of their own
-            "unlearn_optimizer": self.mode,
-            "objective": m.objective,
-            "objective_args": {**self.objective.defaults, **m.objective_args},
-            "unlearn_steps_scheduled": self.n_unlearn_sched,
-            "unlearn_steps_taken": st.unlearn_taken,
-            "unlearn_stopped_at": st.unlearn_stopped_at,
-            "skipped_nonfinite": st.skipped_nonfinite,
+            "learn_steps": state.learn_steps,
+            "optimizer_steps": state.learn_steps + own_steps,  # learning steps + unlearning steps of their own
+            "unlearn_optimizer": method.unlearn_optimizer,
+            "objective": method.objective,
+            "objective_args": {**self.objective.defaults, **method.objective_args},
+            "unlearn_steps_scheduled": self.n_unlearn_scheduled,
+            "unlearn_steps_taken": state.unlearn_taken,
+            "unlearn_stopped_at": self.guard.stopped_at,
+            "guard": self.guard.stats(),
+            "skipped_nonfinite": state.skipped_nonfinite,
             "weights_finite": bool(finite),
             "d_u_size": len(self.unlearn_rows),
         }
 
 
-# --- checkpoints ---------------------------------------------------------------------------------
-
-def _rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(s):
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-
-
-def fingerprint(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def rows_digest(rows: list[dict]) -> str:
-    """Content digest of training rows (a changed D_U of the same size changes it)."""
-    return fingerprint(rows)
-
-
-def weights_digest(model) -> str:
-    """Digest of a model's parameters and buffers, byte for byte (under FSDP a collective)."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = dist.full_tensor(t).detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-class Checkpoint:
-    """The resumable state of one run in one file, valid only for the run with the same fingerprint:
-    every setting, the content of the learning rows and D_U, the starting weights (their bytes), the
-    checkpoint format (fsdp shards or a replica) and the mixed precision."""
-
-    def __init__(self, path: str | Path, run: Finetune, resume: bool = True):
-        self.path, self.resume = Path(path), resume
-        self.fingerprint = fingerprint(run.run_id, run.seed, run.cfg.model_dump(), run.method.model_dump(),
-                                       rows_digest(run.learn_rows), rows_digest(run.unlearn_rows),
-                                       weights_digest(run.model), "fsdp" if run.fsdp else "replica",
-                                       run.mixed_precision)
-
-    def restore(self, run: Finetune) -> bool:
-        if not (self.resume and self.path.exists()):
-            return False
-        ck = torch.load(self.path, map_location="cpu", weights_only=False)
-        if ck.get("fingerprint") != self.fingerprint:
-            log.info("stage finetune: ignoring checkpoint %s (made with other settings, data or base model)", self.path)
-            return False
-        dist.load_full_state(run.model, run.opt, ck["model"], ck["optimizer"])
-        run.sched.load_state_dict(ck["scheduler"])
-        run.st = RunState(**ck["state"])
-        _set_rng_state(ck["rng"])
-        log.info("stage finetune: resumed %s from event %d/%d", run.run_id, run.st.event, len(run.schedule))
-        return True
-
-    def save(self, run: Finetune) -> None:
-        from .io import atomic_path
-
-        model_sd, opt_sd = dist.full_state(run.model, run.opt)  # a collective under FSDP: every rank calls it
-        with atomic_path(self.path) as tmp:
-            torch.save({"fingerprint": self.fingerprint, "model": model_sd, "optimizer": opt_sd,
-                        "scheduler": run.sched.state_dict(), "state": run.st.__dict__, "rng": _rng_state()}, tmp)
-
-    def remove(self) -> None:
-        if dist.is_main():
-            self.path.unlink(missing_ok=True)
-
-
-# --- callbacks -----------------------------------------------------------------------------------
-
 class Callback:
-    """Observes a run; the loop calls `on_learn_step` after every learning step and `on_event_end`
-    after every event (and after the checkpoint that event may write)."""
+    """Observes a run: `on_learn_step` after every learning step, `on_event_end` after every event
+    (and after the checkpoint that event may write)."""
 
     def on_learn_step(self, run: Finetune, step: int) -> None:
         pass
@@ -496,8 +370,8 @@ class StopAfter(Callback):
         self.n = n
 
     def on_event_end(self, run: Finetune) -> None:
-        if run.st.event >= self.n:
-            raise KeyboardInterrupt(f"simulated crash after {run.st.event} events")
+        if run.state.event >= self.n:
+            raise KeyboardInterrupt(f"simulated crash after {run.state.event} events")
 
 
 class OnLearnStep(Callback):
@@ -512,13 +386,14 @@ class OnLearnStep(Callback):
 
 def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, method, seed: int,
              max_length: int, add_bos: bool = True, ckpt_path: str | Path | None = None, run_id: str = "",
-             callbacks=(), mixed_precision: str = "no"):
+             callbacks=(), mixed_precision: str = "no", guard_rows: list[dict] | None = None):
     """Fine-tune `model` in place with `method` (a `MethodConfig`) on the learning rows, unlearning
-    `unlearn_rows` (D_U) on its schedule. `cfg`: a `FinetuneConfig` (the learning recipe). With several
-    processes a model sharded by `dist.fsdp_wrap` trains under FSDP (gather the trained weights with
-    `dist.full_state`), any other is wrapped in DistributedDataParallel. `mixed_precision` 'bf16':
-    bf16 autocast. `ckpt_path`: checkpoint file (resumed when it matches). Returns (log rows, stats)."""
+    `unlearn_rows` (D_U) on its schedule. `cfg`: a `FinetuneConfig` (the learning recipe).
+    `guard_rows`: the rows the graceful guard watches (default: the first `method.guard_rows`
+    learning rows). With several processes a model sharded by `dist.fsdp_wrap` trains under FSDP,
+    any other under DistributedDataParallel. `mixed_precision` 'bf16': bf16 autocast. `ckpt_path`:
+    checkpoint file (resumed when it matches). Returns (log rows, stats)."""
     run = Finetune(model, tok, learn_rows, unlearn_rows, cfg, method, seed, max_length, add_bos, mixed_precision,
-                   run_id)
+                   run_id, guard_rows)
     checkpoint = Checkpoint(ckpt_path, run, cfg.resume) if ckpt_path else None
     return run.run(checkpoint, callbacks)

@@ -58,8 +58,11 @@ def run(cfg, method: str, seed: int):
              method, seed, len(learn), len(d_u), m.objective, m.unlearn_optimizer, learning_steps(cfg.finetune, m))
     ckpt = paths.checkpoint(method, seed)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
+    # the graceful guard watches learning rows and general-text training rows (never test rows)
+    guard_rows = learn[:m.guard_rows] + load_rows(paths.GENERAL_DATA, "train")[:m.guard_rows]
     rows, stats = finetune(model, tok, learn, d_u, cfg.finetune, m, seed, cfg.data.max_length, cfg.model.add_bos,
-                           ckpt_path=ckpt, run_id=f"{method}-seed{seed}", mixed_precision=cfg.launch.mixed_precision)
+                           ckpt_path=ckpt, run_id=f"{method}-seed{seed}", mixed_precision=cfg.launch.mixed_precision,
+                           guard_rows=guard_rows)
     if cfg.model.prefix_cache:
         from pipeline.prefix_cache import disable_prefix_cache
 

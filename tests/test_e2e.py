@@ -140,6 +140,12 @@ def test_repro_writes_every_artifact(dvc_project):
     stats = {m: json.loads((proj / f"artifacts/models/{m}/seed0/train_stats.json").read_text()) for m in ("lwf", "lwf_ga")}
     assert (stats["lwf"]["objective"], stats["lwf_ga"]["objective"]) == ("npo", "ga")
     assert stats["lwf_ga"]["unlearn_steps_taken"] == 4
+    # the graceful guard watched every unlearning step, and the report says what it decided
+    for m in ("lwf", "lwf_ga"):
+        g = stats[m]["guard"]
+        assert g["kind"] == "graceful" and g["checks"] >= 1 and g["largest_rise"] is not None
+        assert (g["stopped_at"] is None) == (stats[m]["unlearn_steps_taken"] == stats[m]["unlearn_steps_scheduled"])
+    assert "Unlearning guard:" in (proj / "reports/report.md").read_text()
     for m in ("lwf", "lwf_ga"):
         assert {"d_u_nll", "perplexity", "learn_score", "d_u_nll_delta_ci95"} <= set(summary[m])
     assert summary["lwf_ga"]["d_u_nll"] > summary["vanilla"]["d_u_nll"]

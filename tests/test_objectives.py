@@ -13,7 +13,8 @@ import torch
 from pipeline.config import ConfigError, FinetuneConfig, MethodConfig, parse_config
 from pipeline.data import collate, encode_rows, forward_token_nll
 from pipeline.objectives import OBJECTIVES
-from pipeline.train import Finetune, StopAfter, finetune, n_target_tokens, reference_nll_sums
+from pipeline.data import n_target_tokens, reference_nll_sums
+from pipeline.train import Finetune, StopAfter, finetune
 
 N = 12  # learning steps before the unlearning step
 

@@ -111,3 +111,22 @@ def test_evaluate_scores_each_nll_sample_once(tiny, rows, monkeypatch):
     for name, rs in sets.items():
         alone = real(model, tok, rs, cfg.data.max_length, 8)
         assert out["items"][f"nll/{name}"] == pytest.approx(alone, rel=1e-5)
+
+
+def test_report_says_in_words_when_and_why_the_guard_stopped_unlearning():
+    from pipeline.report import guard_lines, markdown
+
+    stopped = {"kind": "graceful", "max_rise": 0.1, "max_loss": None, "checks": 3, "largest_rise": 0.4,
+               "stopped_at": 12, "reason": "the unlearning step raised the guard rows' NLL from 1 to 1.4 (+40.0%, bound +10%)"}
+    ran = dict(stopped, stopped_at=None, reason=None, largest_rise=0.02)
+    summary = {"vanilla": {"unlearn_steps_scheduled": [0, 0], "unlearn_steps_taken": [0, 0], "guard": [None, None]},
+               "lwf": {"unlearn_steps_scheduled": [5, 5], "unlearn_steps_taken": [5, 2], "guard": [ran, stopped]},
+               "lwf_low": {"unlearn_steps_scheduled": [5, 5], "unlearn_steps_taken": [5, 5], "guard": [ran, ran]}}
+    lines = guard_lines(summary, [0, 1])
+    assert "- lwf: guard `graceful` (stops on a rise of the guard rows' NLL above +10% per step) stopped " \
+           "unlearning in 1 of 2 seeds:" in lines
+    assert f"  - seed 1: at learning step 12, {stopped['reason']}" in lines
+    assert any(ln.startswith("- lwf_low:") and "never stopped" in ln for ln in lines)
+    assert not any("vanilla" in ln for ln in lines)
+    text = markdown(summary, [0, 1], None, [])
+    assert "| lwf |" in text and "| 5/5, 2/5 |" in text and "Unlearning guard:" in text

@@ -7,7 +7,8 @@ import torch
 from pipeline.config import FinetuneConfig, MethodConfig
 from pipeline.data import collate, encode_rows, forward_loss
 from pipeline.data import Stream
-from pipeline.train import StopAfter, bss_term, build_schedule, finetune
+from pipeline.bss import bss_term
+from pipeline.train import StopAfter, build_schedule, finetune
 
 
 def test_periodic_schedule_fires_at_multiples():
@@ -109,7 +110,7 @@ def test_bss_method_shrinks_the_smallest_singular_values(tiny, rows):
     the fine-tuned model's smallest singular value over the training rows ends well below vanilla's
     (lr 1e-2: at the test default 1e-3, six clipped AdamW steps are too few to show it)."""
     from pipeline.data import collate, encode_rows, forward_loss
-    from pipeline.train import pooled_target_features
+    from pipeline.bss import pooled_target_features
 
     tok = tiny[1]
     batch = collate(encode_rows(tok, rows, 48), tok.pad_token_id)

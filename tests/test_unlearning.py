@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pipeline.config import FinetuneConfig, MethodConfig
-from pipeline.train import StopAfter, ascent_direction, finetune
+from pipeline.grads import ascent_direction
+from pipeline.train import StopAfter, finetune
 
 N = 12  # learning steps before the unlearning step
 
@@ -144,8 +145,8 @@ def test_vanilla_matched_takes_the_extra_steps(tiny, rows):
 
 @pytest.mark.parametrize("mode,kw", [("separate", {"unlearn_lr": 50.0}), ("joint", {"alpha": 1e6}),
                                      ("shared", {"alpha": 1e6})])
-def test_guard_stops_extreme_unlearning_in_every_mode(tiny, rows, mode, kw):
-    cfg, ukw = _cfg(mode, max_steps=40, unlearn_every=1, lr=5e-2, unlearn_max_loss=7.0, **kw)
+def test_absolute_guard_stops_extreme_unlearning_in_every_mode(tiny, rows, mode, kw):
+    cfg, ukw = _cfg(mode, max_steps=40, unlearn_every=1, lr=5e-2, unlearn_max_loss=7.0, guard="absolute", **kw)
     model = copy.deepcopy(tiny[0])
     log, stats = finetune(model, tiny[1], rows, _d_u(), cfg, _method(ukw, unlearn="periodic"), 0, 48)
     assert stats["unlearn_stopped_at"] is not None

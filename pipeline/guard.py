@@ -1,0 +1,101 @@
+"""The unlearning guard: decides, at every unlearning step, whether unlearning goes on.
+
+`methods.<m>.guard` says what it watches:
+
+    graceful  (default) what unlearning must not damage: the mean NLL of a fixed batch of guard rows
+              (the finetune stage passes learning-task training rows and general-text training
+              rows; from a script, `guard_rows`, else the first learning rows). It is measured just
+              before and just after every unlearning step; a step that raises it by more than
+              `guard_max_rise` (relative: 0.1 = +10%) is undone (the trainable weights are put back)
+              and unlearning stops for the rest of the run. Learning steps between unlearning steps
+              never count against it: only the unlearning step's own effect does.
+              (Under `unlearn_optimizer: joint` the unlearning term rides on a learning step: the
+              rise of that step is checked, and unlearning stops without undoing it.)
+    absolute  the D_U batch's own NLL against `unlearn_max_loss`, checked before the step (a step on a
+              batch above the bound is not taken, and unlearning stops)
+    none      only a non-finite D_U NLL stops unlearning
+
+Every guard stops on a non-finite NLL. Every decision is kept (`Guard.record`: the figures of each
+check, why and when it stopped) and logged; `stats()` goes into train_stats.json and the report.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from . import dist
+from .data import collate, forward_token_nll
+from .step import row_losses
+
+log = logging.getLogger("lwf")
+GUARDS = ("graceful", "absolute", "none")
+
+
+class Guard:
+    def __init__(self, method, encs: list, rows: list[dict], pad_id: int, run_id: str = ""):
+        self.kind, self.max_rise, self.max_loss = method.guard, method.guard_max_rise, method.unlearn_max_loss
+        self.encs, self.rows, self.pad_id, self.run_id = encs, rows, pad_id, run_id
+        self.checks: list[dict] = []  # one per unlearning step: step, d_u_nll, before, after, rise
+        self.stopped_at: int | None = None
+        self.reason: str | None = None
+
+    # -- what the loop asks ---------------------------------------------------------------------
+
+    def allows(self, step: int, d_u_nll: float) -> bool:
+        """Before an unlearning step on a batch whose NLL is `d_u_nll`: may it be taken?"""
+        if not math.isfinite(d_u_nll):
+            return self._stop(step, f"the D_U batch NLL is {d_u_nll}")
+        if self.kind == "absolute" and d_u_nll > self.max_loss:
+            return self._stop(step, f"the D_U batch NLL {d_u_nll:.4g} is above unlearn_max_loss {self.max_loss:g}")
+        self.checks.append({"step": step, "d_u_nll": d_u_nll})
+        return True
+
+    def watching(self) -> bool:
+        return self.kind == "graceful"
+
+    def accepts(self, step: int, before: float, after: float) -> bool:
+        """After an unlearning step (graceful only): was its damage to the guard rows within bounds?"""
+        rise = (after - before) / before if before > 0 else (0.0 if after <= before else math.inf)
+        self.checks[-1].update(before=before, after=after, rise=rise)
+        if math.isfinite(after) and rise <= self.max_rise:
+            log.info("stage finetune: %s guard at learning step %d: guard-row NLL %.4f -> %.4f (%+.1f%%, bound "
+                     "+%.0f%%): unlearning goes on", self.run_id, step, before, after, 100 * rise, 100 * self.max_rise)
+            return True
+        return self._stop(step, f"the unlearning step raised the guard rows' NLL from {before:.4g} to {after:.4g} "
+                                f"({100 * rise:+.1f}%, bound +{100 * self.max_rise:.0f}%)")
+
+    @torch.no_grad()
+    def nll(self, model, device) -> float:
+        """Mean over the guard rows of each row's mean target-token NLL (all processes together)."""
+        mine = dist.shard(list(range(len(self.encs))))
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        was_training = model.training
+        model.eval()
+        for start in range(0, len(mine), 32):
+            batch = collate([self.encs[i] for i in mine[start:start + 32]], self.pad_id, device)
+            nll, mask, _ = forward_token_nll(model, batch)
+            total += row_losses(nll, mask).double().sum()
+        model.train(was_training)
+        return (dist.all_reduce_sum_(total) / max(1, len(self.encs))).item()
+
+    # -- the record -------------------------------------------------------------------------------
+
+    def _stop(self, step: int, reason: str) -> bool:
+        self.stopped_at, self.reason = step, reason
+        log.warning("stage finetune: %s unlearning stopped at learning step %d: %s", self.run_id, step, reason)
+        return False
+
+    def state(self) -> dict:
+        return {"checks": self.checks, "stopped_at": self.stopped_at, "reason": self.reason}
+
+    def load_state(self, s: dict) -> None:
+        self.checks, self.stopped_at, self.reason = s["checks"], s["stopped_at"], s["reason"]
+
+    def stats(self) -> dict:
+        rises = [c["rise"] for c in self.checks if "rise" in c]
+        return {"kind": self.kind, "max_rise": self.max_rise if self.kind == "graceful" else None,
+                "max_loss": self.max_loss if self.kind == "absolute" else None,
+                "checks": len(self.checks), "largest_rise": max(rises) if rises else None,
+                "stopped_at": self.stopped_at, "reason": self.reason}
