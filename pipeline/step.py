@@ -22,6 +22,12 @@ def optimizer_step(loss: torch.Tensor, params: list, optimizer, grad_clip: float
     non-finite. Under FSDP the norm is the whole model's (a collective)."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    return clipped_update(params, optimizer, grad_clip)
+
+
+def clipped_update(params: list, optimizer, grad_clip: float) -> bool:
+    """The second half of `optimizer_step`, for gradients already in place (e.g. from an
+    `accelerator.backward`): clip, then step unless the norm is non-finite."""
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     if not torch.isfinite(dist.full_tensor(norm)):
         return False
