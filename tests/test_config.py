@@ -359,3 +359,22 @@ def test_option_lists_are_their_registries():
     assert options(MethodConfig, "selection") == tuple(confidence.SELECTIONS) and confidence.SELECTIONS is config.SELECTIONS
     assert options(FinetuneConfig, "lr_schedule") == tuple(train.SCHEDULERS) and train.SCHEDULERS is config.LR_SCHEDULES
     assert options(ControlConfig, "corpus") == config.CONTROL_CORPORA
+
+
+def test_the_registries_validation_reads_are_the_implementations():
+    """pipeline/registry.py names what params validation accepts, without importing the code: each
+    name is implemented (tasks, objectives with the same arguments, packaged models) and nothing more."""
+    import inspect
+    import subprocess
+
+    from pipeline import models, objectives, registry, tasks
+
+    assert set(tasks.TASKS) == set(registry.TASK_NAMES)
+    assert list(objectives.OBJECTIVES) == list(registry.OBJECTIVE_ARGS)
+    for name, o in objectives.OBJECTIVES.items():
+        takes = [k for k, p in inspect.signature(o.fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        assert takes == list(registry.OBJECTIVE_ARGS[name]) and o.defaults == registry.OBJECTIVE_ARGS[name]
+    assert models.PACKAGED is registry.PACKAGED
+    loaded = subprocess.run([sys.executable, "-c", "import sys, pipeline.config; print(sorted(sys.modules))"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "torch" not in loaded and "pipeline.tasks" not in loaded and "pipeline.objectives" not in loaded
