@@ -126,6 +126,21 @@ def load_model(path: str, model_cfg, device: str | None = None, fsdp: bool = Fal
     return model, tok
 
 
+def gather_whole(model, base: str, model_cfg):
+    """A model sharded by FSDP, whole again: its weights gathered into a fresh copy of `base` on rank 0's
+    CPU (None on the other ranks; a collective: every rank calls it). A model not sharded: itself."""
+    from . import dist
+
+    if not dist.is_fsdp(model):
+        return model
+    state, _ = dist.full_state(model)
+    if not dist.is_main():
+        return None
+    whole, _ = load_model(base, model_cfg, device="cpu")
+    whole.load_state_dict(state)
+    return whole
+
+
 def with_lora(model, lora):
     """Wrap `model` with freshly initialised LoRA adapters (seeded, so the fisher, confidence and
     finetune stages build the same adapters); only the adapters stay trainable. None: unchanged."""
