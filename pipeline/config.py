@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from .registry import OBJECTIVE_ARGS, PACKAGED, TASK_NAMES, check_objective_args, packaged_gguf
 
@@ -335,6 +336,7 @@ class MethodConfig(_Unlearning):
     selection: Literal[tuple(SELECTIONS)] = "high"
     bss: bool = False
     match_steps: bool = False  # vanilla_matched: as many learning steps as LWF takes optimizer steps
+    _from_recipe: frozenset = PrivateAttr(default_factory=frozenset)  # keys taken from `unlearning` (params)
 
     @model_validator(mode="after")
     def _untrained_is_plain(self):
@@ -513,12 +515,18 @@ class Config(_Strict):
     control: ControlConfig = ControlConfig()
     launch: LaunchConfig = LaunchConfig()
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _methods_take_the_recipe(cls, raw):
-        if isinstance(raw, dict):
-            return {**raw, "methods": with_recipe(raw.get("methods", DEFAULT_METHODS), raw.get("unlearning") or {})}
-        return raw
+    def _methods_take_the_recipe(cls, raw, handler):
+        if not isinstance(raw, dict):
+            return handler(raw)
+        methods = raw.get("methods", DEFAULT_METHODS)
+        cfg = handler({**raw, "methods": with_recipe(methods, raw.get("unlearning") or {})})
+        for name, m in cfg.methods.items():  # which keys came from the recipe (the params record names them so)
+            own = methods.get(name) if isinstance(methods, dict) else None
+            if isinstance(own, dict) and m.unlearn != "none":
+                m._from_recipe = frozenset(UnlearningConfig.model_fields) - set(own)
+        return cfg
 
     @model_validator(mode="after")
     def _cross_checks(self):

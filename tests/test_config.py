@@ -479,3 +479,20 @@ def test_the_registries_validation_reads_are_the_implementations():
     loaded = subprocess.run([sys.executable, "-c", "import sys, pipeline.config; print(sorted(sys.modules))"],
                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "torch" not in loaded and "pipeline.tasks" not in loaded and "pipeline.objectives" not in loaded
+
+
+def test_params_record_names_the_recipe_key_a_method_takes():
+    """A stage that reads a method's setting taken from `unlearning` records `unlearning.<key>` (which DVC
+    must know as the stage's param), one the method sets itself `methods.<m>.<key>`; a method used whole
+    records both."""
+    from pipeline.stage import ParamsRecorder
+
+    cfg = ParamsRecorder(load_config(ROOT / "params.yaml"))
+    lwf_ga = cfg.methods["lwf_ga"]
+    assert (lwf_ga.objective, lwf_ga.unlearn_lr, lwf_ga.selection) == ("ga", 0.03, "high")
+    assert cfg.methods["vanilla"].unlearn_lr == 0.1  # not unlearning: MethodConfig's own default, no recipe
+    assert sorted(cfg._seen) == ["methods.lwf_ga.objective", "methods.lwf_ga.selection", "methods.vanilla.unlearn_lr",
+                                 "unlearning.unlearn_lr"]
+    whole = ParamsRecorder(load_config(ROOT / "params.yaml"))
+    whole.methods["lwf"].model_dump()
+    assert sorted(whole._seen) == ["methods.lwf", "unlearning"]
