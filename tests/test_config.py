@@ -496,3 +496,15 @@ def test_params_record_names_the_recipe_key_a_method_takes():
     whole = ParamsRecorder(load_config(ROOT / "params.yaml"))
     whole.methods["lwf"].model_dump()
     assert sorted(whole._seen) == ["methods.lwf", "unlearning"]
+
+
+def test_every_params_note_names_a_key():
+    """The notes `lwf preset` writes beside the keys (pipeline.presets.NOTES) name keys that exist."""
+    from pipeline.presets import NOTES, full_params
+
+    full = full_params({})[1]
+    for key in NOTES:
+        node = full
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"NOTES[{key!r}]: no such key in params.yaml"
+            node = node[part]
