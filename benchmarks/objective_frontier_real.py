@@ -12,7 +12,7 @@ fine-tunes exactly as finetune@<method> does (pipeline.train.finetune, the prese
 recipe and lwf's settings) with lwf's `objective` (registry defaults of its arguments) and
 `unlearn_lr` replaced:
 
-    cp presets/smollm2_cpu_power.yaml params.yaml && dvc repro
+    lwf preset smollm2_cpu_power && dvc repro
     python benchmarks/objective_frontier_real.py --seeds 0 1 2 --objectives ga npo simnpo wga \\
         --lrs 0.003 0.01 0.03 --out docs/results/frontier_smollm2
 

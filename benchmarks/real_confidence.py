@@ -56,11 +56,14 @@ def main():
     fresh = not (proj / ".dvc").exists()
     proj.mkdir(parents=True, exist_ok=True)
     sync_code(proj)  # today's code, every time
-    raw = yaml.safe_load((ROOT / a.preset).read_text())
+    from pipeline.config import read_params
+    from pipeline.presets import params_text
+
+    raw = read_params(ROOT / a.preset)  # the preset's differences; params_text writes the full params.yaml
     for kv in a.set:
         k, v = kv.split("=", 1)
         setdeep(raw, k, yaml.safe_load(v))
-    (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (proj / "params.yaml").write_text(params_text(str(ROOT / a.preset), raw)[1])
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
     env.pop("PYTHONPATH", None)

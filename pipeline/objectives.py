@@ -12,7 +12,8 @@ to the batch mean (`pipeline.train.Finetune.unlearning_loss`, the only caller):
                  (mean token NLL under theta_0) times |y|, or one no-grad forward before training.
 
 Notation: pi_theta(y|x) = exp(-S_theta(y)). Arguments (`methods.<m>.objective_args`) are the
-keyword-only parameters of each function; their defaults are the defaults of the params.
+keyword-only parameters of each function; their names and defaults are registered in
+`pipeline/registry.py` (OBJECTIVE_ARGS), which params validation reads without importing torch.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .registry import OBJECTIVE_ARGS, check_objective_args
+
 
 @dataclass(frozen=True)
 class Objective:
@@ -32,8 +35,7 @@ class Objective:
 
     @property
     def defaults(self) -> dict:
-        return {k: p.default for k, p in inspect.signature(self.fn).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return dict(OBJECTIVE_ARGS[self.name])
 
     def __call__(self, nll: torch.Tensor, mask: torch.Tensor, ref: torch.Tensor | None, **args) -> torch.Tensor:
         if self.needs_ref and ref is None:
@@ -46,6 +48,10 @@ OBJECTIVES: dict[str, Objective] = {}
 
 def objective(name: str, needs_ref: bool = False):
     def deco(fn):
+        takes = [k for k, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        if name not in OBJECTIVE_ARGS or takes != list(OBJECTIVE_ARGS[name]):
+            raise TypeError(f"objective {name!r} takes {takes}; pipeline/registry.py OBJECTIVE_ARGS must list "
+                            "the same arguments with their defaults")
         OBJECTIVES[name] = Objective(name, fn, needs_ref)
         return fn
 
@@ -64,7 +70,7 @@ def ga(nll, mask, ref):
 
 
 @objective("npo", needs_ref=True)
-def npo(nll, mask, ref, *, beta: float = 0.1):
+def npo(nll, mask, ref, *, beta: float):
     """NPO (Zhang et al. 2024, arXiv 2404.05868): minimise (2/beta) log(1 + (pi_theta / pi_ref)^beta)
     = -(2/beta) log sigmoid(beta (S_theta - S_ref)). Bounded below by 0. Its gradient is
     -w * grad S_theta with w = 2 pi_theta^beta / (pi_theta^beta + pi_ref^beta) = 2 sigmoid(beta (S_ref -
@@ -74,7 +80,7 @@ def npo(nll, mask, ref, *, beta: float = 0.1):
 
 
 @objective("simnpo")
-def simnpo(nll, mask, ref, *, beta: float = 4.5, delta: float = 0.0):
+def simnpo(nll, mask, ref, *, beta: float, delta: float):
     """SimNPO (Fan et al., arXiv 2410.07163): minimise -(2/beta) log sigmoid(beta S_theta/|y| - delta),
     length-normalised, no reference. Gradient -(2/|y|) sigmoid(delta - beta S_theta/|y|) grad S_theta:
     its weight decays as the row's mean NLL rises. open-unlearning's defaults: beta 4.5, delta 0."""
@@ -82,7 +88,7 @@ def simnpo(nll, mask, ref, *, beta: float = 4.5, delta: float = 0.0):
 
 
 @objective("wga")
-def wga(nll, mask, ref, *, beta: float = 1.0):
+def wga(nll, mask, ref, *, beta: float):
     """Weighted gradient ascent (WGA, as in open-unlearning): every target token's NLL weighted by its
     probability p_t^beta (detached), negated and averaged over the row's tokens: -sum_t p_t^beta
     nll_t / |y|. A token already pushed to low probability stops being pushed (per-token fading, the
@@ -92,16 +98,5 @@ def wga(nll, mask, ref, *, beta: float = 1.0):
 
 
 def check_args(name: str, args: dict) -> None:
-    """ValueError naming the unknown objective or argument (the config turns it into a params error)."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
-    known = OBJECTIVES[name].defaults
-    for k, v in args.items():
-        if k not in known:
-            takes = ", ".join(known) or "no arguments"
-            raise ValueError(f"objective {name!r} has no argument {k!r} (takes: {takes})")
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"objective {name!r} argument {k!r} must be a number, not {v!r}")
-    beta = args.get("beta", known.get("beta", 1.0))
-    if beta < 0 or (beta == 0 and name != "wga"):
-        raise ValueError(f"objective {name!r} needs beta {'>= 0' if name == 'wga' else '> 0'}, not {beta!r}")
+    """ValueError naming the unknown objective or argument (pipeline.registry.check_objective_args)."""
+    check_objective_args(name, args)

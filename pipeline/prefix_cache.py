@@ -73,6 +73,10 @@ class PrefixState:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.store.values())
 
+    def counts(self) -> dict:
+        """What a stage reports: rows stored, loaded from a prefix stage, served, run through the bottom."""
+        return {"rows": len(self.store), "loaded": self.loaded, "hits": self.hits, "misses": self.misses}
+
 
 def _layout(model):
     inner = getattr(model, "model", None)
@@ -266,3 +270,13 @@ def load_store(model, path: str | Path) -> int:
     state.loaded += len(lengths)
     log.info("model.prefix_cache: %d rows' frozen-block states loaded from %s", len(lengths), path)
     return len(lengths)
+
+
+def serve_from_store(model, store: str | Path | None) -> PrefixState:
+    """The cache on `model` (its trainable blocks marked: `models.trainable_model`), holding the rows of
+    the prefix stage's `store` (None: none; rows are stored as they come). PrefixCacheError if the
+    model or the store does not fit."""
+    state = enable_prefix_cache(model)
+    if store is not None:
+        load_store(model, store)
+    return state

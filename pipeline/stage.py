@@ -37,7 +37,8 @@ class ParamsRecorder:
     """A read-only view of a `Config` that records the dotted key of every value a stage reads
     (`LWF_RECORD_PARAMS=<file>`: the e2e test checks them against dvc.yaml's `params`). A
     sub-config used whole (`model_dump()`, iteration) records its own key; a list of sub-configs
-    (`data.forget`) is recorded whole, the granularity DVC can declare."""
+    (`data.forget`) is recorded whole, the granularity DVC can declare. A method's setting taken
+    from the `unlearning` recipe is recorded as the recipe's key, where DVC reads it."""
 
     def __init__(self, obj, path: str = "", seen: set | None = None):
         self._obj, self._path, self._seen = obj, path, set() if seen is None else seen
@@ -56,10 +57,13 @@ class ParamsRecorder:
 
     def __getattr__(self, name):
         value = getattr(self._obj, name)
+        recipe = getattr(self._obj, "_from_recipe", frozenset())  # a method's key set by `unlearning`
         if callable(value):  # model_dump() and friends: the whole section is used
             self._seen.add(self._path)
+            if recipe:
+                self._seen.add("unlearning")
             return value
-        return self._wrap(value, self._key(name))
+        return self._wrap(value, f"unlearning.{name}" if name in recipe else self._key(name))
 
     def __getitem__(self, name):
         return self._wrap(self._obj[name], self._key(name))

