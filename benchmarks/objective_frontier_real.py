@@ -50,7 +50,8 @@ from pipeline.report import paired_bootstrap, perplexity_bootstrap
 from pipeline.stage import load_rows
 from pipeline.tasks import get_task
 from pipeline.objectives import check_args
-from pipeline.train import finetune, rows_digest, weights_digest
+from pipeline.checkpoint import rows_digest, weights_digest
+from pipeline.train import finetune
 
 
 def validation_rows(cfg, n_learn: int, n_general: int):

@@ -121,7 +121,7 @@ def run_stage(name: str, model_config: dict, cfg, seq: int):
     from pipeline.fisher import fisher_and_mean_grad
     from pipeline.grads import select_params
     from pipeline.models import build_byte_tokenizer
-    from pipeline.train import autocast_context
+    from pipeline.step import autocast_context
 
     tok = build_byte_tokenizer()
     g = cfg.grads

@@ -18,7 +18,8 @@ import torch
 from _common import lab_model, lab_rows, machine, table
 
 from pipeline.config import FinetuneConfig, MethodConfig, load_config
-from pipeline.train import StopAfter, ascent_direction, finetune
+from pipeline.grads import ascent_direction
+from pipeline.train import StopAfter, finetune
 
 N = 12
 

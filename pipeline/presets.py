@@ -58,11 +58,15 @@ NOTES = {
     "unlearning.objective": "what the step minimises on a D_U batch: ga | npo | simnpo | wga (pipeline/objectives.py)",
     "unlearning.objective_args": "its arguments, e.g. {beta: 0.1}; omitted ones take the objective's defaults",
     "unlearning.unlearn_every": "N_u: one unlearning step after every N_u learning steps",
-    "unlearning.unlearn_optimizer": "separate (SGD step of size unlearn_lr) | joint (one AdamW step on "
-                                    "l(learn) + alpha * objective) | shared (ablation)",
-    "unlearning.unlearn_lr": "separate: the step size",
+    "unlearning.unlearn_optimizer": "separate (SGD step of size unlearn_lr) | adam (AdamW with its own state) | "
+                                    "joint (one AdamW step on l(learn) + alpha * objective) | shared (ablation)",
+    "unlearning.unlearn_lr": "separate / adam: the step size",
     "unlearning.alpha": "joint / shared: the weight of the objective",
-    "unlearning.unlearn_max_loss": "guard: stop unlearning when the NLL on the D_U batch passes this",
+    "unlearning.guard": "graceful (undo + stop when a step raises the guard rows' NLL by > guard_max_rise) | "
+                        "absolute (stop when the D_U batch NLL passes unlearn_max_loss) | none (pipeline/guard.py)",
+    "unlearning.guard_max_rise": "graceful: the largest relative rise one unlearning step may cause (0.1 = +10%)",
+    "unlearning.guard_rows": "graceful: learning rows + as many general-text training rows it watches",
+    "unlearning.unlearn_max_loss": "absolute guard: stop unlearning when the NLL on the D_U batch passes this",
     "methods": "a method is data (pipeline/train.py): unlearn none | periodic | early, selection, bss, match_steps, "
                "train; any `unlearning` key",
     "methods.base": "the base model itself, no fine-tuning (a row of the report; deltas stay vs vanilla)",

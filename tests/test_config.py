@@ -93,7 +93,9 @@ BAD = [
     ("data.max_length", 2, "data.max_length = 2"),
     ("launch.strategy", "zero3", "launch.strategy"),
     ("unlearning.objective", "forget_harder", "unlearning.objective = 'forget_harder'"),
-    ("unlearning.unlearn_optimizer", "adam", "unlearning.unlearn_optimizer"),
+    ("unlearning.unlearn_optimizer", "sgd", "unlearning.unlearn_optimizer"),
+    ("unlearning.guard", "loose", "unlearning.guard"),
+    ("unlearning.guard_max_rise", 0, "unlearning.guard_max_rise"),
 ]
 
 

@@ -416,7 +416,8 @@ def test_artifacts_page_lists_every_confidence_column():
 
 
 # python blocks that are not pandas examples, and the test that runs each as written
-RUN_ELSEWHERE = {"from pipeline.train import finetune": "tests/test_objectives.py::test_the_python_example_of_docs_objectives_runs"}
+RUN_ELSEWHERE = {"from pipeline.train import finetune": "tests/test_objectives.py::test_the_python_example_of_docs_objectives_runs",
+                 "trainer = LWFTrainer(": "tests/test_hf_trainer.py::test_the_docs_excerpt_is_the_example_as_it_runs"}
 
 
 def python_examples():

@@ -95,29 +95,70 @@ def test_trainer_refuses_what_it_cannot_do(tiny, rows, tmp_path):
 def example_inputs(tiny, rows, tmp_path_factory):
     """What the pipeline would have made: a saved base model, the learning rows, a confidence table."""
     import pandas as pd
-    from datasets import Dataset
+    from datasets import Dataset, DatasetDict
 
     d = tmp_path_factory.mktemp("example")
     tiny[0].save_pretrained(d / "model")
     tiny[1].save_pretrained(d / "model")
-    Dataset.from_list(rows).save_to_disk(str(d / "learn"))
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(d / "learn"))  # as prepare writes data/learn
     du = _d_u()
     pd.DataFrame({"prompt": [r["prompt"] for r in du], "response": [r["target"] for r in du],
                   "truncated": False, "selected": [True] * 6 + [False] * 2}).to_parquet(d / "confidence.parquet")
     return d
 
 
+def test_the_docs_excerpt_is_the_example_as_it_runs():
+    """docs/trainer.md quotes the example's Trainer lines; they must be the lines the e2e tests run."""
+    import re
+
+    doc = (ROOT / "docs/trainer.md").read_text()
+    block = re.search(r"```python\n(trainer = LWFTrainer\(.*?)```", doc, re.S).group(1)
+    example = EXAMPLE.read_text()
+    for line in block.splitlines():
+        code = line.split("   #")[0].rstrip()
+        assert code.startswith("print(trainer.lwf_stats())") or code in example, line
+
+
+def _launch(example_inputs, out, *launch_args):
+    """`accelerate launch <launch_args> docs/examples/trainer_lwf.py ...` run by this interpreter."""
+    d = example_inputs
+    args = [str(EXAMPLE), "--model", str(d / "model"), "--confidence", str(d / "confidence.parquet"),
+            "--learn", str(d / "learn"), "--out", str(out), "--steps", "8", "--max-length", "48"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_args, "--mixed_precision", "no",
+           "--dynamo_backend", "no", *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+def _stats(proc) -> dict:
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("processes", [1, 2])
 def test_the_worked_example_runs_in_one_and_two_processes(example_inputs, processes, tmp_path):
-    d = example_inputs
-    args = [str(EXAMPLE), "--model", str(d / "model"), "--confidence", str(d / "confidence.parquet"),
-            "--learn", str(d / "learn"), "--out", str(tmp_path / "out"), "--steps", "8", "--max-length", "48"]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(launch + args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    stats = json.loads(r.stdout.strip().splitlines()[-1])
+    """Several CPU processes: Accelerate's torchrun launcher (`--multi_gpu`; `--cpu` would start one)."""
+    launch = ["--num_processes", "1"] if processes == 1 else ["--multi_gpu", "--num_processes", "2"]
+    stats = _stats(_launch(example_inputs, tmp_path / "out", *launch))
     assert stats["unlearn_steps_at"] == [4, 8] and stats["objective"] == "npo"
     assert (tmp_path / "out/model.safetensors").exists()
+
+
+@pytest.mark.e2e
+def test_the_worked_example_runs_on_two_machines(example_inputs, tmp_path):
+    """Accelerate's multi-node launch, two 'machines' of one process each on this host (machine ranks 0
+    and 1, rendezvous at 127.0.0.1): what two real nodes run, with their own IP."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    common = ["--multi_gpu", "--num_machines", "2", "--num_processes", "2", "--main_process_ip", "127.0.0.1",
+              "--main_process_port", port]
+    procs = [_launch(example_inputs, tmp_path / "out", *common, "--machine_rank", str(r)) for r in (0, 1)]
+    stats = _stats(procs[0])
+    procs[1].communicate(timeout=900)
+    assert procs[1].returncode == 0
+    assert stats["unlearn_steps_at"] == [4, 8]
