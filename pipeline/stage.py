@@ -125,9 +125,17 @@ def main(fn: Callable, argv=None) -> None:
         fn(cfg, **item)
         if record:
             _record_params(record, fn.stage_name, item, cfg)
-        log.info("stage %s: done in %.1fs", fn.stage_name, time.time() - t0)
+        log.info("stage %s: done in %.1fs%s", fn.stage_name, time.time() - t0, _peak_gpu_memory())
     except (ConfigError, UserError, TooLongError) as e:
         fail(str(e))
+
+
+def _peak_gpu_memory() -> str:
+    """', peak GPU memory X GiB' when the stage used CUDA (benchmarks/gpu_check.py reads it), else ''."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return ""
+    return f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
 
 
 def load_rows(path, split: str) -> list[dict]:
