@@ -452,7 +452,7 @@ def test_option_lists_are_their_registries():
     """Each option list is written once: the params Literal is built from the object the code reads."""
     import typing
 
-    from pipeline import config, confidence, train
+    from pipeline import config, confidence, guard, step
     from pipeline.config import ConfidenceConfig, ControlConfig, FinetuneConfig, MethodConfig
 
     def options(model, field):
@@ -460,7 +460,8 @@ def test_option_lists_are_their_registries():
 
     assert options(ConfidenceConfig, "score") == config.SCORES
     assert options(MethodConfig, "selection") == tuple(confidence.SELECTIONS) and confidence.SELECTIONS is config.SELECTIONS
-    assert options(FinetuneConfig, "lr_schedule") == tuple(train.SCHEDULERS) and train.SCHEDULERS is config.LR_SCHEDULES
+    assert options(FinetuneConfig, "lr_schedule") == tuple(step.LR_SCHEDULES) and step.LR_SCHEDULES is config.LR_SCHEDULES
+    assert options(MethodConfig, "guard") == config.GUARDS == guard.GUARDS
     assert options(ControlConfig, "corpus") == config.CONTROL_CORPORA
 
 
