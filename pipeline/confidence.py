@@ -61,6 +61,13 @@ def unlearn_set(table: pd.DataFrame, selection: str) -> list[dict]:
     return as_rows(table[table[SELECTIONS[selection]]])
 
 
+def unlearn_set_with_reference(table: pd.DataFrame, selection: str) -> list[dict]:
+    """D_U as the fine-tune reads it: `unlearn_set`'s rows, each with its reference NLL `ref_nll`
+    (mean token NLL under the base model, the table's `nll_base`) for the objectives that need it."""
+    sel = table[table[SELECTIONS[selection]]]
+    return [dict(r, ref_nll=float(n)) for r, n in zip(as_rows(sel), sel["nll_base"])]
+
+
 def probe_delta(model, tok, learn_rows: list[dict], probe, max_length: int, add_bos: bool = True,
                 param_regex: str | None = None, replica=None, embeddings: str = "auto"):
     """theta_probe: `probe.steps` plain AdamW steps on the learning rows (constant LR, clip 1.0, no

@@ -341,7 +341,7 @@ class MethodConfig(_Strict):
 
 
 # the default unlearning recipe: NPO (beta 0.1) at unlearn_lr 0.03, chosen on the lab's validation split
-# (docs/objectives.md, benchmarks/objective_frontier.py); every ablation of lwf uses the same recipe
+# (docs/objectives.md, experiments/objective_frontier/objective_frontier.py); every ablation of lwf uses the same recipe
 _NPO = dict(unlearn="periodic", objective="npo", objective_args={"beta": 0.1}, unlearn_lr=0.03)
 DEFAULT_METHODS = {
     "base": MethodConfig(train=False),

@@ -9,8 +9,8 @@ import shutil
 import pandas as pd
 
 from pipeline import dist, paths
-from pipeline.config import SELECTIONS, control_skipped
-from pipeline.confidence import as_rows
+from pipeline.config import control_skipped
+from pipeline.confidence import unlearn_set_with_reference
 from pipeline.io import atomic_path, write_csv
 from pipeline.models import load_model, plain_model, trainable_model
 from pipeline.stage import UserError, load_rows, main, stage
@@ -51,9 +51,7 @@ def run(cfg, method: str, seed: int):
     learn = load_rows(paths.LEARN_DATA, "train")
     d_u = []
     if m.unlearn != "none":  # D_U with each row's reference NLL (mean token NLL under the base model)
-        table = pd.read_parquet(paths.CONFIDENCE)
-        sel = table[table[SELECTIONS[m.selection]]]
-        d_u = [dict(r, ref_nll=float(n)) for r, n in zip(as_rows(sel), sel["nll_base"])]
+        d_u = unlearn_set_with_reference(pd.read_parquet(paths.CONFIDENCE), m.selection)
     log.info("stage finetune: %s seed %d: %d learning rows, %d unlearning rows (objective %s, %s), %d learning steps",
              method, seed, len(learn), len(d_u), m.objective, m.unlearn_optimizer, learning_steps(cfg.finetune, m))
     ckpt = paths.checkpoint(method, seed)
