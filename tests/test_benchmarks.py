@@ -141,9 +141,7 @@ def test_lm_eval_cpu_quick(capsys):
     assert '"task": "lwf_psychol", "docs": 2' in out and '"parity"' in out
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason="broken on main, found by this run: under FakeTensorMode the "
-                   "pipeline's data-dependent reads (data.target_positions' target count, fisher's shard mask) "
-                   "raise DataDependentOutputException; strict: passes -> remove this mark")
+@pytest.mark.e2e  # slow, not heavy: fake tensors through 30 blocks under MemTracker (1-5 min on 2 cores)
 def test_paper_memory_quick(capsys, tmp_path):
     import json
 
