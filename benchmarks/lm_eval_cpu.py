@@ -16,7 +16,6 @@ template (the parity check included).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
