@@ -4,7 +4,8 @@ in a later measurement) and run_all.py lists every benchmark file. Each study fo
 and its scripts say what they do; the studies' cheapest real paths run where they take seconds, and
 the helpers their tables are computed with give known answers on hand-made inputs. The studies that
 need a finished pipeline run (lab_calibration, lab_design_search, aggregate_runs) run on the e2e
-test's project (tests/test_e2e.py); the SmolLM2 benchmarks are marked `real`."""
+test's project (tests/test_e2e.py); the SmolLM2 benchmarks are marked `real`, and pipeline_overhead
+and paper_memory `e2e` (minutes: a Prefect server start; fake tensors through 30 blocks)."""
 import importlib
 import sys
 from pathlib import Path
