@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmark scripts: tiny models of a given width, timing, tables."""
+"""Shared helpers for the benchmark scripts (and the studies under experiments/): tiny models of a given
+width, timing, tables."""
 from __future__ import annotations
 
 import os
@@ -55,47 +56,11 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
         print("| " + " | ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in r) + " |")
 
 
-def interval(d: float, lo: float, hi: float) -> str:
-    """A point estimate with its 95% interval, as the lab tables print it."""
-    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+def parser(doc: str):
+    """The argument parser every benchmark's main(argv) starts from: its docstring as the help and
+    `--quick` (tiny sizes, seconds: what run_all.py --quick and the tests run)."""
+    import argparse
 
-
-def side(lo: float, hi: float, at: float = 0.0) -> str:
-    """"+" / "-": the interval lies above / below `at`; "0": it contains it."""
-    return "+" if lo > at else "-" if hi < at else "0"
-
-
-def auroc_ci(df, positive: list[str], negative: list[str], n_boot: int = 1000) -> dict[str, tuple[float, float, float]]:
-    """AUROC of every score column of a confidence table (`positive` vs `negative` forgetting tasks), with a
-    95% interval from resampling samples within each class (an interval containing 0.5 = no side)."""
-    import numpy as np
-
-    from pipeline.confidence import auroc
-
-    df = df[df["forget_task"].isin(list(positive) + list(negative))]
-    y = df["forget_task"].isin(list(positive)).to_numpy()
-    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
-    rng = np.random.default_rng(0)
-    boots = [np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]) for _ in range(n_boot)]
-    out = {}
-    for col in [c for c in df.columns if c.startswith("score_")] + ["grad_norm"]:
-        v = df[col].to_numpy()
-        b = [auroc(v[i], y[i]) for i in boots]
-        out[col.removeprefix("score_")] = (auroc(v, y), *np.percentile(b, [2.5, 97.5]))
-    return out
-
-
-def sync_code(proj) -> None:
-    """Today's code and pipeline definition into a benchmark's project copy (DVC then reruns what a
-    code change touches): pipeline/, stages/, the lm-eval task folder the lm_eval stage depends on,
-    dvc.yaml, .dvcignore, .gitignore."""
-    import shutil
-    from pathlib import Path
-
-    root, proj = Path(__file__).resolve().parents[1], Path(proj)
-    for name in ("pipeline", "stages", "lm_eval_tasks"):
-        shutil.rmtree(proj / name, ignore_errors=True)
-        shutil.copytree(root / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(root / name, proj / name)
-
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run of seconds, not a measurement)")
+    return ap

@@ -1,14 +1,18 @@
 """Wall time of the `lwf` fine-tune vs `vanilla` on the same budget.
-Target: lwf / vanilla <= 1.15 + 1/unlearn_every."""
+Target: lwf / vanilla <= 1.15 + 1/unlearn_every.
+
+    python benchmarks/finetune_overhead.py [--quick]
+"""
 import time
 
-from _common import lab_model, lab_rows, machine, table
+from _common import lab_model, lab_rows, machine, parser, table
 
 from pipeline.config import FinetuneConfig, MethodConfig
 from pipeline.train import finetune
 
 
-def main(steps=120, every=4, repeat=3):
+def main(argv=None):
+    steps, every, repeat = (4, 2, 1) if parser(__doc__).parse_args(argv).quick else (120, 4, 3)
     cfg = FinetuneConfig(max_steps=steps)
     learn = lab_rows("lab_learn", 96)
     d_u = [{"prompt": r["prompt"], "target": r["target"]} for r in lab_rows("lab_conflict", 48)]

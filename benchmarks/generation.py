@@ -1,11 +1,15 @@
 """Generation: tokens/s batched (left-padded, KV cache, length-sorted) vs one prompt at a time.
-Target: >= 4x."""
-from _common import lab_model, lab_rows, machine, table, timeit
+Target: >= 4x.
+
+    python benchmarks/generation.py [--quick]
+"""
+from _common import lab_model, lab_rows, machine, parser, table, timeit
 
 from pipeline.generation import generate
 
 
-def main(n=128, max_new=12):
+def main(argv=None):
+    n, max_new = (4, 2) if parser(__doc__).parse_args(argv).quick else (128, 12)
     model, tok = lab_model()
     prompts = [r["prompt"] for r in lab_rows("lab_conflict", n // 2) + lab_rows("lab_neutral", n // 2)]
     # greedy: both modes produce the same tokens; count them (EOS included when reached)

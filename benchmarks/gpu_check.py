@@ -45,7 +45,6 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/lwf-gpu-check")
     p.add_argument("--dry-run", action="store_true")
     a = p.parse_args()
-    import yaml
 
     sys.path.insert(0, str(ROOT))
     from pipeline.config import load_config

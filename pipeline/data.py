@@ -95,12 +95,14 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nll.sum(1) / mask.sum(1).clamp_min(1)
 
 
-def target_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def target_positions(labels: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The positions whose logits predict a target token, per row, right-padded to the longest
-    row's count: (positions (B, K), their labels (B, K), IGNORE on the padding slots)."""
+    row's count: (positions (B, K), their labels (B, K), IGNORE on the padding slots). `k`: that
+    count where the caller knows it (then the labels' values are not read: fake tensors)."""
     nxt = labels[:, 1:]
     mask = nxt != IGNORE
-    k = max(int(mask.sum(1).max()) if mask.numel() else 0, 1)
+    if k is None:
+        k = max(int(mask.sum(1).max()) if mask.numel() else 0, 1)
     # stable sort puts each row's target positions first, in order
     pos = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :k]
     keep = torch.gather(mask, 1, pos)

@@ -34,9 +34,9 @@ def fisher_and_mean_grad(model, tok, rows: list[dict], max_length: int, engine: 
     with tqdm(total=len(local), desc="fisher", mininterval=2, leave=False, disable=not dist.is_main()) as bar:
         for idx, grads in iter_per_sample_grads(model, local, tok.pad_token_id, engine, chunk_size, param_regex, bar,
                                                 embeddings):
-            real = idx < n_real  # the padding of shard_even is not counted
+            padded = n_real < len(local)  # the padding of shard_even is not counted (decided without reading idx)
             for n, g in grads.items():
-                g = (g if bool(real.all()) else g[real.to(g.device)]).double()
+                g = (g[(idx < n_real).to(g.device)] if padded else g).double()
                 sq[n] += (g * g).sum(0)
                 sm[n] += g.sum(0)
     for t in (*sq.values(), *sm.values()):

@@ -4,7 +4,7 @@ import logging
 from pipeline import paths
 from pipeline.io import save_dataset, write_json
 from pipeline.stage import main, stage
-from pipeline.tasks import get_task
+from pipeline.tasks import SPLITS, prepared_rows, prepared_sets
 
 log = logging.getLogger("lwf")
 
@@ -15,14 +15,10 @@ def _dataset(task_ref, seed: int):
     from pipeline.tasks.base import ROW_FIELDS
     from pipeline.stage import UserError
 
-    try:
-        task = get_task(task_ref.task, task_ref.options)
-    except ValueError as e:
-        raise UserError(f"data task {task_ref.task!r}: {e}") from None
     splits = {}
-    for i, (split, n) in enumerate((("train", task_ref.n_train), ("test", task_ref.n_test))):
+    for split in SPLITS:
         try:
-            rows = task.load(split, n, seed + 17 * i, task_ref.options)
+            rows = prepared_rows(task_ref, seed, split)
         except (ValueError, KeyError, FileNotFoundError) as e:
             raise UserError(f"task {task_ref.task!r} ({split}): {e}") from None
         if not rows:
@@ -36,15 +32,11 @@ def _dataset(task_ref, seed: int):
 @stage("prepare")
 def run(cfg):
     """Write data/learn, data/forget/<task>, data/general."""
-    d = cfg.data
     sizes = {}
-    save_dataset(paths.LEARN_DATA, ds := _dataset(d.learn, d.seed))
-    sizes[d.learn.task] = {k: len(v) for k, v in ds.items()}
-    for i, ref in enumerate(d.forget):
-        save_dataset(paths.FORGET_DATA / ref.task, ds := _dataset(ref, d.seed + 100 * (i + 1)))
+    for kind, ref, seed in prepared_sets(cfg.data):
+        where = {"learn": paths.LEARN_DATA, "forget": paths.FORGET_DATA / ref.task, "general": paths.GENERAL_DATA}
+        save_dataset(where[kind], ds := _dataset(ref, seed))
         sizes[ref.task] = {k: len(v) for k, v in ds.items()}
-    save_dataset(paths.GENERAL_DATA, ds := _dataset(d.general, d.seed + 99))
-    sizes[d.general.task] = {k: len(v) for k, v in ds.items()}
     write_json(paths.METRICS / "data.json", sizes)
 
 

@@ -1,9 +1,11 @@
-"""The benchmark scripts: each one's cheapest real path runs against today's `pipeline` (tiny sizes,
-seconds each: a renamed argument or removed name fails here, not in a later measurement), and the
-helpers the lab tables are computed with give known answers on hand-made inputs. The scripts that
-need a finished pipeline run (lab_calibration, lab_design_search, unlearn_step on a pretrained
-model, aggregate_runs) run on the e2e test's project (tests/test_e2e.py); real_step and real_grads
-need the packaged SmolLM2 weights (marked `real`)."""
+"""The benchmarks (benchmarks/) and the studies (experiments/). Every benchmark's `--quick` path runs
+against today's `pipeline` (tiny sizes, seconds: a renamed argument or removed name fails here, not
+in a later measurement) and run_all.py lists every benchmark file. Each study folder has a README
+and its scripts say what they do; the studies' cheapest real paths run where they take seconds, and
+the helpers their tables are computed with give known answers on hand-made inputs. The studies that
+need a finished pipeline run (lab_calibration, lab_design_search, aggregate_runs) run on the e2e
+test's project (tests/test_e2e.py); the SmolLM2 benchmarks are marked `real`, and pipeline_overhead
+and paper_memory `e2e` (minutes: a Prefect server start; fake tensors through 30 blocks)."""
 import importlib
 import sys
 from pathlib import Path
@@ -12,12 +14,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+EXP = ROOT / "experiments"
+STUDIES = sorted(p for p in EXP.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
 
 
 @pytest.fixture(autouse=True)
-def _bench_path(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
+def _script_paths(monkeypatch):
+    """As `python benchmarks/x.py` or `python experiments/<study>/x.py` finds its neighbours."""
+    for p in [ROOT, EXP, *STUDIES, BENCH]:
+        monkeypatch.syspath_prepend(str(p))
 
 
 def _fresh(name):
@@ -41,65 +48,145 @@ def _table(out: str, title: str) -> list[list[str]]:
     return rows[2:]
 
 
-NOT_RUN = {  # scripts whose cheapest real path is a whole pipeline run or the real model: too slow for the suite
-    "lab_robustness": "a full `dvc repro` per lab seed",
-    "pipeline_overhead": "three no-op `dvc repro`, an `lwf run` and a Prefect server start (~1 min)",
-    "real_step": "SmolLM2-135M training steps",
-    "real_grads": "SmolLM2-135M per-sample gradients in subprocesses",
-    "objective_frontier": "a 1000-step lab pretraining and the confidence stage per lab seed before any fine-tune (~4 min)",
-    "lab_confidence": "`dvc repro confidence` per lab seed and Fisher site",
-    "optimum_budget": "runs on the projects lab_confidence.py made",
-    "real_confidence": "SmolLM2-135M through the confidence stage (~8 min)",
-    "lm_eval_cpu": "SmolLM2-135M under lm-evaluation-harness",
-    "prefix_cache": "SmolLM2-135M fine-tuning steps and evaluations, cached and uncached, in subprocesses",
-    "learning_curve": "SmolLM2-135M fine-tunes of 150 steps scored on SST-5 validation (~8 min a seed)",
-    "perplexity_batches": "SmolLM2-135M perplexity of 100 GSM8K questions, twice",
-    "objective_frontier_real": "36+ SmolLM2-135M fine-tunes in a finished `dvc repro` of the powered preset (~1 h)",
-}
+def _needs_smollm2():
+    from pipeline.models import packaged_gguf
+
+    try:
+        packaged_gguf("smollm2-135m-instruct")
+    except ValueError as e:
+        pytest.skip(str(e))
 
 
-def test_every_benchmark_script_is_run_by_a_test():
-    """A new script gets a run here (or in test_e2e.py), or a reason in NOT_RUN, and a docstring."""
-    here = Path(__file__).read_text().split("NOT_RUN = {")[0] + (Path(__file__).parent / "test_e2e.py").read_text()
-    here += "".join(Path(__file__).read_text().partition("def test_grads_benchmark")[1:])
-    for p in BENCH.glob("*.py"):
-        if p.stem != "_common":
-            assert f'"{p.stem}"' in here or p.stem in NOT_RUN, f"benchmarks/{p.name}: run by no test and not in NOT_RUN"
-            assert _fresh(p.stem).__doc__
+# benchmarks
 
 
-def test_grads_benchmark(capsys):
-    _fresh("grads").main(n=4, chunk=2)
+def test_run_all_lists_every_benchmark_file():
+    """A new benchmarks/*.py cannot be forgotten by run_all.py."""
+    listed = _fresh("run_all").BENCHMARKS
+    present = {p.stem for p in BENCH.glob("*.py")} - {"run_all", "_common"}
+    assert len(listed) == len(set(listed)) and set(listed) == present
+
+
+def test_run_all_quick_runs_each_benchmark_quick_and_reports_failures(monkeypatch, capsys):
+    """Each benchmark's main gets ["--quick"] (stubbed here: each quick path runs for real below),
+    pipeline_overhead also the project; a failing one is reported, the rest still run, exit 1."""
+    run_all = _fresh("run_all")
+    called = []
+    for name in run_all.BENCHMARKS:
+        def main(argv, _n=name):
+            called.append((_n, argv))
+            if _n == "generation":
+                raise RuntimeError("broken")
+
+        monkeypatch.setattr(_fresh(name), "main", main)
+    assert run_all.main(["--quick", "--project", "/some/run"]) == 1
+    assert [n for n, _ in called] == run_all.BENCHMARKS
+    assert all(argv == ["--quick"] + (["/some/run"] if n == "pipeline_overhead" else []) for n, argv in called)
+    assert "failed: generation" in capsys.readouterr().err
+
+
+def test_grads_quick(capsys):
+    _fresh("grads").main(["--quick"])
     rows = _table(capsys.readouterr().out, "Per-sample gradients, 4 samples")
     assert len(rows) == 2 and all(float(r[-1]) < 1e-4 for r in rows)  # vectorized == loop
 
 
-def test_generation_benchmark(capsys):
-    _fresh("generation").main(n=4, max_new=2)
+def test_generation_quick(capsys):
+    _fresh("generation").main(["--quick"])
     rows = _table(capsys.readouterr().out, "Generation, 4 prompts x 2 new tokens")
     assert [r[0] for r in rows] == ["one prompt at a time", "batched (64), KV cache"]
 
 
-def test_finetune_overhead_benchmark(capsys):
-    _fresh("finetune_overhead").main(steps=4, every=2, repeat=1)
+def test_finetune_overhead_quick(capsys):
+    _fresh("finetune_overhead").main(["--quick"])
     rows = _table(capsys.readouterr().out, "Fine-tune wall time, 4 learning steps")
     assert [r[0] for r in rows] == ["vanilla", "lwf"] and float(rows[1][1]) > 0
 
 
-def test_optimizer_step_benchmark(capsys):
-    diff = _fresh("optimizer_step").compare(blocks=1, repeat=1, hidden=32, inter=64, kv=16)
-    rows = _table(capsys.readouterr().out, "AdamW step over 9 tensors")
-    assert [r[0].split(" ")[0] for r in rows] == ["torch.optim.AdamW", "pipeline.dist.adamw"]
-    assert diff < 1e-5  # the same update
-
-
-def test_confidence_scaling_benchmark(capsys):
-    _fresh("confidence_scaling").main(sizes=(4, 8))
+def test_confidence_scaling_quick(capsys):
+    _fresh("confidence_scaling").main(["--quick"])
     rows = _table(capsys.readouterr().out, "Confidence stage seconds")
     assert [r[0] for r in rows] == ["w128", "w256"]
 
 
-def test_unlearn_step_benchmark_on_a_random_model(capsys, monkeypatch, tmp_path):
+@pytest.mark.e2e
+def test_pipeline_overhead_quick_without_a_project(capsys):
+    """Prefect's costs (a temporary server start); no `dvc repro` where no finished run is given."""
+    _fresh("pipeline_overhead").main(["--quick"])
+    rows = _table(capsys.readouterr().out, "Orchestration overhead")
+    assert "no project" in rows[0][1] and float(rows[-1][1]) > 0
+
+
+@pytest.mark.real
+def test_real_step_quick(capsys):
+    _needs_smollm2()
+    _fresh("real_step").main(["--quick"])
+    rows = _table(capsys.readouterr().out, "SmolLM2-135M-Instruct, batch (2, 32)")
+    assert [r[0] for r in rows] == ["step, last block trainable", "forward only, no gradients"]
+
+
+@pytest.mark.real
+def test_prefix_cache_quick(capsys):
+    _needs_smollm2()
+    _fresh("prefix_cache").main(["--quick"])
+    out = capsys.readouterr().out
+    assert "fine-tune, 1 steps" in out and float(out.split("max relative difference of the losses: ")[1].split()[0]) < 1e-3
+
+
+@pytest.mark.real
+def test_lm_eval_cpu_quick(capsys):
+    _needs_smollm2()
+    pytest.importorskip("lm_eval")
+    _fresh("lm_eval_cpu").main(["--quick"])
+    out = capsys.readouterr().out
+    assert '"task": "lwf_psychol", "docs": 2' in out and '"parity"' in out
+
+
+@pytest.mark.e2e  # slow, not heavy: fake tensors through 30 blocks under MemTracker (1-5 min on 2 cores)
+def test_paper_memory_quick(capsys, tmp_path):
+    import json
+
+    out = tmp_path / "mem.json"
+    _fresh("paper_memory").main(["--quick", "--params", str(ROOT / "presets/smollm2_gpu.yaml"), "--json", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert [r["stage"] for r in results] == ["fisher", "confidence", "finetune", "generation"]
+    assert all(r["peak_gib"] > 0 for r in results) and capsys.readouterr().out
+
+
+# studies
+
+NOT_RUN = {  # study scripts whose cheapest real path is a whole pipeline run or the real model: too slow here
+    "lab_robustness": "a full `dvc repro` per lab seed",
+    "objective_frontier": "a 1000-step lab pretraining and the confidence stage per lab seed before any fine-tune (~4 min)",
+    "lab_confidence": "`dvc repro confidence` per lab seed and Fisher site",
+    "optimum_budget": "runs on the projects lab_confidence.py made",
+    "real_confidence": "SmolLM2-135M through the confidence stage (~8 min)",
+    "learning_curve": "SmolLM2-135M fine-tunes of 150 steps scored on SST-5 validation (~8 min a seed)",
+    "objective_frontier_real": "36+ SmolLM2-135M fine-tunes in a finished `dvc repro` of the powered preset (~1 h)",
+}
+
+
+def test_every_study_has_a_readme_and_every_script_is_run_or_excused():
+    """Each experiments/<study>/ has a README naming its scripts, the confidence score and the
+    objective its figures used; each script has a docstring and a run here or in test_e2e.py, or a
+    reason in NOT_RUN."""
+    here = Path(__file__).read_text().split("NOT_RUN = {")[0] + (Path(__file__).parent / "test_e2e.py").read_text()
+    here += "".join(Path(__file__).read_text().partition("def test_unlearn_step_")[1:])
+    scripts = [*EXP.glob("*.py"), *EXP.glob("*/*.py")]
+    assert len(STUDIES) >= 6 and len(scripts) >= 12
+    for study in STUDIES:
+        readme = (study / "README.md").read_text()
+        for word in ("score", "objective", "python "):
+            assert word in readme, f"{study.name}/README.md does not name the {word.strip()}"
+        for p in study.glob("*.py"):
+            assert p.name in readme, f"{study.name}/README.md does not name {p.name}"
+    for p in scripts:
+        if p.stem != "_common":
+            assert f'"{p.stem}"' in here or p.stem in NOT_RUN, f"{p.relative_to(ROOT)}: run by no test and not in NOT_RUN"
+            assert _fresh(p.stem).__doc__
+
+
+def test_unlearn_step_on_a_random_model(capsys, monkeypatch, tmp_path):
     mod = _fresh("unlearn_step")
     monkeypatch.setattr(mod, "N", 2)
     mod.main(str(tmp_path))  # no artifacts/base_model there: the randomly initialised lab model
@@ -110,36 +197,16 @@ def test_unlearn_step_benchmark_on_a_random_model(capsys, monkeypatch, tmp_path)
             assert float(r[4]) > 0, r
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason="broken on main, found by this run: under FakeTensorMode the "
-                   "pipeline's data-dependent reads (data.target_positions' target count, fisher's shard mask) "
-                   "raise DataDependentOutputException; strict: passes -> remove this mark")
-def test_paper_memory_benchmark(capsys, tmp_path):
-    out = tmp_path / "mem.json"
-    _fresh("paper_memory").main(["--params", str(BENCH.parent / "presets/smollm2_gpu.yaml"), "--seq", "32",
-                                 "--json", str(out)])
-    import json
+def test_lab_studies_refuse_the_score_they_cannot_compute():
+    """Their base models have no optimum stage: optimum_distance would rank by NaN."""
+    from experiments._common import lab_confidence_table
 
-    results = json.loads(out.read_text())["results"]
-    assert [r["stage"] for r in results] == ["fisher", "confidence", "finetune", "generation"]
-    assert all(r["peak_gib"] > 0 for r in results) and capsys.readouterr().out
-
-
-def test_run_all_runs_every_benchmark_it_lists(monkeypatch, capsys):
-    """run_all's list: each module's main is called (stubbed here: each is run for real above)."""
-    import runpy
-
-    called = []
-    for name in ("grads", "generation", "finetune_overhead", "confidence_scaling", "pipeline_overhead"):
-        mod = _fresh(name)
-        monkeypatch.setattr(mod, "main", lambda *a, _n=name: called.append(_n))
-    monkeypatch.setattr(sys, "argv", ["run_all.py"])
-    script = "run_all"
-    runpy.run_path(str(BENCH / f"{script}.py"), run_name="__main__")
-    assert called == ["grads", "generation", "finetune_overhead", "confidence_scaling", "pipeline_overhead"]
+    with pytest.raises(SystemExit, match="optimum_distance needs theta"):
+        lab_confidence_table(None, None, None, [], "optimum_distance")
 
 
 def test_auroc_ci_sides():
-    from _common import auroc_ci
+    from experiments._common import auroc_ci
 
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"forget_task": ["pos"] * 50 + ["neg"] * 50 + ["other"] * 10,
@@ -168,3 +235,27 @@ def test_unlearning_curve_rows(tmp_path):
         log(tmp_path / proj / "logs/train/lwf_oracle/seed0.csv", oracle)
     rows = unlearning_curve_rows([tmp_path / "a", tmp_path / "b"], [0], methods=("lwf_oracle",))
     assert rows == [[1, 2, "0.40", "+0.300"]]
+
+
+def test_prepared_rows_are_the_rows_the_prepare_stage_writes(tmp_path, monkeypatch):
+    """The studies draw the prepare stage's rows through pipeline.tasks.prepared_rows, the function
+    the stage itself calls: the same rows for every dataset and split."""
+    from pipeline import paths
+    from pipeline.config import parse_config
+    from pipeline.stage import load_rows
+    from pipeline.tasks import SPLITS, prepared_rows, prepared_sets
+    from stages import prepare
+
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_config({"data": {"learn": {"task": "lab_learn", "n_train": 5, "n_test": 4},
+                                 "forget": [{"task": "lab_conflict", "n_train": 3, "n_test": 2},
+                                            {"task": "lab_neutral", "n_train": 3, "n_test": 2},
+                                            {"task": "lab_count", "n_train": 2, "n_test": 2}],
+                                 "general": {"task": "lab_general", "n_train": 1, "n_test": 3}}})
+    prepare.run(cfg)
+    where = {"learn": paths.LEARN_DATA, "general": paths.GENERAL_DATA}
+    for kind, ref, seed in prepared_sets(cfg.data):
+        for split in SPLITS:
+            written = load_rows(where.get(kind, paths.FORGET_DATA / ref.task), split)
+            assert [(r["prompt"], r["target"]) for r in written] == \
+                [(r["prompt"], r["target"]) for r in prepared_rows(ref, seed, split)], (kind, ref.task, split)

@@ -262,21 +262,21 @@ def test_changing_an_unlearning_setting_reruns_only_that_method(dvc_project, key
     assert (proj / "artifacts/confidence.parquet").read_bytes() == before
 
 
-def test_benchmarks_that_read_a_finished_run(dvc_project):
-    """The benchmark scripts that read a finished pipeline run, on this one at their smallest sizes
+def test_studies_that_read_a_finished_run(dvc_project):
+    """The study scripts that read a finished pipeline run, on this one at their smallest sizes
     (tests/test_benchmarks.py runs the others): "aggregate_runs" over the run's metrics,
     "lab_calibration" (pretrains the control, 2 and 4 learning steps, seed 0) and
     "lab_design_search" (one design, one lab seed; reads the project's params.yaml)."""
     proj, _ = dvc_project
-    bench = ROOT / "benchmarks"
-    out = run([sys.executable, str(bench / "aggregate_runs.py"), str(proj)], proj, pythonpath=proj)
+    exp = ROOT / "experiments"
+    out = run([sys.executable, str(exp / "aggregate_runs.py"), str(proj)], proj, pythonpath=proj)
     assert "| lwf_oracle |" in out and "Confidence AUROC" in out
-    out = run([sys.executable, str(bench / "lab_calibration.py"), "--project", str(proj), "--at", "2", "4",
+    out = run([sys.executable, str(exp / "lab_design/lab_calibration.py"), "--project", str(proj), "--at", "2", "4",
                "--seeds", "0"], proj, pythonpath=proj)
     assert "| control − vanilla |" in out and "| lwf_oracle |" in out
-    out = run([sys.executable, str(bench / "lab_design_search.py"), "--lab-seeds", "0", "--designs",
+    out = run([sys.executable, str(exp / "lab_design/lab_design_search.py"), "--lab-seeds", "0", "--designs",
                "noisy conflict 0.5 (default)"], proj, pythonpath=proj)
-    assert "oracle − vanilla" in out
+    assert "oracle − vanilla" in out and "ranked by fisher_distance" in out
 
 
 def lwf_run(proj) -> dict:

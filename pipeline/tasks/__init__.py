@@ -19,3 +19,21 @@ def get_task(name: str, options: dict | None = None) -> Task:
     except KeyError:
         raise KeyError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}") from None
     return task.with_options(options or {})
+
+
+SPLITS = ("train", "test")  # the splits the prepare stage writes, drawn with seed + 17 * their index
+
+
+def prepared_sets(data) -> list[tuple[str, object, int]]:
+    """The datasets the prepare stage writes from params `data`, as (kind, task reference, seed):
+    the learning task, each forgetting task and the general text. Studies that need the same rows
+    draw them with `prepared_rows` rather than copy these seeds."""
+    return [("learn", data.learn, data.seed),
+            *[("forget", ref, data.seed + 100 * (i + 1)) for i, ref in enumerate(data.forget)],
+            ("general", data.general, data.seed + 99)]
+
+
+def prepared_rows(ref, seed: int, split: str) -> list[dict]:
+    """The rows of `split` the prepare stage writes for a task reference drawn with `seed`."""
+    n = ref.n_train if split == "train" else ref.n_test
+    return get_task(ref.task, ref.options).load(split, n, seed + 17 * SPLITS.index(split), ref.options)

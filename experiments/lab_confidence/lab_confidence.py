@@ -7,63 +7,35 @@ samples within each class) per run, their mean / sd over the runs, and the publi
 AUROC along `confidence.alpha` (read off the table's opt_quadratic / opt_directional columns, no
 rerun) with its two limits.
 
-    python benchmarks/lab_confidence.py OUT_DIR [--lab-seeds 0 1 2 3 4] [--at target base] \
+    python experiments/lab_confidence/lab_confidence.py OUT_DIR [--lab-seeds 0 1 2 3 4] [--at target base] \
         [--threads 1] [--alphas 1e-5 1e-4 3e-4 1e-3 1e-2 1e-1 1] [--set key=value ...]
 
 OUT_DIR keeps every project (DVC reruns only what changed).
 """
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
-from _common import auroc_ci, machine, sync_code, table
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
+from experiments._common import ROOT, apply_overrides, auroc_ci, machine, project_copy, setdeep, sh, table  # noqa: E402
 
 from pipeline.confidence import auroc  # noqa: E402
-
-
-def sh(cmd, cwd, threads):
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
-    env.pop("PYTHONPATH", None)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"{cmd} failed in {cwd}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
-    return r.stdout + r.stderr
-
-
-def setdeep(raw: dict, key: str, value) -> None:
-    *head, last = key.split(".")
-    for k in head:
-        raw = raw.setdefault(k, {})
-    raw[last] = value
 
 
 def project(out: Path, lab_seed: int, at: str, threads: int, overrides: list[str]) -> Path:
     """`dvc repro confidence` in OUT/lab<seed>; returns the saved confidence table of this `fisher.at`."""
     proj = out / f"lab{lab_seed}"
-    fresh = not (proj / ".dvc").exists()
-    proj.mkdir(parents=True, exist_ok=True)
-    sync_code(proj)  # today's code, every time
-    if fresh:
-        sh(["git", "init", "-q"], proj, threads)
-        sh([sys.executable, "-m", "dvc", "init", "-q"], proj, threads)
+    project_copy(proj, threads)  # today's code, every time
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     setdeep(raw, "model.lab.seed", lab_seed)
     setdeep(raw, "fisher.at", at)
-    for kv in overrides:
-        k, v = kv.split("=", 1)
-        setdeep(raw, k, yaml.safe_load(v))
+    apply_overrides(raw, overrides)
     (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     print(f"lab seed {lab_seed}, fisher.at {at}: dvc repro confidence", file=sys.stderr, flush=True)
     sh([sys.executable, "-m", "dvc", "repro", "confidence"], proj, threads)

@@ -4,34 +4,23 @@ for the default score and every other score, the most and least confident sample
 Spearman correlation with the answer length (n_tokens), and the share of answers the base model
 got wrong (`correct` < 1) in D_U (the top `confidence.forget_fraction`) vs in all of D_self.
 
-    python benchmarks/real_confidence.py OUT_DIR [--preset presets/smollm2_cpu.yaml] [--threads 1] \
+    python experiments/real_confidence/real_confidence.py OUT_DIR [--preset presets/smollm2_cpu.yaml] [--threads 1] \
         [--top 5] [--set key=value ...]
 
 Prints each stage's wall time (from `dvc repro` and metrics/*.json) and the machine.
 """
 import argparse
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
-from _common import machine, sync_code, table
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
+from experiments._common import ROOT, apply_overrides, machine, project_copy, sh, table  # noqa: E402
 
 SCORES = ["optimum_distance", "fisher_distance", "fisher_conflict", "cosine", "probe", "loss_rise", "random"]
-
-
-def setdeep(raw: dict, key: str, value) -> None:
-    *head, last = key.split(".")
-    for k in head:
-        raw = raw.setdefault(k, {})
-    raw[last] = value
 
 
 def spearman(a, b) -> float:
@@ -53,33 +42,18 @@ def main():
     ap.add_argument("--set", nargs="*", default=[], help="params overrides, key=value (YAML value)")
     a = ap.parse_args()
     proj = Path(a.out).resolve()
-    fresh = not (proj / ".dvc").exists()
-    proj.mkdir(parents=True, exist_ok=True)
-    sync_code(proj)  # today's code, every time
+    project_copy(proj, a.threads)  # today's code, every time
     from pipeline.config import read_params
     from pipeline.presets import params_text
 
-    raw = read_params(ROOT / a.preset)  # the preset's differences; params_text writes the full params.yaml
-    for kv in a.set:
-        k, v = kv.split("=", 1)
-        setdeep(raw, k, yaml.safe_load(v))
-    (proj / "params.yaml").write_text(params_text(str(ROOT / a.preset), raw)[1])
-    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
-    env.pop("PYTHONPATH", None)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    if fresh:
-        for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
-            subprocess.run(cmd, cwd=proj, env=env, check=True)
+    raw = apply_overrides(read_params(ROOT / a.preset), a.set)  # the preset's differences, then --set
+    (proj / "params.yaml").write_text(params_text(str(ROOT / a.preset), raw)[1])  # the full params.yaml
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "dvc", "repro", "confidence"], cwd=proj, env=env, capture_output=True,
-                       text=True)
-    (proj / "repro.log").write_text(r.stdout + r.stderr)
-    if r.returncode:
-        raise SystemExit(f"dvc repro failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    log = sh([sys.executable, "-m", "dvc", "repro", "confidence"], proj, a.threads)
+    (proj / "repro.log").write_text(log)
     wall = time.time() - t0
     done = [line.split(": done in ")[0].split("stage ")[-1] + " " + line.split(": done in ")[1]
-            for line in (r.stdout + r.stderr).splitlines() if ": done in " in line]
+            for line in log.splitlines() if ": done in " in line]
     print(f"machine: {machine()}; stages ran with {a.threads} thread(s); params: {a.preset}"
           + (f" + {' '.join(a.set)}" if a.set else ""))
     print(f"dvc repro confidence: {wall / 60:.1f} min wall; per stage: {', '.join(done) or 'all cached'}")

@@ -4,10 +4,11 @@ rises (how much is unlearned) against how much general-text perplexity, the lear
 forgetting score change, each paired with vanilla on the same fine-tuning seed and held-out items.
 
 For each lab seed (a pretraining): pretrain the base model as the base_model stage does, run the
-pipeline's steps 1-3 as the stages do (lab_design_search.confidence_table: Fisher, self-knowledge,
-the confidence table with the default score and selection), then fine-tune `vanilla` and, per
-(objective, unlearn_lr), `lwf` (periodic unlearning of the table's selected rows, the default
-recipe otherwise) under every fine-tuning seed, and score:
+pipeline's steps 1-3 as the stages do (experiments/_common.lab_confidence_table: Fisher,
+self-knowledge, the confidence table ranked by `--score`, default fisher_distance, and lwf's
+selection `high`), then fine-tune `vanilla` and, per (objective, unlearn_lr), `lwf` (periodic
+unlearning of the table's selected rows, the default recipe otherwise) under every fine-tuning
+seed, and score:
 
     validation (default; every choice is made on it): lab_learn's validation split; each forgetting
         task's training-pool prompts drawn with another seed (they may overlap D_self); general text
@@ -18,26 +19,28 @@ Prints one table (per objective and step: mean over lab seeds of the paired delt
 intervals of each lab seed) and writes OUT.csv (one row per lab seed, objective and step: the
 points of the frontier plot, `dvc plots show` via dvc.yaml's top-level `plots`) and OUT.png.
 
-    python benchmarks/objective_frontier.py [--lab-seeds 0 1 2] [--seeds 0 1 2] [--split validation]
+    python experiments/objective_frontier/objective_frontier.py [--lab-seeds 0 1 2] [--seeds 0 1 2] [--split validation]
         [--objectives ga npo simnpo wga] [--lrs 0.03 0.1 0.3] [--out docs/results/frontier_lab]
 """
 import argparse
 import copy
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import interval, machine, table
-from lab_design_search import confidence_table
 
-from pipeline.config import load_config
-from pipeline.confidence import SELECTIONS, as_rows
-from pipeline.evaluate import evaluate_model
-from pipeline.lab import pretrain_lab
-from pipeline.report import paired_bootstrap, perplexity_bootstrap
-from pipeline.tasks import get_task
-from pipeline.train import finetune
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
+from experiments._common import LAB_STUDY_SCORE, interval, lab_confidence_table, machine, table  # noqa: E402
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.confidence import SCORES, unlearn_set_with_references  # noqa: E402
+from pipeline.evaluate import evaluate_model  # noqa: E402
+from pipeline.lab import pretrain_lab  # noqa: E402
+from pipeline.report import paired_bootstrap, perplexity_bootstrap  # noqa: E402
+from pipeline.tasks import get_task, prepared_rows, prepared_sets  # noqa: E402
+from pipeline.train import finetune  # noqa: E402
 
 VAL_SEED = 5000  # offset of the validation draws' seeds (the prepare stage uses data.seed + 0..400)
 
@@ -46,10 +49,9 @@ def held_out(cfg, split: str):
     """(learning rows, {forgetting task: rows}, general rows) of the split."""
     d = cfg.data
     if split == "test":  # the prepare stage's test rows
-        learn = get_task(d.learn.task).load("test", d.learn.n_test, d.seed + 17, d.learn.options)
-        forget = {ref.task: get_task(ref.task).load("test", ref.n_test, d.seed + 100 * (i + 1) + 17, ref.options)
-                  for i, ref in enumerate(d.forget)}
-        general = get_task(d.general.task).load("test", d.general.n_test, d.seed + 99 + 17, d.general.options)
+        sets = prepared_sets(d)
+        learn, general = (prepared_rows(ref, seed, "test") for kind, ref, seed in (sets[0], sets[-1]))
+        forget = {ref.task: prepared_rows(ref, seed, "test") for kind, ref, seed in sets if kind == "forget"}
         return learn, forget, general
     learn = get_task(d.learn.task).load("validation", 200, d.seed + 1, d.learn.options)
     forget = {ref.task: get_task(ref.task).load("train", ref.n_test, d.seed + VAL_SEED + i, ref.options)
@@ -68,14 +70,12 @@ def items(res) -> dict:
             "ppl": res["perplexity"]}
 
 
-def one_lab(cfg, lab_seed, seeds, objectives, lrs, split):
+def one_lab(cfg, lab_seed, seeds, objectives, lrs, split, score=LAB_STUDY_SCORE):
     lab = cfg.model.lab.model_copy(update={"seed": lab_seed})
     base, tok, _ = pretrain_lab(lab, cfg.data.max_length, desc=f"pretrain lab{lab_seed}")
     d = cfg.data
-    learn = get_task(d.learn.task).load("train", d.learn.n_train, d.seed, d.learn.options)
-    df = confidence_table(cfg, base, tok, learn)
-    sel = df[df[SELECTIONS["high"]]]
-    d_u = [dict(r, ref_nll=float(n)) for r, n in zip(as_rows(sel), sel["nll_base"])]
+    learn = prepared_rows(d.learn, d.seed, "train")  # the prepare stage's learning rows
+    d_u = unlearn_set_with_references(lab_confidence_table(cfg, base, tok, learn, score), "high")
     learn_eval, forget_eval, general = held_out(cfg, split)
     sets = {"d_u": [{k: v for k, v in r.items() if k != "ref_nll"} for r in d_u]}
 
@@ -165,9 +165,11 @@ def main():
     ap.add_argument("--split", choices=["validation", "test"], default="validation")
     ap.add_argument("--out", default="docs/results/frontier_lab")
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--score", default=LAB_STUDY_SCORE, choices=[s for s in SCORES if s != "optimum_distance"],
+                    help="the confidence score lwf's D_U is ranked by (not params' confidence.score: no theta*_L here)")
     a = ap.parse_args()
     cfg = load_config(a.params)
-    res = [r for s in a.lab_seeds for r in one_lab(cfg, s, a.seeds, a.objectives, a.lrs, a.split)]
+    res = [r for s in a.lab_seeds for r in one_lab(cfg, s, a.seeds, a.objectives, a.lrs, a.split, a.score)]
     rows = []
     for obj in a.objectives:
         for lr in a.lrs:
@@ -179,7 +181,7 @@ def main():
                          f"{mean('learn_delta'):+.3f} ({sides('learn_delta')})",
                          f"{mean('forget_delta'):+.3f} ({sides('forget_delta')})",
                          f"{np.mean([r['unlearn_steps_taken'] for r in rs]):.1f}"])
-    table(f"Unlearning objectives on the lab, {a.split} split: lwf - vanilla, mean over lab seeds {a.lab_seeds} "
+    table(f"Unlearning objectives on the lab, {a.split} split, D_U ranked by {a.score}: lwf - vanilla, mean over lab seeds {a.lab_seeds} "
           f"(in brackets each lab seed's side of 0: + / - = its 95% interval over fine-tuning seeds {a.seeds} and "
           f"items lies above / below 0, 0 = contains 0); {machine()}",
           ["objective", "unlearn_lr", "D_U NLL rise", "perplexity change", "learning score Δ", "forgetting score Δ",

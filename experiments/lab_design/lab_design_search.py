@@ -3,34 +3,36 @@
 For each design (lab pretraining, control corpus, oracle unlearning settings) and lab seed: pretrain
 the base model and the control (`control.corpus`); run the pipeline's steps 1-3 as the stages do
 (Fisher on the learning rows, the base model's self-knowledge on every forgetting task's training
-prompts, the confidence table with the default score and selection); fine-tune with the default
-recipe under fine-tuning seeds 0, 1, 2 as `vanilla`, `control`, `lwf`, `lwf_random` and
-`lwf_oracle` (periodic unlearning of the table's `selected_oracle` rows) under each of the design's
-oracle settings; score lab_learn's validation split. Prints, per design, lab seed and oracle setting,
+prompts, the confidence table ranked by `--score` (default fisher_distance, whatever params' score)
+with the params' selection); fine-tune with the default recipe under fine-tuning seeds 0, 1, 2 as
+`vanilla`, `control`, `lwf`, `lwf_random` and `lwf_oracle` (periodic unlearning of the table's
+`selected_oracle` rows) under each of the design's oracle settings; score lab_learn's validation split. Prints, per design, lab seed and oracle setting,
 the base model's agreement with the conflicting rule and probability of its own conflicting answers,
 each method's accuracy, the paired 95% intervals of oracle - vanilla, control - vanilla (negative
 transfer), lwf - vanilla and oracle - random, and the side of 0.5 of every confidence score's AUROC
 (conflicting vs neutral self-knowledge, 95% interval over samples).
 
-    python benchmarks/lab_design_search.py [--lab-seeds 0 1 2] [--designs NAME ...]
+    python experiments/lab_design/lab_design_search.py [--lab-seeds 0 1 2] [--designs NAME ...] [--score S]
 """
 import argparse
 import copy
+import sys
+from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from _common import auroc_ci, interval, machine, side, table
 
-from pipeline.confidence import as_rows, confidence_scores, select, unlearn_set
-from pipeline.config import MethodConfig, load_config
-from pipeline.data import encode_rows, sequence_nlls
-from pipeline.elicit import elicit_task
-from pipeline.evaluate import task_scores
-from pipeline.fisher import fisher_and_mean_grad
-from pipeline.lab import control_lab, pretrain_lab
-from pipeline.report import paired_bootstrap
-from pipeline.tasks import get_task
-from pipeline.train import finetune
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
+from experiments._common import (LAB_STUDY_SCORE, auroc_ci, interval, lab_confidence_table, machine,  # noqa: E402
+                                 side, table)
+
+from pipeline.confidence import SCORES, as_rows, unlearn_set  # noqa: E402
+from pipeline.config import MethodConfig, load_config  # noqa: E402
+from pipeline.data import encode_rows, sequence_nlls  # noqa: E402
+from pipeline.evaluate import task_scores  # noqa: E402
+from pipeline.lab import control_lab, pretrain_lab  # noqa: E402
+from pipeline.report import paired_bootstrap  # noqa: E402
+from pipeline.tasks import get_task, prepared_rows  # noqa: E402
+from pipeline.train import finetune  # noqa: E402
 
 
 def lrs(*values):
@@ -70,31 +72,16 @@ def scores(model, tok, rows):
     return np.asarray(task_scores(model, tok, "lab_learn", rows, 8, 100)[0])
 
 
-def confidence_table(cfg, base, tok, learn) -> pd.DataFrame:
-    """Steps 1-3 of the pipeline as the stages run them (fisher, elicit, confidence) on this base model."""
-    F, gL = fisher_and_mean_grad(base, tok, learn[:cfg.fisher.n_samples], cfg.data.max_length)
-    frames = []
-    for i, ref in enumerate(cfg.data.forget):  # the prepare stage's rows of each forgetting task
-        rows = get_task(ref.task).load("train", ref.n_train, cfg.data.seed + 100 * (i + 1), ref.options)
-        frames.append(elicit_task(base, tok, get_task(ref.task), rows, cfg.elicit)[0])
-    sk = pd.concat(frames, ignore_index=True)
-    c = cfg.confidence
-    sc = confidence_scores(base, tok, as_rows(sk), F, gL, cfg.data.max_length, seed=c.seed, learn_rows=learn,
-                           probe=c.probe)
-    # no optimum stage here (theta*_L): the published optimum_distance is NaN, so the design search ranks by
-    # fisher_distance, the default of the designs' time
-    score = "fisher_distance" if c.score == "optimum_distance" else c.score
-    return select(pd.concat([sk, sc], axis=1), score, c.forget_fraction, c.per_task, c.seed, c.auroc_positive)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lab-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--designs", nargs="+", default=list(DESIGNS))
+    ap.add_argument("--score", default=LAB_STUDY_SCORE, choices=[s for s in SCORES if s != "optimum_distance"],
+                    help="the confidence score lwf's D_U is ranked by (not params' confidence.score: no theta*_L here)")
     a = ap.parse_args()
     cfg = load_config("params.yaml")
     learn_task = get_task(cfg.data.learn.task)
-    learn = learn_task.load("train", cfg.data.learn.n_train, cfg.data.seed, {})
+    learn = prepared_rows(cfg.data.learn, cfg.data.seed, "train")  # the prepare stage's learning rows
     val = learn_task.load("validation", 200, cfg.data.seed + 1, {})
     rows, pretrained = [], {}
     for name in a.designs:
@@ -107,7 +94,7 @@ def main():
                 pretrained[key] = (*pretrain_lab(lab, cfg.data.max_length, desc=f"{name} lab{lab_seed}")[:2],
                                    pretrain_lab(control_lab(lab, corpus), cfg.data.max_length, desc="control")[0])
             base, tok, control = pretrained[key]
-            df = confidence_table(cfg, base, tok, learn)
+            df = lab_confidence_table(cfg, base, tok, learn, a.score)
             conflict = df[df["forget_task"] == "lab_conflict"]
             p_own = float(np.exp(-sequence_nlls(base, encode_rows(tok, as_rows(conflict), cfg.data.max_length),
                                                 tok.pad_token_id).cpu().numpy()).mean())
@@ -136,7 +123,8 @@ def main():
                        delta(i, np.stack(res["random"])), sides]
                 rows.append(row)
                 print(row, flush=True)
-    table(f"Lab designs on lab_learn's VALIDATION split, 3 fine-tuning seeds each ({machine()})",
+    table(f"Lab designs on lab_learn's VALIDATION split, 3 fine-tuning seeds each, lwf's D_U ranked by {a.score} "
+          f"({machine()})",
           ["design", "lab seed", "oracle setting", "base agrees with conflict rule", "p(own conflicting answer)",
            "vanilla", "oracle", "control", "oracle − vanilla [95% CI]", "control − vanilla [95% CI]",
            "lwf − vanilla [95% CI]", "oracle − random [95% CI]", "AUROC side of 0.5 per score"], rows)

@@ -5,7 +5,7 @@ step: the rise of the D_U batch's NLL and the cosine between the weight update a
 direction grad l(D_U). For `joint` the comparison is with the same 12th learning step without the
 unlearning term (its update is mostly the learning step, so no cosine is given).
 
-    python benchmarks/unlearn_step.py [PROJECT_DIR]
+    python experiments/unlearn_step/unlearn_step.py [PROJECT_DIR]
 
 PROJECT_DIR: a checkout where `dvc repro base_model` has run (then its pretrained lab model is
 used); otherwise a randomly initialised lab model of the default size.
@@ -15,11 +15,13 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import lab_model, lab_rows, machine, table
 
-from pipeline.config import FinetuneConfig, MethodConfig, load_config
-from pipeline.grads import ascent_direction
-from pipeline.train import StopAfter, finetune
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
+from experiments._common import lab_model, lab_rows, machine, table  # noqa: E402
+
+from pipeline.config import FinetuneConfig, MethodConfig, load_config  # noqa: E402
+from pipeline.grads import ascent_direction  # noqa: E402
+from pipeline.train import StopAfter, finetune  # noqa: E402
 
 N = 12
 

@@ -5,7 +5,7 @@ the confidence table's selections) and for the control base model (pretrained as
 stage does, `control.corpus`) under `vanilla`. With the lab's constant learning rate after warmup,
 the state after step s of a long run is the state a run with `max_steps: s` ends in.
 
-    python benchmarks/lab_calibration.py [--project DIR] [--at 20 30 35 40 50 60 80] [--seeds 0 1 2]
+    python experiments/lab_design/lab_calibration.py [--project DIR] [--at 20 30 35 40 50 60 80] [--seeds 0 1 2]
 
 Uses DIR/artifacts/base_model and DIR/artifacts/confidence.parquet (run `dvc repro confidence`
 first) and pretrains the control itself. Prints mean accuracy per method and step count, and the
@@ -14,20 +14,23 @@ paired 95% intervals (fine-tuning seeds and validation items resampled) of contr
 """
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import interval, machine, table
 
-from pipeline.confidence import unlearn_set
-from pipeline.config import MethodConfig, load_config
-from pipeline.evaluate import task_scores
-from pipeline.lab import control_lab, pretrain_lab
-from pipeline.models import load_model
-from pipeline.report import paired_bootstrap
-from pipeline.tasks import get_task
-from pipeline.train import OnLearnStep, finetune
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
+from experiments._common import interval, machine, table  # noqa: E402
+
+from pipeline.confidence import unlearn_set  # noqa: E402
+from pipeline.config import MethodConfig, load_config  # noqa: E402
+from pipeline.evaluate import task_scores  # noqa: E402
+from pipeline.lab import control_lab, pretrain_lab  # noqa: E402
+from pipeline.models import load_model  # noqa: E402
+from pipeline.report import paired_bootstrap  # noqa: E402
+from pipeline.tasks import get_task, prepared_rows  # noqa: E402
+from pipeline.train import OnLearnStep, finetune  # noqa: E402
 
 
 def curve(model, tok, cfg, at: list[int], seed, learn, val, d_u=(), method=MethodConfig()) -> dict[int, np.ndarray]:
@@ -54,9 +57,8 @@ def main():
     a = ap.parse_args()
     proj = Path(a.project)
     cfg = load_config(proj / "params.yaml")
-    task = get_task(cfg.data.learn.task)
-    learn = task.load("train", cfg.data.learn.n_train, cfg.data.seed, {})
-    val = task.load("validation", 200, cfg.data.seed + 1, {})
+    learn = prepared_rows(cfg.data.learn, cfg.data.seed, "train")  # the prepare stage's learning rows
+    val = get_task(cfg.data.learn.task).load("validation", 200, cfg.data.seed + 1, {})
     base, tok = load_model(proj / "artifacts/base_model", cfg.model)
     table_df = pd.read_parquet(proj / "artifacts/confidence.parquet")
     control, _, _ = pretrain_lab(control_lab(cfg.model.lab, cfg.control.corpus), cfg.data.max_length,

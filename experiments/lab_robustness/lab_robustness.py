@@ -3,7 +3,7 @@ machine's float kernels) and unlearning modes? Runs the real pipeline (`dvc repr
 this project, one per (lab seed, threads), and for each `unlearn_optimizer` mode (set on every unlearning method) reruns
 what that change touches. Prints one table per question.
 
-    python benchmarks/lab_robustness.py OUT_DIR [--lab-seeds 0 1 2] [--threads 2] \
+    python experiments/lab_robustness/lab_robustness.py OUT_DIR [--lab-seeds 0 1 2] [--threads 2] \
         [--modes separate joint shared] [--set key=value ...]
 
 OUT_DIR keeps every run: a (lab seed, threads, mode) whose params and code are unchanged is not rerun, and
@@ -14,37 +14,18 @@ runs in which a conclusion holds.
 import argparse
 import hashlib
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
-from _common import auroc_ci, interval, side, sync_code, table
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
+from experiments._common import (ROOT, apply_overrides, auroc_ci, interval, project_copy, setdeep, sh,  # noqa: E402
+                                 side, table)
 
 from pipeline.report import paired_bootstrap  # noqa: E402
-
-
-def sh(cmd, cwd, threads):
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"{cmd} failed in {cwd}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
-
-
-def setdeep(raw: dict, key: str, value) -> None:
-    *head, last = key.split(".")
-    for k in head:
-        raw = raw.setdefault(k, {})
-    raw[last] = value
 
 
 def code_digest() -> str:
@@ -58,13 +39,7 @@ def code_digest() -> str:
 
 def run(out: Path, lab_seed: int, threads: int, modes: list[str], overrides: list[str]) -> dict:
     proj = out / f"lab{lab_seed}-t{threads}"
-    fresh = not (proj / ".dvc").exists()
-    proj.mkdir(parents=True, exist_ok=True)
-    sync_code(proj)  # today's code, every time
-    if fresh:
-        shutil.copy(ROOT / "params.yaml", proj / "params.yaml")
-        sh(["git", "init", "-q"], proj, threads)
-        sh([sys.executable, "-m", "dvc", "init", "-q"], proj, threads)
+    project_copy(proj, threads)  # today's code, every time
     results = {}
     for mode in modes:
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -72,9 +47,7 @@ def run(out: Path, lab_seed: int, threads: int, modes: list[str], overrides: lis
         for m in raw["methods"].values():  # every unlearning method (and vanilla_matched) under this mode
             if (m.get("unlearn", "none") == "periodic") or m.get("match_steps"):
                 m["unlearn_optimizer"] = mode
-        for kv in overrides:
-            k, v = kv.split("=", 1)
-            setdeep(raw, k, yaml.safe_load(v))
+        apply_overrides(raw, overrides)
         saved = proj / f"result-{mode}.json"
         code = code_digest()
         if saved.exists() and (old := json.loads(saved.read_text())).get("params") == raw and old.get("code") == code:

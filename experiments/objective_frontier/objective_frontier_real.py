@@ -3,7 +3,7 @@ preset, presets/smollm2_cpu_power.yaml), on VALIDATION data: for every objective
 (pipeline/objectives.py) and step size (`unlearn_lr`, separate SGD steps), how far lwf's D_U NLL
 rises against how much general-text perplexity, the learning score and the forgetting score change,
 each paired with vanilla on the same fine-tuning seed and the same held-out items. The lab's version
-is benchmarks/objective_frontier.py; this one fine-tunes the real model.
+is objective_frontier.py beside it; this one fine-tunes the real model.
 
 Run it in a project where `dvc repro` of the preset has finished: it reads that run's base model
 (artifacts/base_model), its confidence table (D_U = the rows lwf's `selection` picks, with their
@@ -13,7 +13,7 @@ recipe and lwf's settings) with lwf's `objective` (registry defaults of its argu
 `unlearn_lr` replaced:
 
     lwf preset smollm2_cpu_power && dvc repro
-    python benchmarks/objective_frontier_real.py --seeds 0 1 2 --objectives ga npo simnpo wga \\
+    python experiments/objective_frontier/objective_frontier_real.py --seeds 0 1 2 --objectives ga npo simnpo wga \\
         --lrs 0.003 0.01 0.03 --out docs/results/frontier_smollm2
 
 Validation data (every choice is made on it; no test row is read):
@@ -31,27 +31,30 @@ via dvc.yaml's top-level `plots`) and OUT.png.
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import interval, machine, table
 from objective_frontier import VAL_SEED, ci_columns, items, write_frontier
 
-from pipeline import paths
-from pipeline.config import SELECTIONS, load_config
-from pipeline.confidence import as_rows
-from pipeline.evaluate import evaluate_model
-from pipeline.io import write_json
-from pipeline.models import load_model, trainable_model
-from pipeline.prefix_cache import enable_prefix_cache, load_store
-from pipeline.report import paired_bootstrap, perplexity_bootstrap
-from pipeline.stage import load_rows
-from pipeline.tasks import get_task
-from pipeline.objectives import check_args
-from pipeline.checkpoint import rows_digest, weights_digest
-from pipeline.train import finetune
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
+from experiments._common import interval, machine, table  # noqa: E402
+
+from pipeline import paths  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.confidence import unlearn_set_with_references  # noqa: E402
+from pipeline.evaluate import evaluate_model  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
+from pipeline.models import load_model, trainable_model  # noqa: E402
+from pipeline.objectives import check_args  # noqa: E402
+from pipeline.prefix_cache import enable_prefix_cache, load_store  # noqa: E402
+from pipeline.report import paired_bootstrap, perplexity_bootstrap  # noqa: E402
+from pipeline.stage import load_rows  # noqa: E402
+from pipeline.tasks import get_task  # noqa: E402
+from pipeline.checkpoint import rows_digest, weights_digest  # noqa: E402
+from pipeline.train import finetune  # noqa: E402
 
 
 def validation_rows(cfg, n_learn: int, n_general: int):
@@ -73,9 +76,7 @@ class Runner:
         self.plain, self.tok = load_model(paths.BASE_MODEL, cfg.model)
         self.learn = load_rows(paths.LEARN_DATA, "train")
         lwf = cfg.methods["lwf"]
-        conf = pd.read_parquet(paths.CONFIDENCE)
-        sel = conf[conf[SELECTIONS[lwf.selection]]]
-        self.d_u = [dict(r, ref_nll=float(n)) for r, n in zip(as_rows(sel), sel["nll_base"])]
+        self.d_u = unlearn_set_with_references(pd.read_parquet(paths.CONFIDENCE), lwf.selection)  # as finetune@lwf
         self.sets = {"d_u": [{k: v for k, v in r.items() if k != "ref_nll"} for r in self.d_u]}
         self.val = validation_rows(cfg, n_learn, n_general)
         self.store = None

@@ -3,18 +3,23 @@
 score averaged over fine-tuning seeds, per run, and mean ± std over runs; confidence AUROCs;
 how well the base model holds the conflicting knowledge.
 
-    python benchmarks/aggregate_runs.py RUN_DIR [RUN_DIR ...]
+    python experiments/aggregate_runs.py RUN_DIR [RUN_DIR ...]
 """
+import argparse
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
-from _common import table
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # the repository: experiments._common
+from experiments._common import table  # noqa: E402
 
 
-def main(dirs):
-    runs = [Path(d) for d in dirs]
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="+", help="project directories after a complete `dvc repro`")
+    runs = [Path(d) for d in ap.parse_args(argv).runs]
     summ = [json.loads((r / "metrics/summary.json").read_text()) for r in runs]
     conf = [json.loads((r / "metrics/confidence.json").read_text()) for r in runs]
     eli = [json.loads((r / "metrics/elicit.json").read_text()) for r in runs]
@@ -44,4 +49,4 @@ def main(dirs):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

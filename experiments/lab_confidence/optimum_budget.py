@@ -3,33 +3,36 @@ task's held-out loss on its VALIDATION split (never test) along one long plain f
 base model, read every `--every` steps. With a constant LR after warmup, the state after step s of
 a long run is the state a run with `optimum.steps: s` ends in (pipeline.optimum.plain_finetune).
 
-    python benchmarks/optimum_budget.py PROJECT [PROJECT ...] [--max-steps 200] [--every 10] [--n-val 200]
+    python experiments/lab_confidence/optimum_budget.py PROJECT [PROJECT ...] [--max-steps 200] [--every 10] [--n-val 200]
 
 Each PROJECT is a project after `dvc repro optimum` (its artifacts/base_model and params.yaml:
-`optimum.lr`, `batch_size`, `warmup_steps`, `seed`), e.g. the projects of benchmarks/lab_confidence.py.
+`optimum.lr`, `batch_size`, `warmup_steps`, `seed`), e.g. the projects of lab_confidence.py.
 Prints the mean validation NLL (mean target-token NLL per row) and accuracy per step count over the
 projects, and per project the step count with the lowest validation NLL.
 """
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
-from _common import machine, table
 
-from pipeline.config import load_config
-from pipeline.data import encode_rows, sequence_nlls
-from pipeline.evaluate import task_scores
-from pipeline.models import load_model, trainable_model
-from pipeline.optimum import plain_finetune
-from pipeline.tasks import get_task
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
+from experiments._common import machine, table  # noqa: E402
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.data import encode_rows, sequence_nlls  # noqa: E402
+from pipeline.evaluate import task_scores  # noqa: E402
+from pipeline.models import load_model, trainable_model  # noqa: E402
+from pipeline.optimum import plain_finetune  # noqa: E402
+from pipeline.tasks import get_task, prepared_rows  # noqa: E402
 
 
 def curve(proj: Path, max_steps: int, every: int, n_val: int) -> dict[int, tuple[float, float]]:
     cfg = load_config(proj / "params.yaml")
     o = cfg.optimum
     task = get_task(cfg.data.learn.task)
-    learn = task.load("train", cfg.data.learn.n_train, cfg.data.seed, cfg.data.learn.options)
+    learn = prepared_rows(cfg.data.learn, cfg.data.seed, "train")  # the prepare stage's learning rows
     val = task.load("validation", n_val, cfg.data.seed + 1, cfg.data.learn.options)
     model, tok = load_model(proj / "artifacts/base_model", cfg.model)
     model = trainable_model(model, cfg.model)
