@@ -2,13 +2,12 @@
 parameters trained) at a reduced budget, offline (vendored rows), in a fresh copy of this project;
 prints each stage's wall time and peak GPU memory (the stages log both), and the total.
 
-    python benchmarks/gpu_check.py [--out /tmp/gpu-check] [--dry-run]
+    python benchmarks/gpu_check.py [--out /tmp/gpu-check] [--quick]
 
 Budget: 3 methods (base, vanilla, lwf) x 1 seed, 200 SST-5 training rows, 40 learning steps, 40 steps
-of theta*_L, 64 Fisher rows, 32-token answers. Without a CUDA device it stops with "not run: no CUDA
-device" (exit 3); `--dry-run` only writes and validates the params (the test suite runs that).
+of theta*_L, 64 Fisher rows, 32-token answers. Without a CUDA device it says "not run: no CUDA
+device" (exit 3); `--quick` only writes and validates the params (what run_all --quick and the tests run).
 """
-import argparse
 import re
 import shutil
 import subprocess
@@ -40,11 +39,12 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    from _common import parser
+
+    p = parser(__doc__)
     p.add_argument("--out", default="/tmp/lwf-gpu-check")
-    p.add_argument("--dry-run", action="store_true")
-    a = p.parse_args()
+    a = p.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
     from pipeline.config import load_config
@@ -52,19 +52,24 @@ def main() -> None:
 
     out = Path(a.out)
     shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(ROOT, out, ignore=shutil.ignore_patterns(".venv", ".git", "data", "artifacts", "metrics", "logs",
-                                                             "reports", ".dvc/cache", ".dvc/tmp", "__pycache__"))
+    skip = {".venv", ".git", "data", "artifacts", "metrics", "logs", "reports", "__pycache__", ".lwf", ".prefect"}
+
+    def ignore(folder, names):  # the code and params only: no outputs, caches or environments
+        return [n for n in names if n in skip or (Path(folder).name == ".dvc" and n in ("cache", "tmp"))] \
+            if Path(folder) == ROOT or Path(folder).name == ".dvc" else [n for n in names if n == "__pycache__"]
+
+    shutil.copytree(ROOT, out, ignore=ignore)
     _, text = params_text("smollm2_gpu", merge(read_preset("smollm2_gpu"), REDUCED))  # validated
     (out / "params.yaml").write_text(text)
     load_config(out / "params.yaml")
     print(f"params: {out / 'params.yaml'} (smollm2_gpu at a reduced budget)")
-    if a.dry_run:
-        return
+    if a.quick:
+        return 0
     import torch
 
     if not torch.cuda.is_available():
         print("not run: no CUDA device")
-        raise SystemExit(3)
+        return 3
     subprocess.run(["git", "init", "-q"], cwd=out, check=True)
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=out, capture_output=True, text=True)
@@ -78,8 +83,8 @@ def main() -> None:
         print(f"| {name} | {float(sec):.1f} | {mem or '-'} |")
     if r.returncode:
         print(log[-3000:])
-        raise SystemExit(r.returncode)
+    return r.returncode
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

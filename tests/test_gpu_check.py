@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_writes_valid_reduced_offline_params(tmp_path):
     out = tmp_path / "copy"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_check.py"), "--dry-run", "--out", str(out)],
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_check.py"), "--quick", "--out", str(out)],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     from pipeline.config import load_config
