@@ -252,7 +252,7 @@ def test_changing_an_unlearning_setting_reruns_only_that_method(dvc_project, key
     raw["methods"]["lwf"][key] = value
     (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     stages = ran_stages(run([*dvc(), "repro"], proj))
-    assert stages == {"finetune@lwf-0", "evaluate@lwf", "lm_eval@lwf", "report"}, sorted(stages)
+    assert stages == {"finetune@lwf-0", "evaluate@lwf", "report"}, sorted(stages)
     assert (proj / "artifacts/confidence.parquet").read_bytes() == before
 
 
