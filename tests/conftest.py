@@ -77,6 +77,25 @@ def eval_result():
     return make
 
 
+@pytest.fixture(scope="session")
+def table_rows():
+    """`table_rows(text, title)`: the body rows (lists of stripped cells) of the first markdown table
+    after the line containing `title` (the tables the benchmark and study scripts print)."""
+    def rows(text: str, title: str) -> list[list[str]]:
+        lines = text.splitlines()
+        start = next(i for i, ln in enumerate(lines) if title in ln)
+        body = []
+        for ln in lines[start + 1:]:
+            if ln.startswith("|"):
+                body.append([c.strip() for c in ln.strip().strip("|").split("|")])
+            elif body:
+                break
+        assert len(body) >= 3, text  # header, rule, at least one row
+        return body[2:]
+
+    return rows
+
+
 class Scripted(torch.nn.Module):
     """A stand-in causal LM for `pipeline.generation.generate`: its greedy answer to every prompt is
     the tokens of `text` (cut at max_new_tokens, no EOS); token k gets log-prob `logprobs()[k]`."""

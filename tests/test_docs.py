@@ -490,3 +490,20 @@ def test_readme_is_short_with_the_headline_results_first():
     headline = next(i for i, ln in enumerate(lines) if ln.startswith("## Headline results"))
     table = next(i for i, ln in enumerate(lines) if i > headline and ln.startswith("|"))
     assert table < 48, "the headline table must be on the first two screens (48 lines)"
+
+
+def test_ci_runs_the_test_commands_of_the_readme():
+    """`.ci/run` runs exactly the pytest commands the README gives (environment settings aside), in
+    the same order: what CI checks is what a reader runs."""
+    def pytest_commands(text: str) -> list[list[str]]:
+        out = []
+        for argv in _shell_commands(text):
+            while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):
+                argv = argv[1:]
+            if argv[1:3] == ["-m", "pytest"]:
+                out.append(argv)
+        return out
+
+    _, blocks = _split_fences((ROOT / "README.md").read_text())
+    readme = [argv for lang, body in blocks if lang == "bash" for argv in pytest_commands(body)]
+    assert len(readme) == 2 and readme == pytest_commands((ROOT / ".ci/run").read_text())
