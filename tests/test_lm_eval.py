@@ -57,6 +57,7 @@ def harness_run():
         os.chdir(cwd)
 
 
+@pytest.mark.slow  # lm-eval's task registry and runs: about 15 s on 2 cores
 @needs_lm_eval
 @pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat_template"])
 @pytest.mark.parametrize("name,options,task,limit", CASES, ids=[c[0] for c in CASES])
@@ -88,6 +89,7 @@ def test_project_loglik_and_lm_eval_acc_agree_item_for_item(harness_run, name, o
     assert out[chat, task]["results"][task]["acc,none"] == pytest.approx(np.mean([s["acc"] for s in samples]))
 
 
+@pytest.mark.slow  # lm-eval's task registry and runs: about 15 s on 2 cores
 @needs_lm_eval
 def test_seed_result_keeps_metrics_stderr_and_per_doc_values(harness_run):
     from pipeline.harness import seed_result
@@ -101,6 +103,7 @@ def test_seed_result_keeps_metrics_stderr_and_per_doc_values(harness_run):
     assert r["n_samples"]["lwf_sst5"]["effective"] == 12
 
 
+@pytest.mark.slow  # lm-eval's task registry and runs: about 15 s on 2 cores
 @needs_lm_eval
 def test_unknown_task_and_missing_folder_are_one_line_errors(tmp_path):
     from pipeline.harness import task_manager

@@ -24,6 +24,7 @@ def gpt2_dir(tmp_path):
     return d
 
 
+@pytest.mark.slow  # every stage in process: about 13 s on 2 cores
 def test_all_stages_on_gpt2_and_fixture_tasks(gpt2_dir, tmp_path, monkeypatch, fixture_files):
     files = fixture_files
     import stages.base_model
