@@ -277,7 +277,7 @@ def test_benchmarks_that_read_a_finished_run(dvc_project, table_rows):
     learn = {r[0]: r for r in table_rows(out, "Learning score on the test split")}
     assert {m: r[1] for m, r in learn.items()} == {m: f"{s['learn_score']:.3f}" for m, s in summary.items()}
     assert {m: r[3] for m, r in learn.items() if m != "vanilla"} == \
-           {m: f"{s['learn_score_delta']:+.3f}" for m, s in summary.items() if m != "vanilla"}
+           {m: f"{s.get('learn_score_delta', 0.0):+.3f}" for m, s in summary.items() if m != "vanilla"}
     assert {r[0]: r[1] for r in table_rows(out, "Confidence AUROC")} == {k: f"{v:.3f}" for k, v in conf["auroc"].items()}
     assert {r[0]: r[1] for r in table_rows(out, "Base model's self-knowledge")} == \
            {t: f"{e['agreement_with_gold']:.3f}" for t, e in elicit.items()}
