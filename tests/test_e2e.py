@@ -267,9 +267,9 @@ def test_benchmarks_that_read_a_finished_run(dvc_project, table_rows):
     """The scripts that read a finished pipeline run, on this one at their smallest sizes
     (tests/test_benchmarks.py runs the others), their numbers checked: "aggregate_runs" prints the
     run's own metrics; "lab_calibration" (pretrains the control, 2 and 4 learning steps, seed 0)
-    and "lab_design_search" (one design, one lab seed, 3 fine-tuning seeds) print accuracies on the
-    200 validation items and differences that are the differences of those accuracies, inside their
-    intervals."""
+    and "lab_design_search" (one design, one lab seed, its 2 oracle settings, 3 fine-tuning seeds)
+    print accuracies on the 200 validation items and differences that are the differences of those
+    accuracies, inside their intervals."""
     proj, _ = dvc_project
     bench = ROOT / "benchmarks"
     summary, conf, elicit = (json.loads((proj / f"metrics/{f}.json").read_text()) for f in ("summary", "confidence", "elicit"))
@@ -303,10 +303,12 @@ def test_benchmarks_that_read_a_finished_run(dvc_project, table_rows):
         check_accuracies_and_differences(acc, diffs, one_seed=True)
     out = run([sys.executable, str(bench / "lab_design_search.py"), "--lab-seeds", "0", "--designs",
                "noisy conflict 0.5 (default)"], proj, pythonpath=proj)
-    (row,) = table_rows(out, "Lab designs on lab_learn's VALIDATION split")
-    assert row[0] == "noisy conflict 0.5 (default)" and row[1] == "0" and 0 <= float(row[3]) <= 1
-    acc = {"vanilla": float(row[5]), "oracle": float(row[6]), "control": float(row[7])}
-    check_accuracies_and_differences(acc, {"oracle − vanilla": row[8], "control − vanilla": row[9]}, one_seed=False)
+    rows = table_rows(out, "Lab designs on lab_learn's VALIDATION split")  # one row per oracle setting
+    assert len(rows) == 2 and len({r[2] for r in rows}) == 2 and len({(r[5], r[7], r[9]) for r in rows}) == 1
+    for row in rows:
+        assert row[0] == "noisy conflict 0.5 (default)" and row[1] == "0" and 0 <= float(row[3]) <= 1
+        acc = {"vanilla": float(row[5]), "oracle": float(row[6]), "control": float(row[7])}
+        check_accuracies_and_differences(acc, {"oracle − vanilla": row[8], "control − vanilla": row[9]}, one_seed=False)
 
 
 def lwf_run(proj) -> dict:
