@@ -1,5 +1,5 @@
 """lm-evaluation-harness (EleutherAI's `lm_eval`, the optional extra `eval`) as an evaluator of
-every fine-tuned model: params `lm_eval`, stage lm_eval@<method>, docs/lm-eval.md.
+every fine-tuned model: params `lm_eval`, stages lm_eval@<method>-<task>, docs/lm-eval.md.
 
 The model is the one the pipeline loaded (`models.load_model`: dtype, device, attention) and it is
 fed as the pipeline feeds it (`pipeline.data.prompt_ids`): the tokenizer adds no special tokens of
@@ -78,17 +78,19 @@ def project_lm(model, tok, batch_size, max_length: int | None, add_bos: bool, ch
                      add_bos_token=False)
 
 
-def run_tasks(model, tok, cfg, add_bos: bool, chat: bool, manager) -> dict:
-    """simple_evaluate of `cfg.tasks` (params `lm_eval`) on one model; lm-eval's output dict."""
+def run_tasks(model, tok, cfg, add_bos: bool, chat: bool, manager, tasks: list[str] | None = None) -> dict:
+    """simple_evaluate of `tasks` (default: `cfg.tasks`) on one model with the settings of params
+    `lm_eval` (`cfg`); lm-eval's output dict."""
     from lm_eval import simple_evaluate
 
+    tasks = list(cfg.tasks if tasks is None else tasks)
     lm = project_lm(model, tok, cfg.batch_size, cfg.max_length, add_bos and not chat, chat)
     try:
-        return simple_evaluate(model=lm, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot, limit=cfg.limit,
+        return simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=cfg.num_fewshot, limit=cfg.limit,
                                task_manager=manager, log_samples=True, apply_chat_template=chat,
                                fewshot_as_multiturn=chat)
     except (FileNotFoundError, ConnectionError) as e:  # a task's data file, or the hub offline
-        raise UserError(f"lm-eval could not load the data of {', '.join(cfg.tasks)}: {type(e).__name__}: {e}") from None
+        raise UserError(f"lm-eval could not load the data of {', '.join(tasks)}: {type(e).__name__}: {e}") from None
 
 
 def _metric_name(key: str) -> tuple[str, bool] | None:

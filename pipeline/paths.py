@@ -16,7 +16,7 @@ CONFIDENCE = Path("artifacts/confidence.parquet")
 PREFIX = Path("artifacts/prefix")  # frozen-block states of the base model (model.prefix_cache)
 MODELS = Path("artifacts/models")
 EVAL = Path("artifacts/eval")
-LM_EVAL = Path("artifacts/lm_eval")
+LM_EVAL = EVAL / "lm_eval"  # inside EVAL: the report's one dependency on every evaluation, listed or not
 TRAIN_LOGS = Path("logs/train")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
@@ -44,9 +44,10 @@ def checkpoint(method: str, seed: int) -> Path:
     return CHECKPOINTS / f"{method}-seed{seed}.pt"
 
 
-def lm_eval_dir(method: str) -> Path:
-    """results.json (metrics per seed and task) and samples/seed<k>/<task>.jsonl (lm-eval's per-sample records)."""
-    return LM_EVAL / method
+def lm_eval_dir(method: str, task: str) -> Path:
+    """One listed lm-eval task (or group) on one method: results.json (metrics per seed and task, a
+    group's subtasks included) and samples/seed<k>/<task>.jsonl (lm-eval's per-sample records)."""
+    return LM_EVAL / method / task
 
 
 def prefix_store(part: str) -> Path:

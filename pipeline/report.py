@@ -223,8 +223,25 @@ def markdown(summary: dict, seeds: list[int], confidence: dict | None, notes: li
     return "\n".join(lines) + "\n"
 
 
+def merge_lm_eval(method: str, per_task: list[dict]) -> dict:
+    """One method's lm_eval results, one per listed task (artifacts/eval/lm_eval/<method>/<task>/
+    results.json), as one: the tasks in listed order, the first one's settings, and per seed the
+    union of every task's entries (a group brings its subtasks)."""
+    out: dict = {"method": method, "tasks": [r["task"] for r in per_task],
+                 "settings": per_task[0]["settings"] if per_task else {}, "seeds": {}}
+    for r in per_task:
+        for s, res in r["seeds"].items():
+            merged = out["seeds"].setdefault(s, {})
+            for key, value in res.items():
+                if isinstance(value, dict):
+                    merged.setdefault(key, {}).update(value)
+                else:  # lm_eval_version
+                    merged.setdefault(key, value)
+    return out
+
+
 def summarize_lm_eval(evals: dict[str, dict], seeds: list[int], n_boot: int, seed: int = 0) -> dict:
-    """evals: method -> its lm_eval result (artifacts/lm_eval/<method>/results.json); 'vanilla'
+    """evals: method -> its lm_eval results (`merge_lm_eval` of its tasks); 'vanilla'
     must be present. Returns method -> task -> metric -> {mean, std, seeds, stderr (lm-eval's, mean
     over seeds), stderr_seeds, n (docs), delta, delta_ci95}; {} when no task was listed. The delta
     is paired like every other score (seeds and docs resampled); where lm-eval keeps no per-doc
@@ -271,7 +288,7 @@ def lm_eval_markdown(summary: dict, evals: dict[str, dict]) -> str:
              "Mean ± std over seeds; stderr = lm-eval's standard error over the task's docs for one model (mean "
              "over seeds); Δ vs vanilla with the paired bootstrap 95% interval of the tables above (seeds and docs "
              "resampled; no interval where lm-eval keeps no per-doc value, e.g. a group). Per-sample outputs: "
-             "artifacts/lm_eval/<method>/samples/seed<k>/<task>.jsonl.", "",
+             "artifacts/eval/lm_eval/<method>/<listed task>/samples/seed<k>/<task>.jsonl.", "",
              "| method | task | metric | docs | score | lm-eval stderr | Δ vs vanilla [95% CI] |",
              "|---|---|---|---|---|---|---|"]
     for m, tasks in summary.items():

@@ -10,17 +10,10 @@ the fine-tunes through the store."""
 import logging
 import time
 
-import pandas as pd
-
 from pipeline import paths
-from pipeline.confidence import as_rows
-from pipeline.data import encode_rows, sequence_nlls
-from pipeline.evaluate import choice_logliks, held_out, perplexity, set_nlls
 from pipeline.io import atomic_path
-from pipeline.models import load_model, trainable_model
-from pipeline.prefix_cache import PrefixCacheError, enable_prefix_cache, save_disabled, save_store
-from pipeline.stage import UserError, load_rows, main, stage
-from pipeline.tasks import get_task
+from pipeline.prefix_cache import save_disabled
+from pipeline.stage import UserError, main, stage
 
 log = logging.getLogger("lwf")
 PARTS = ("train", "eval")
@@ -37,6 +30,17 @@ def run(cfg, part: str):
             save_disabled(tmp)
         log.info("stage prefix: %s: model.prefix_cache is off, nothing stored", part)
         return
+    # imported here: the placeholder above needs none of them (a process start-up, not work)
+    import pandas as pd
+
+    from pipeline.confidence import as_rows
+    from pipeline.data import encode_rows, sequence_nlls
+    from pipeline.evaluate import choice_logliks, held_out, perplexity, set_nlls
+    from pipeline.models import load_model, trainable_model
+    from pipeline.prefix_cache import PrefixCacheError, enable_prefix_cache, save_store
+    from pipeline.stage import load_rows
+    from pipeline.tasks import get_task
+
     model, tok = load_model(paths.BASE_MODEL, cfg.model)
     model = trainable_model(model, cfg.model)
     try:

@@ -5,9 +5,9 @@ import pandas as pd
 
 from pipeline import paths
 from pipeline.io import atomic_path, read_json, write_json, write_text
-from pipeline.report import (lm_eval_markdown, markdown, plot_confidence, plot_learning_curves, plot_methods,
-                             summarize, summarize_lm_eval, summary_line)
-from pipeline.stage import main, stage
+from pipeline.report import (lm_eval_markdown, markdown, merge_lm_eval, plot_confidence, plot_learning_curves,
+                             plot_methods, summarize, summarize_lm_eval, summary_line)
+from pipeline.stage import UserError, main, stage
 
 log = logging.getLogger("lwf")
 
@@ -29,8 +29,13 @@ def run(cfg):
         notes.append(f"`{'`, `'.join(base)}`: the base model itself, not fine-tuned (its scores are the same for "
                      "every seed); its Δ is base − vanilla, so vanilla's gain from fine-tuning is minus that Δ.")
     summary = summarize(evals, seeds, cfg.report.bootstrap, cfg.report.seed)
-    lm_evals = {m: read_json(paths.lm_eval_dir(m) / "results.json") for m in cfg.run.methods
-                if (paths.lm_eval_dir(m) / "results.json").exists()}  # stage lm_eval (params lm_eval)
+    lm_evals = {}  # stages lm_eval@<method>-<task>, one per listed task (params lm_eval)
+    for m in cfg.run.methods if cfg.lm_eval.tasks else []:
+        files = [paths.lm_eval_dir(m, t) / "results.json" for t in cfg.lm_eval.tasks]
+        missing = [f for f in files if not f.exists()]
+        if missing:
+            raise UserError(f"{missing[0]} not found: run `dvc repro` first")
+        lm_evals[m] = merge_lm_eval(m, [read_json(f) for f in files])
     lm_summary = summarize_lm_eval(lm_evals, seeds, cfg.report.bootstrap, cfg.report.seed) if "vanilla" in lm_evals else {}
     for m, tasks in lm_summary.items():
         summary[m]["lm_eval"] = tasks

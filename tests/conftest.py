@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # a few rows of each dataset in its real schema
 
 
 def tiny_lab(hidden=32, layers=2, heads=2, inter=64, seed=0):
@@ -43,6 +43,57 @@ def rows():
     from pipeline.tasks import get_task
 
     return get_task("lab_learn").load("train", 12, 0, {})
+
+
+@pytest.fixture
+def d_u():
+    """An 8-row D_U of lab knowledge the learning task does not touch (4 additions, 4 counts), so that
+    its NLL moves only through the unlearning step. A fresh list per test: a run may reorder it."""
+    from pipeline.tasks.lab import count_row, neutral_row
+
+    return [neutral_row(a, b) for a, b in ((12, 3), (45, 7), (60, 2), (31, 9))] + \
+           [count_row(n) for n in (417, 238, 555, 901)]
+
+
+@pytest.fixture(scope="session")
+def fixture_files():
+    """`fixture_files("sst5.jsonl")`: task options that load both splits from tests/fixtures/<name>."""
+    return lambda name: {"data_files": {"train": str(FIXTURES / name), "test": str(FIXTURES / name)}}
+
+
+@pytest.fixture(scope="session")
+def eval_result():
+    """`eval_result({seed: per-item learning scores}, forget, ppl)`: an evaluate-stage result
+    (artifacts/eval/<method>.json) with one forgetting task `f` of 4 items."""
+    import numpy as np
+
+    def make(scores_by_seed, forget=0.5, ppl=2.0):
+        return {"method": "x", "seeds": {
+            str(s): {"learn_score": float(np.mean(v)), "forget_score": forget, "forget_scores": {"f": forget},
+                     "perplexity": ppl, "scoring": {"learn/lab_learn": "generate"},
+                     "items": {"learn": list(map(float, v)), "forget/f": [forget] * 4}, "train": {}}
+            for s, v in scores_by_seed.items()}}
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def table_rows():
+    """`table_rows(text, title)`: the body rows (lists of stripped cells) of the first markdown table
+    after the line containing `title` (the tables the benchmark and study scripts print)."""
+    def rows(text: str, title: str) -> list[list[str]]:
+        lines = text.splitlines()
+        start = next(i for i, ln in enumerate(lines) if title in ln)
+        body = []
+        for ln in lines[start + 1:]:
+            if ln.startswith("|"):
+                body.append([c.strip() for c in ln.strip().strip("|").split("|")])
+            elif body:
+                break
+        assert len(body) >= 3, text  # header, rule, at least one row
+        return body[2:]
+
+    return rows
 
 
 class Scripted(torch.nn.Module):

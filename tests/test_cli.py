@@ -36,15 +36,7 @@ def test_help_lists_every_command_on_one_line_each(tmp_path):
     assert "%%" not in r.stdout
 
 
-def _ev(scores_by_seed, forget=0.5, ppl=2.0):
-    return {"method": "x", "seeds": {
-        str(s): {"learn_score": float(np.mean(v)), "forget_score": forget, "forget_scores": {"f": forget},
-                 "perplexity": ppl, "scoring": {"learn/lab_learn": "generate"},
-                 "items": {"learn": list(map(float, v)), "forget/f": [forget] * 4}, "train": {}}
-        for s, v in scores_by_seed.items()}}
-
-
-def _project(tmp_path):
+def _project(tmp_path, eval_result):
     """A project holding only what the report stage reads: two methods' evaluations over 2 seeds (scores
     with many decimals), their training logs and a confidence table."""
     from pipeline import paths
@@ -54,8 +46,8 @@ def _project(tmp_path):
     raw["control"]["enabled"] = False
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     rng = np.random.default_rng(0)
-    evals = {"vanilla": _ev({s: rng.integers(0, 2, 12) / 3 for s in (0, 1)}, 1 / 3, 2.123456789),
-             "lwf": _ev({s: rng.integers(0, 2, 12) / 7 for s in (0, 1)}, 1 / 7, 2.987654321)}
+    evals = {"vanilla": eval_result({s: rng.integers(0, 2, 12) / 3 for s in (0, 1)}, 1 / 3, 2.123456789),
+             "lwf": eval_result({s: rng.integers(0, 2, 12) / 7 for s in (0, 1)}, 1 / 7, 2.987654321)}
     for m, ev in evals.items():
         (tmp_path / paths.eval_file(m)).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / paths.eval_file(m)).write_text(json.dumps(ev))
@@ -70,11 +62,11 @@ def _project(tmp_path):
     return raw
 
 
-def test_report_stage_logs_rounded_numbers_and_lwf_report_prints_them(tmp_path, monkeypatch, caplog):
+def test_report_stage_logs_rounded_numbers_and_lwf_report_prints_them(tmp_path, monkeypatch, caplog, eval_result):
     import stages.report
     from pipeline.config import parse_config
 
-    raw = _project(tmp_path)
+    raw = _project(tmp_path, eval_result)
     monkeypatch.chdir(tmp_path)
     with caplog.at_level(logging.INFO, logger="lwf"):
         stages.report.run(parse_config(raw))
@@ -93,7 +85,7 @@ def test_report_stage_logs_rounded_numbers_and_lwf_report_prints_them(tmp_path, 
     assert not LONG_FLOAT.search(r.stdout)
 
 
-def test_summary_line_rounds_the_issue_example():
+def test_summary_line_rounds_to_three_decimals():
     from pipeline.report import summary_line
 
     r = {"learn_score": 0.6754321, "learn_score_std": 0.0123456, "learn_score_delta": 0.3375,

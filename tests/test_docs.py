@@ -21,9 +21,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "experiments").rglob("README.md"))]
-# Pages other branches write (docs/objectives.md: issue 20, confidence.md: 21, caching.md: 22, lm-eval.md: 25):
-# linked from the README and docs/index.md before they land. TODO at merge: remove this allow-list.
-PENDING_PAGES = set()
 STAGE_NAMES = sorted(p.stem for p in (ROOT / "stages").glob("*.py") if p.stem != "__init__")
 # what a placeholder in a documented command stands for when it is parsed
 PLACEHOLDERS = {"<stage>": "confidence", "<name>": "fisher", "<method>": "lwf", "<m>": "lwf", "<k>": "0",
@@ -352,7 +349,7 @@ def test_a_wrong_command_is_caught(tmp_path):
     """The checks can fail: a misspelt option, stage, extra, marker, design or benchmark argument."""
     bad = [["dvc", "repro", "-s", "confidance"], ["dvc", "exp", "run", "-S", "++methods.lwf.unlearn_every=0"],
            ["lwf", "inspect", "--tops", "5"], ["pip", "install", "-e", ".[gpu]"],
-           ["python", "-m", "pytest", "-m", "not slow"], ["python", "experiments/lab_robustness/lab_robustness.py", "--lab-seed", "0"],
+           ["python", "-m", "pytest", "-m", "not quick"], ["python", "experiments/lab_robustness/lab_robustness.py", "--lab-seed", "0"],
            ["python", "experiments/lab_design/lab_design_search.py", "--designs", "no such design"],
            ["python", "benchmarks/lab_robustness.py", "OUT"],
            ["python", "benchmarks/grads.py", "PROJECT_DIR"], ["lwf", "preset", "nope"],
@@ -472,8 +469,7 @@ def test_every_relative_link_resolves_inside_the_repository():
         if not dest.is_relative_to(ROOT):
             bad.append(f"{_rel(page)}: {target} leaves the repository")
         elif not dest.exists():
-            if _rel(dest) not in PENDING_PAGES:
-                bad.append(f"{_rel(page)}: {target} does not exist")
+            bad.append(f"{_rel(page)}: {target} does not exist")
         elif anchor and anchor not in _anchors(dest):
             bad.append(f"{_rel(page)}: {target}: no heading #{anchor} in {_rel(dest)}")
     assert not bad, "\n".join(bad)
@@ -506,3 +502,20 @@ def test_readme_is_short_with_the_headline_results_first():
     headline = next(i for i, ln in enumerate(lines) if ln.startswith("## Headline results"))
     table = next(i for i, ln in enumerate(lines) if i > headline and ln.startswith("|"))
     assert table < 48, "the headline table must be on the first two screens (48 lines)"
+
+
+def test_ci_runs_the_test_commands_of_the_readme():
+    """`.ci/run` runs exactly the pytest commands the README gives (environment settings aside), in
+    the same order: what CI checks is what a reader runs."""
+    def pytest_commands(text: str) -> list[list[str]]:
+        out = []
+        for argv in _shell_commands(text):
+            while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):
+                argv = argv[1:]
+            if argv[1:3] == ["-m", "pytest"]:
+                out.append(argv)
+        return out
+
+    _, blocks = _split_fences((ROOT / "README.md").read_text())
+    readme = [argv for lang, body in blocks if lang == "bash" for argv in pytest_commands(body)]
+    assert len(readme) == 2 and readme == pytest_commands((ROOT / ".ci/run").read_text())

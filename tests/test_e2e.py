@@ -258,25 +258,64 @@ def test_changing_an_unlearning_setting_reruns_only_that_method(dvc_project, key
     raw["methods"]["lwf"][key] = value
     (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     stages = ran_stages(run([*dvc(), "repro"], proj))
-    assert stages == {"finetune@lwf-0", "evaluate@lwf", "lm_eval@lwf", "report"}, sorted(stages)
+    assert stages == {"finetune@lwf-0", "evaluate@lwf", "report"}, sorted(stages)
     assert (proj / "artifacts/confidence.parquet").read_bytes() == before
 
 
-def test_studies_that_read_a_finished_run(dvc_project):
-    """The study scripts that read a finished pipeline run, on this one at their smallest sizes
-    (tests/test_benchmarks.py runs the others): "aggregate_runs" over the run's metrics,
-    "lab_calibration" (pretrains the control, 2 and 4 learning steps, seed 0) and
-    "lab_design_search" (one design, one lab seed; reads the project's params.yaml)."""
+def _interval(cell: str) -> tuple[float, float, float]:
+    """"+0.012 [-0.030, +0.055]" -> (0.012, -0.03, 0.055)."""
+    d, rest = cell.split(" [")
+    lo, hi = rest.rstrip("]").split(", ")
+    return float(d), float(lo), float(hi)
+
+
+def test_studies_that_read_a_finished_run(dvc_project, table_rows):
+    """The study scripts (experiments/) that read a finished pipeline run, on this one at their smallest sizes
+    (tests/test_benchmarks.py runs the others), their numbers checked: "aggregate_runs" prints the
+    run's own metrics; "lab_calibration" (pretrains the control, 2 and 4 learning steps, seed 0)
+    and "lab_design_search" (one design, one lab seed, its 2 oracle settings, 3 fine-tuning seeds)
+    print accuracies on the 200 validation items and differences that are the differences of those
+    accuracies, inside their intervals."""
     proj, _ = dvc_project
     exp = ROOT / "experiments"
+    summary, conf, elicit = (json.loads((proj / f"metrics/{f}.json").read_text()) for f in ("summary", "confidence", "elicit"))
     out = run([sys.executable, str(exp / "aggregate_runs.py"), str(proj)], proj, pythonpath=proj)
-    assert "| lwf_oracle |" in out and "Confidence AUROC" in out
+    learn = {r[0]: r for r in table_rows(out, "Learning score on the test split")}
+    assert {m: r[1] for m, r in learn.items()} == {m: f"{s['learn_score']:.3f}" for m, s in summary.items()}
+    assert {m: r[3] for m, r in learn.items() if m != "vanilla"} == \
+           {m: f"{s.get('learn_score_delta', 0.0):+.3f}" for m, s in summary.items() if m != "vanilla"}
+    assert {r[0]: r[1] for r in table_rows(out, "Confidence AUROC")} == {k: f"{v:.3f}" for k, v in conf["auroc"].items()}
+    assert {r[0]: r[1] for r in table_rows(out, "Base model's self-knowledge")} == \
+           {t: f"{e['agreement_with_gold']:.3f}" for t, e in elicit.items()}
+
+    def check_accuracies_and_differences(acc: dict[str, float], diffs: dict[str, str], one_seed: bool):
+        assert all(0 <= a <= 1 for a in acc.values()), acc
+        if one_seed:  # a share of the 200 items, printed with 3 decimals: exact
+            assert all(abs(a * 200 - round(a * 200)) < 1e-6 for a in acc.values()), acc
+        for label, cell in diffs.items():
+            x, y = label.split(" − ")
+            d, lo, hi = _interval(cell)
+            assert lo <= d <= hi and abs(d - (acc[x] - acc[y])) <= 0.0015, (label, cell, acc)
+
     out = run([sys.executable, str(exp / "lab_design/lab_calibration.py"), "--project", str(proj), "--at", "2", "4",
                "--seeds", "0"], proj, pythonpath=proj)
-    assert "| control − vanilla |" in out and "| lwf_oracle |" in out
+    accuracy = {r[0]: r[1:] for r in table_rows(out, "Validation accuracy after s learning steps")}
+    assert set(accuracy) == {"vanilla", "lwf_random", "lwf_oracle", "control"}
+    names = {"control": "control", "vanilla": "vanilla", "oracle": "lwf_oracle", "random": "lwf_random"}
+    for col in (0, 1):  # after 2 and after 4 learning steps
+        acc = {short: float(accuracy[full][col]) for short, full in names.items()}
+        diffs = {r[0]: r[1 + col] for r in table_rows(out, "Paired differences [95% CI] after s learning steps")}
+        assert set(diffs) == {"control − vanilla", "oracle − vanilla", "oracle − random"}
+        check_accuracies_and_differences(acc, diffs, one_seed=True)
     out = run([sys.executable, str(exp / "lab_design/lab_design_search.py"), "--lab-seeds", "0", "--designs",
                "noisy conflict 0.5 (default)"], proj, pythonpath=proj)
-    assert "oracle − vanilla" in out and "ranked by fisher_distance" in out
+    assert "ranked by fisher_distance" in out  # the score behind its documented figures, said in its output
+    rows = table_rows(out, "Lab designs on lab_learn's VALIDATION split")  # one row per oracle setting
+    assert len(rows) == 2 and len({r[2] for r in rows}) == 2 and len({(r[5], r[7], r[9]) for r in rows}) == 1
+    for row in rows:
+        assert row[0] == "noisy conflict 0.5 (default)" and row[1] == "0" and 0 <= float(row[3]) <= 1
+        acc = {"vanilla": float(row[5]), "oracle": float(row[6]), "control": float(row[7])}
+        check_accuracies_and_differences(acc, {"oracle − vanilla": row[8], "control − vanilla": row[9]}, one_seed=False)
 
 
 def lwf_run(proj) -> dict:
@@ -460,3 +499,28 @@ def test_readme_commands_on_the_shipped_params(dvc_project):
     lines = out.split("least confident 3:\n")[1].split("\n\n")[0].strip().splitlines()
     assert len(lines) == 4 and "correct" in lines[0]  # header + the 3 rows of highest rank
     assert json.loads(run([sys.executable, "-m", "pipeline.cli", "check"], proj))["launch"]["mixed_precision"] == "no"
+
+
+def test_dvc_repro_benchmark_counts_stages_and_processes(tmp_path):
+    """benchmarks/dvc_repro.py ("dvc_repro") on a repository of two commits: 2 stages, then 3 (one
+    without a Python process); each in its own fresh clone, its stages, processes and times."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=lwf-test", "-c", "user.email=lwf-test@localhost"]
+    run(["git", "init", "-q"], repo)
+    run([*dvc(), "init", "-q"], repo)
+    stage = "  s{0}:\n    cmd: python -c \"open('o{0}', 'w').write('{0}')\"\n    outs:\n      - o{0}\n"
+    for tag, body in (("two", stage.format(1) + stage.format(2)),
+                      ("three", stage.format(1) + stage.format(2) + "  s3:\n    cmd: echo 3 > o3\n    outs:\n      - o3\n")):
+        (repo / "dvc.yaml").write_text("stages:\n" + body)
+        run([*git, "add", "-A"], repo)
+        run([*git, "commit", "-qm", tag], repo)
+        run(["git", "tag", tag], repo)
+    out = tmp_path / "out.json"
+    printed = run([sys.executable, str(ROOT / "benchmarks/dvc_repro.py"), "--repo", str(repo), "--refs", "two", "three",
+                   "--json", str(out)], tmp_path)
+    got = json.loads(out.read_text())
+    assert [(r["ref"], r["stages"], r["ran"], r["processes"]) for r in got] == [("two", 2, 2, 2), ("three", 3, 3, 2)]
+    for r in got:
+        assert 0 < r["inside_s"] < r["wall_s"] and r["outside_s"] == pytest.approx(r["wall_s"] - r["inside_s"])
+    assert f"| two | {got[0]['commit']} | {got[0]['wall_s']:.1f} | 2 | 2 | 2 |" in printed and "| 1.00 |" in printed

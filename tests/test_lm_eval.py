@@ -8,7 +8,6 @@ the same answer and `acc` item for item) on both sides, without and with a chat 
 Skipped without lm-eval, except in CI (CI=true), where .ci/run installs the extra.
 """
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -58,6 +57,7 @@ def harness_run():
         os.chdir(cwd)
 
 
+@pytest.mark.slow  # lm-eval's task registry and runs: about 15 s on 2 cores
 @needs_lm_eval
 @pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat_template"])
 @pytest.mark.parametrize("name,options,task,limit", CASES, ids=[c[0] for c in CASES])
@@ -89,6 +89,7 @@ def test_project_loglik_and_lm_eval_acc_agree_item_for_item(harness_run, name, o
     assert out[chat, task]["results"][task]["acc,none"] == pytest.approx(np.mean([s["acc"] for s in samples]))
 
 
+@pytest.mark.slow  # lm-eval's task registry and runs: about 15 s on 2 cores
 @needs_lm_eval
 def test_seed_result_keeps_metrics_stderr_and_per_doc_values(harness_run):
     from pipeline.harness import seed_result
@@ -102,6 +103,7 @@ def test_seed_result_keeps_metrics_stderr_and_per_doc_values(harness_run):
     assert r["n_samples"]["lwf_sst5"]["effective"] == 12
 
 
+@pytest.mark.slow  # lm-eval's task registry and runs: about 15 s on 2 cores
 @needs_lm_eval
 def test_unknown_task_and_missing_folder_are_one_line_errors(tmp_path):
     from pipeline.harness import task_manager
@@ -113,19 +115,6 @@ def test_unknown_task_and_missing_folder_are_one_line_errors(tmp_path):
         task_manager(["lwf_sst5"], str(tmp_path / "nowhere"))
 
 
-def test_no_tasks_writes_an_empty_result_without_importing_lm_eval(tmp_path, monkeypatch):
-    """The default (`lm_eval.tasks: []`): the stage needs no model and no lm-eval."""
-    from pipeline.config import parse_config
-    from stages.lm_eval import run
-
-    monkeypatch.chdir(tmp_path)
-    before = set(sys.modules)
-    run(parse_config({}), method="vanilla")
-    assert not {m for m in set(sys.modules) - before if m.split(".")[0] == "lm_eval"}
-    res = json.loads((tmp_path / "artifacts/lm_eval/vanilla/results.json").read_text())
-    assert res == {"method": "vanilla", "tasks": [], "seeds": {}}
-
-
 def test_missing_extra_is_a_one_line_error(tmp_path):
     """Tasks listed without lm-eval installed: exit 2, one sentence naming the install command."""
     (tmp_path / "params.yaml").write_text("lm_eval:\n  tasks: [lwf_sst5]\n")
@@ -133,7 +122,7 @@ def test_missing_extra_is_a_one_line_error(tmp_path):
     hide.mkdir()
     (hide / "sitecustomize.py").write_text("import sys\nsys.modules['lm_eval'] = None\n")  # not importable
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hide), str(ROOT)])}
-    r = subprocess.run([sys.executable, "-m", "stages.lm_eval", "method=vanilla"], cwd=tmp_path, env=env,
+    r = subprocess.run([sys.executable, "-m", "stages.lm_eval", "method=vanilla", "task=lwf_sst5"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
@@ -180,3 +169,24 @@ def test_report_without_lm_eval_tasks_is_unchanged():
     empty = {"method": "vanilla", "tasks": [], "seeds": {}}
     assert summarize_lm_eval({"vanilla": empty, "lwf": {**empty, "method": "lwf"}}, [0, 1, 2], 100) == {}
     assert lm_eval_markdown({}, {"vanilla": empty}) == ""
+
+
+def test_report_merges_one_result_per_listed_task():
+    """lm_eval@<method>-<task> writes one result per listed task; the report reads them as one per
+    method: every task's metrics, per-doc items and counts under each seed, the tasks in listed order."""
+    from pipeline.report import merge_lm_eval, summarize_lm_eval
+
+    def one(task, items_by_seed):
+        r = _lm_result(items_by_seed)
+        for seed in r["seeds"].values():  # rename the task of the helper's result
+            for key in ("results", "items", "n_samples", "n_shot"):
+                seed[key] = {task if k == "lwf_sst5" else k: v for k, v in seed[key].items() if k != "a_group"}
+        return {**r, "task": task}
+
+    van = merge_lm_eval("vanilla", [one("a", {0: [0, 1, 0, 1]}), one("b", {0: [0, 0, 0, 1]})])
+    lwf = merge_lm_eval("lwf", [one("a", {0: [1, 1, 0, 1]}), one("b", {0: [0, 0, 0, 1]})])
+    assert van["tasks"] == ["a", "b"] and set(van["seeds"]["0"]["results"]) == {"a", "b"}
+    assert van["seeds"]["0"]["n_samples"] == {"a": {"effective": 4}, "b": {"effective": 4}}
+    s = summarize_lm_eval({"vanilla": van, "lwf": lwf}, [0], 200)
+    assert s["lwf"]["a"]["acc"]["delta"] == pytest.approx(0.25) and s["lwf"]["b"]["acc"]["delta"] == pytest.approx(0.0)
+    assert merge_lm_eval("vanilla", []) == {"method": "vanilla", "tasks": [], "settings": {}, "seeds": {}}

@@ -30,15 +30,15 @@ def project(tmp_path_factory):
 
 def test_repro_writes_lm_eval_metrics_for_every_method(project):
     proj, out = project
-    assert {f"lm_eval@{m}" for m in METHODS} | {"report"} <= ran_stages(out)
+    assert {f"lm_eval@{m}-lwf_sst5" for m in METHODS} | {"report"} <= ran_stages(out)
     summary = json.loads((proj / "metrics/summary.json").read_text())
     for m in METHODS:
         acc = summary[m]["lm_eval"]["lwf_sst5"]["acc"]
         assert 0 <= acc["mean"] <= 1 and acc["n"] == 8 and acc["stderr"] is not None
-        res = json.loads((proj / f"artifacts/lm_eval/{m}/results.json").read_text())
+        res = json.loads((proj / f"artifacts/eval/lm_eval/{m}/lwf_sst5/results.json").read_text())
         items = res["seeds"]["0"]["items"]["lwf_sst5"]["acc"]
         assert len(items) == 8 and acc["mean"] == pytest.approx(sum(items) / 8)
-        samples = (proj / f"artifacts/lm_eval/{m}/samples/seed0/lwf_sst5.jsonl").read_text().splitlines()
+        samples = (proj / f"artifacts/eval/lm_eval/{m}/lwf_sst5/samples/seed0/lwf_sst5.jsonl").read_text().splitlines()
         assert len(samples) == 8 and json.loads(samples[0])["arguments"][0][0].startswith("Review: ")
     assert "delta_ci95" in summary["lwf"]["lm_eval"]["lwf_sst5"]["acc"]
     report = (proj / "reports/report.md").read_text()
@@ -63,4 +63,4 @@ def test_changed_lm_eval_setting_reruns_only_that_evaluation(project):
         stale = set(json.loads(run([*dvc(), "status", "--json"], proj).strip().splitlines()[-1]))
     finally:
         (proj / "params.yaml").write_text(original)
-    assert stale == {f"lm_eval@{m}" for m in METHODS}
+    assert stale == {f"lm_eval@{m}-lwf_sst5" for m in METHODS}

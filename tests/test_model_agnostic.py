@@ -1,21 +1,12 @@
 """The pipeline is model- and task-agnostic: every stage, in process, on a tiny GPT-2-style model
 (saved by the test with save_pretrained, loaded through model.name as a local path) with the
 learning and forgetting tasks read from fixture files in the real datasets' schemas."""
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import torch
 
 from pipeline.config import parse_config
 from pipeline.io import read_json
-
-FIX = Path(__file__).parent / "fixtures"
-
-
-def files(name):
-    return {"data_files": {"train": str(FIX / name), "test": str(FIX / name)}}
-
 
 @pytest.fixture
 def gpt2_dir(tmp_path):
@@ -33,7 +24,9 @@ def gpt2_dir(tmp_path):
     return d
 
 
-def test_all_stages_on_gpt2_and_fixture_tasks(gpt2_dir, tmp_path, monkeypatch):
+@pytest.mark.slow  # every stage in process: about 13 s on 2 cores
+def test_all_stages_on_gpt2_and_fixture_tasks(gpt2_dir, tmp_path, monkeypatch, fixture_files):
+    files = fixture_files
     import stages.base_model
     import stages.confidence
     import stages.control_model

@@ -22,14 +22,8 @@ def test_bootstrap_matches_normal_theory_on_a_known_case():
     assert lo < m < hi
 
 
-def _ev(scores_by_seed):
-    return {"seeds": {str(s): {"learn_score": float(np.mean(v)), "forget_score": 0.5, "perplexity": 2.0,
-                               "items": {"learn": list(v), "forget/x": [0.5, 0.5]}, "train": {}}
-                      for s, v in scores_by_seed.items()}}
-
-
-def test_summarize_means_stds_and_deltas():
-    evals = {"vanilla": _ev({0: [0, 1, 0, 1], 1: [0, 0, 0, 1]}), "lwf": _ev({0: [1, 1, 0, 1], 1: [1, 0, 0, 1]})}
+def test_summarize_means_stds_and_deltas(eval_result):
+    evals = {"vanilla": eval_result({0: [0, 1, 0, 1], 1: [0, 0, 0, 1]}), "lwf": eval_result({0: [1, 1, 0, 1], 1: [1, 0, 0, 1]})}
     s = summarize(evals, [0, 1], 300)
     assert s["vanilla"]["learn_score"] == pytest.approx(0.375)
     assert s["lwf"]["learn_score_seeds"] == [0.75, 0.5]

@@ -1,5 +1,6 @@
 """Task plugins: formatting, extraction and metrics on tricky answers; loaders on fixture files in
-each dataset's real schema (no hub); the real GSM8K files when ../shared is present."""
+each dataset's real schema (no hub); the vendored subsets of the real datasets and the script that
+draws them."""
 import json
 from pathlib import Path
 
@@ -9,13 +10,6 @@ import torch
 from pipeline.tasks import TASKS, get_task
 from pipeline.tasks.choice import SST5_LABELS, extract_letter
 from pipeline.tasks.gsm8k import flexible_answer, normalize_number, strict_answer
-
-FIX = Path(__file__).parent / "fixtures"
-SHARED_GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
-
-
-def files(name):
-    return {"data_files": {"train": str(FIX / name), "test": str(FIX / name)}}
 
 
 @pytest.mark.parametrize("text,want", [
@@ -54,9 +48,9 @@ def test_gsm8k_cuts_at_the_first_stop_string_before_both_metrics():
     assert t.score(gen, "7") == 0.0 and t.extra_scores(gen, "6") == {"flexible": 1.0}
 
 
-def test_gsm8k_loader_and_metric():
+def test_gsm8k_loader_and_metric(fixture_files):
     t = get_task("gsm8k")
-    rows = t.load("train", 10, 0, files("gsm8k.jsonl"))
+    rows = t.load("train", 10, 0, fixture_files("gsm8k.jsonl"))
     assert len(rows) == 6 and all(r["prompt"].startswith("Question: ") and r["prompt"].endswith("\nAnswer:") for r in rows)
     by_answer = {r["answer"]: r for r in rows}
     assert {"7", "2400", "-3", "2.5"} <= set(by_answer)
@@ -65,15 +59,20 @@ def test_gsm8k_loader_and_metric():
     assert normalize_number("1,234.00") == "1234"
 
 
-@pytest.mark.skipif(not SHARED_GSM8K.exists(), reason="../shared/data/gsm8k not present (fresh clone)")
-def test_real_gsm8k_files():
+def test_real_gsm8k_solutions_parse_and_score_full_marks_up_to_the_stop_string():
+    """On the vendored GSM8K rows (1,300 rows of the real dataset, as published): every gold answer
+    has a parsable '#### <number>', and the reference solution itself scores 1 under the metric,
+    unless it holds a blank line: the task's stop string "\\n\\n" (lm-eval's too) cuts it before '####'."""
+    from pipeline.tasks.files import VENDORED
+
     t = get_task("gsm8k")
-    opts = {"data_files": {"train": str(SHARED_GSM8K / "train.jsonl"), "test": str(SHARED_GSM8K / "test.jsonl")}}
-    test = t.load("test", 2000, 0, opts)
-    assert len(test) == 1319
-    assert all(r["answer"] != "" for r in test)  # every gold answer has a parsable '#### <number>'
-    raw = [json.loads(x) for x in (SHARED_GSM8K / "train.jsonl").read_text().splitlines()[:200]]
-    assert all(t.score(r["answer"], strict_answer(r["answer"])) == 1.0 for r in raw)
+    files = {split: VENDORED / "openai/gsm8k/main" / f"{split}.jsonl" for split in ("train", "test")}
+    test = t.load("test", 10**6, 0, {"data_files": {k: str(v) for k, v in files.items()}})
+    assert len(test) == 300 and all(r["answer"] != "" for r in test)
+    raw = [json.loads(x) for f in files.values() for x in f.read_text().splitlines()]
+    assert len(raw) == 1300 and all(r["answer"].count("#### ") == 1 for r in raw)
+    assert [t.score(r["answer"], strict_answer(r["answer"])) for r in raw] == [float("\n\n" not in r["answer"]) for r in raw]
+    assert sum("\n\n" in r["answer"] for r in raw) == 1
 
 
 @pytest.mark.parametrize("text,want", [
@@ -112,7 +111,8 @@ def test_option_text_equal_to_the_generation_wins():
     assert t.extract("E.", DENTAL + ["bone"]) == "E" and t.score("It is bone", "E", DENTAL + ["bone"]) == 1.0
 
 
-def test_qasc_dental_psychol_loaders():
+def test_qasc_dental_psychol_loaders(fixture_files):
+    files = fixture_files
     q = get_task("qasc").load("train", 10, 0, files("qasc.jsonl"))
     assert len(q) == 3 and all(len(r["choices"]) == 8 for r in q)
     assert {r["answer"] for r in q} == {"A", "B", "C"} and "H. " in q[0]["prompt"]
@@ -131,9 +131,9 @@ def test_sst5_labels(text, want):
     assert get_task("sst5").extract(text) == want
 
 
-def test_sst5_loader():
+def test_sst5_loader(fixture_files):
     t = get_task("sst5")
-    rows = t.load("train", 10, 0, files("sst5.jsonl"))
+    rows = t.load("train", 10, 0, fixture_files("sst5.jsonl"))
     assert sorted(r["answer"] for r in rows) == sorted(["very negative", "negative", "neutral", "positive", "very positive"])
     assert t.score(" Very Positive", "very positive") == 1.0
 
@@ -152,12 +152,12 @@ def test_custom_task_fields_and_metrics(tmp_path):
     assert not get_task("custom", {"metric": "none"}).has_gold
 
 
-def test_loglik_choice_scoring(tiny):
+def test_loglik_choice_scoring(tiny, fixture_files):
     from pipeline.evaluate import task_scores
 
     model, tok = tiny
     t = get_task("qasc", {"scoring": "loglik"})
-    rows = t.load("test", 3, 0, files("qasc.jsonl"))
+    rows = t.load("test", 3, 0, fixture_files("qasc.jsonl"))
     items, _ = task_scores(model, tok, t, rows, 12, 4)
     assert len(items) == 3 and set(items) <= {0.0, 1.0}
 
@@ -215,12 +215,12 @@ def test_vendored_subsets_load_through_the_registry(name, split, opts, n):
         assert all(len(r["choices"]) == (4 if name == "psychol" else 5) for r in rows)
 
 
-def test_vendored_source_errors_and_precedence():
+def test_vendored_source_errors_and_precedence(fixture_files):
     with pytest.raises(ValueError, match="no vendored copy of 'allenai/qasc'.*: SetFit/sst5, cais/mmlu, openai/gsm8k"):
         get_task("qasc").load("train", 4, 0, {"source": "vendored"})
     with pytest.raises(ValueError, match="options.source 'web' must be one of hub, vendored"):
         get_task("sst5").load("train", 4, 0, {"source": "web"})
-    rows = get_task("sst5").load("train", 100, 0, {"source": "vendored", **files("sst5.jsonl")})
+    rows = get_task("sst5").load("train", 100, 0, {"source": "vendored", **fixture_files("sst5.jsonl")})
     assert len(rows) == 5  # the user's data_files win over the vendored copy
     with pytest.raises(ValueError, match=r"options.data_files.train or options.source: vendored"):
         get_task("gsm8k").load("train", 4, 0, {})  # offline (conftest): the hub fails, the message points here
@@ -244,18 +244,41 @@ def test_vendored_files_match_their_provenance():
             assert hashlib.sha256(data).hexdigest() in prov, f
 
 
-@pytest.mark.skipif(not SHARED_GSM8K.exists(), reason="../shared/data not present (fresh clone)")
-def test_vendored_subsets_rebuild_from_the_full_copies():
+def test_make_subsets_draws_the_documented_rows_byte_for_byte(tmp_path):
+    """The script that drew the vendored subsets (make_subsets.py), run on a generated full copy with
+    the real files' row counts (PROVENANCE.md's "of" column; the real copies are not shipped): it
+    writes exactly the vendored files, each with its documented row count, the rows drawn without
+    repeats and kept in source order, every byte as in the source (non-ASCII, U+2028, CRLF), the same
+    bytes on a second run. The vendored bytes themselves are pinned by their sha256 (above)."""
     import importlib.util
+    import re
 
     from pipeline.tasks.files import VENDORED
 
     spec = importlib.util.spec_from_file_location("make_subsets", VENDORED / "make_subsets.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    built = mod.build(SHARED_GSM8K.parent)
-    assert built and all((VENDORED / rel).read_text(encoding="utf-8") == text for rel, text in built.items())
-    assert sorted(built) == sorted(p.relative_to(VENDORED) for p in VENDORED.rglob("*.jsonl"))
+    documented = {}  # vendored file -> (rows, rows of the full file)
+    for prov in VENDORED.rglob("PROVENANCE.md"):
+        for m in re.finditer(r"^\| ([\w/.-]+\.jsonl) \| (\d+) \|(?: (\d+) \|)?", prov.read_text(), re.M):
+            documented[prov.parent.relative_to(VENDORED) / m.group(1)] = (int(m.group(2)), int(m.group(3) or m.group(2)))
+    for (hub_id, config, split), (src, k) in mod.SUBSETS.items():
+        rel = Path(hub_id) / (config or "default") / f"{split}.jsonl"
+        (tmp_path / src).parent.mkdir(parents=True, exist_ok=True)
+        n = documented[rel][1]
+        (tmp_path / src).write_bytes(b"".join(f'{{"src": "{src}", "i": {i}, "t": "caf\u00e9\u2028"}}'.encode()
+                                              + (b"\r\n" if i % 7 == 0 else b"\n") for i in range(n)))
+    built = mod.build(tmp_path)
+    assert sorted(built) == sorted(p.relative_to(VENDORED) for p in VENDORED.rglob("*.jsonl")) == sorted(documented)
+    for rel, text in built.items():
+        src, _ = next(v for (h, c, sp), v in mod.SUBSETS.items() if Path(h) / (c or "default") / f"{sp}.jsonl" == rel)
+        lines = [ln + "\n" for ln in text.split("\n")[:-1]]  # (str.splitlines would also split at U+2028)
+        assert text.endswith("\n") and "".join(lines) == text
+        picked = [json.loads(ln)["i"] for ln in lines]
+        assert len(lines) == documented[rel][0] and picked == sorted(set(picked)), rel
+        assert all(json.loads(ln)["src"] == src and "caf\u00e9\u2028" in ln for ln in lines)
+        assert all(ln.endswith("\r\n") == (i % 7 == 0) for ln, i in zip(lines, picked))
+    assert mod.build(tmp_path) == built
 
 
 def test_lab_control_corpora_keep_the_format_and_drop_the_rule():

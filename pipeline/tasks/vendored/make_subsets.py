@@ -10,6 +10,7 @@ or the whole file where no size is given. Running it again gives the same bytes.
 from __future__ import annotations
 
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -34,17 +35,23 @@ def subset_lines(lines: list[str], k: int | None) -> list[str]:
     return [lines[i] for i in sorted(random.Random(SEED).sample(range(len(lines)), k))]
 
 
+def source_lines(path: Path) -> list[str]:
+    """The file's lines, each with its own ending, split at "\\n" only (no newline translation: a
+    "\\r\\n" stays, a lone "\\r" or a U+2028 inside a JSON string does not end a line)."""
+    return re.findall(r"[^\n]*\n|[^\n]+$", path.read_bytes().decode("utf-8"))
+
+
 def build(shared: Path) -> dict[Path, str]:
     """Vendored file path (relative to this folder) -> content."""
     out = {}
     for (hub_id, config, split), (src, k) in SUBSETS.items():
-        lines = (shared / src).read_text(encoding="utf-8").splitlines(keepends=True)
-        out[Path(hub_id) / (config or "default") / f"{split}.jsonl"] = "".join(subset_lines(lines, k))
+        out[Path(hub_id) / (config or "default") / f"{split}.jsonl"] = "".join(subset_lines(source_lines(shared / src), k))
     return out
 
 
 if __name__ == "__main__":
     for rel, text in build(Path(sys.argv[1])).items():
         (HERE / rel).parent.mkdir(parents=True, exist_ok=True)
-        (HERE / rel).write_text(text, encoding="utf-8")
+        with open(HERE / rel, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
         print(f"{rel}: {text.count(chr(10))} rows")

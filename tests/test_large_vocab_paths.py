@@ -1,6 +1,7 @@
-"""Issue #13 item 5 (real vocabularies): logits only at target positions, length-sorted chunks,
-embeddings left out of per-sample gradients for large vocabularies, grads.chunk_size auto, and
-generation that keeps only the chosen tokens' log-probs."""
+"""The paths that keep a real (large) vocabulary affordable give what the plain computation gives:
+logits only at target positions, length-sorted chunks, embeddings left out of per-sample gradients
+above a vocabulary size, grads.chunk_size auto from free memory, and generation that keeps only the
+chosen tokens' log-probs."""
 import logging
 from pathlib import Path
 
@@ -134,8 +135,9 @@ def test_chunk_size_config_validation():
         GradsConfig(embeddings="sometimes")
 
 
-def _old_generate_logprobs(model, tok, prompts, **kw):
-    """Today's (before issue #13) mean_logprob: output_logits, B x steps x V, log_softmax, gather."""
+def _full_logits_logprobs(model, tok, prompts, **kw):
+    """The reference mean_logprob, one prompt at a time: every step's full logits (B x steps x V),
+    log_softmax, gather."""
     from pipeline.data import prompt_ids
 
     eos = tok.eos_token_id
@@ -162,12 +164,12 @@ def test_generation_logprobs_equal_full_logits_path(tiny):
     model, tok = tiny
     prompts = ["Q: 2+2", "Hello there, a longer prompt"]
     got = [r["mean_logprob"] for r in generate(model, tok, prompts, max_new_tokens=6, batch_size=1, progress=False)]
-    ref = _old_generate_logprobs(model, tok, prompts, max_new_tokens=6, do_sample=False)
+    ref = _full_logits_logprobs(model, tok, prompts, max_new_tokens=6, do_sample=False)
     assert got == pytest.approx(ref, rel=1e-5, abs=1e-6)
     # sampling, 2 per prompt, temperature != 1: the recorder sees the logits before the temperature
     gens = generate(model, tok, prompts[:1], max_new_tokens=6, batch_size=1, do_sample=True, temperature=0.7,
                     num_return_sequences=2, seed=3, progress=False)
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(3)))
-    ref = _old_generate_logprobs(model, tok, prompts[:1], max_new_tokens=6, do_sample=True, temperature=0.7, top_k=0,
+    ref = _full_logits_logprobs(model, tok, prompts[:1], max_new_tokens=6, do_sample=True, temperature=0.7, top_k=0,
                                  num_return_sequences=2, _seed=seed)
     assert [g["mean_logprob"] for g in gens] == pytest.approx(ref, rel=1e-5, abs=1e-6)
