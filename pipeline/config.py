@@ -199,8 +199,10 @@ class FisherConfig(_Strict):
     kind: Literal["empirical", "true"] = "empirical"
     # where F_L of the `optimum_distance` score is taken: "target" = at theta*_L (the optimum stage's
     # model: the Laplace approximation around theta*_L that the published form reads as), "base" = at
-    # theta_base. The other Fisher-weighted scores always use the Fisher at theta_base (stage 1).
-    at: Literal["base", "target"] = "target"
+    # theta_base, "heldout" = at theta*_L over the learning task's held-out validation rows
+    # (`optimum.n_validation` of them: rows theta*_L was not fitted to, so their gradients have not
+    # vanished). The other Fisher-weighted scores always use the Fisher at theta_base (stage 1).
+    at: Literal["base", "target", "heldout"] = "target"
     seed: int = 0
 
 
@@ -256,6 +258,13 @@ class OptimumConfig(_Strict):
     batch_size: int = Field(16, gt=0)
     warmup_steps: int = Field(10, ge=0)
     seed: int = 0
+    # early stopping on the learning task's VALIDATION split (never test): > 0 = that many validation
+    # rows; the NLL is read every `eval_every` steps, theta*_L = the weights of the lowest one, and the
+    # run stops after `patience` reads without a new lowest (`steps` is then the largest budget);
+    # 0 = exactly `steps` steps (pipeline.optimum.early_stopped_finetune)
+    n_validation: int = Field(0, ge=0)
+    eval_every: int = Field(10, gt=0)
+    patience: int = Field(5, gt=0)
 
 
 class ConfidenceConfig(_Strict):
