@@ -36,7 +36,10 @@ def run(cfg):
         if not cfg.optimum.n_validation:
             raise UserError("fisher.at: heldout takes F_L over the learning task's validation rows: set "
                             "optimum.n_validation > 0")
-        learn = validation_rows(cfg.data.learn, cfg.optimum.n_validation, cfg.data.seed)
+        try:
+            learn = validation_rows(cfg.data.learn, cfg.optimum.n_validation, cfg.data.seed)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise UserError(f"fisher.at: heldout: {e}; use fisher.at: base or target") from None
     if cfg.fisher.at in ("target", "heldout"):
         _, theta, _ = load_optimum(paths.OPTIMUM)
         if fsdp:  # theta*_L goes into an unsharded model, which is then sharded like the base model

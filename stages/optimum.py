@@ -33,16 +33,17 @@ def run(cfg):
     if o.n_validation:  # early stopping on the learning task's validation split (never test)
         try:
             val = validation_rows(cfg.data.learn, o.n_validation, cfg.data.seed)
-        except (ValueError, KeyError, FileNotFoundError) as e:
-            raise UserError(f"optimum.n_validation: task {cfg.data.learn.task!r} has no usable validation split ({e}); "
-                            "set optimum.n_validation: 0 (a fixed budget of optimum.steps)") from None
-    log.info("stage optimum: theta*_L = %d plain AdamW steps (lr %g, batch %d, warmup %d) on %d %s training rows",
-             o.steps, o.lr, o.batch_size, o.warmup_steps, len(rows), cfg.data.learn.task)
+        except (ValueError, KeyError, FileNotFoundError) as e:  # no early stopping: the fixed budget, said loudly
+            log.warning("stage optimum: no early stopping (%s): theta*_L = the fixed budget of optimum.steps = %d; "
+                        "set optimum.n_validation: 0 to say so in params", e, o.steps)
+    log.info("stage optimum: theta*_L = %s %d plain AdamW steps (lr %g, batch %d, warmup %d) on %d %s training rows%s",
+             "at most" if val else "", o.steps, o.lr, o.batch_size, o.warmup_steps, len(rows), cfg.data.learn.task,
+             f", early-stopped on {len(val)} validation rows" if val else "")
     t0 = time.time()
     delta, theta, stats = optimum_delta(model, tok, rows, o, cfg.data.max_length, cfg.model.add_bos, selected, val)
     if cfg.model.prefix_cache:
         disable_prefix_cache(model)
-    meta = {"steps": stats["best_step"], "max_steps": o.steps, "n_validation": o.n_validation, "lr": o.lr, "batch_size": o.batch_size, "warmup_steps": o.warmup_steps, "seed": o.seed,
+    meta = {"steps": stats["best_step"], "max_steps": o.steps, "n_validation": len(val or []), "lr": o.lr, "batch_size": o.batch_size, "warmup_steps": o.warmup_steps, "seed": o.seed,
             "n_rows": len(rows), "n_delta_params": sum(d.numel() for d in delta.values()),
             "n_theta_params": sum(t.numel() for t in theta.values())}
     save_optimum(paths.OPTIMUM, delta, theta, meta)
