@@ -187,7 +187,8 @@ def check_python(argv, source, file, tmp_path):
             assert stage in STAGE_NAMES, f"{file}: `{' '.join(argv)}`: no stage {stage}"
         return
     script = ROOT / args[0]
-    assert script.is_file() and script.parent.name == "benchmarks", f"{file}: `{' '.join(argv)}`: no such benchmark"
+    assert script.is_file() and (script.parent.name == "benchmarks" or script.parent.parent.name == "experiments"), \
+        f"{file}: `{' '.join(argv)}`: no such benchmark or experiment"
     check_benchmark(script, args[1:], file)
 
 
