@@ -134,7 +134,7 @@ def _project(tmp_path, tiny, rows, fisher_at="target", optimum_extra=None):
     return parse_config({
         "data": {"max_length": 48}, "fisher": {"n_samples": 12, "at": fisher_at},
         "optimum": {"steps": 5, "lr": 1e-2, "batch_size": 4, "warmup_steps": 1, "seed": 3, "n_validation": 0, **(optimum_extra or {})},
-        "confidence": {"alpha": 0.3, "probe": {"steps": 2, "lr": 1e-3, "batch_size": 4, "seed": 0}},
+        "confidence": {"score": "optimum_distance", "alpha": 0.3, "probe": {"steps": 2, "lr": 1e-3, "batch_size": 4, "seed": 0}},
     })
 
 
