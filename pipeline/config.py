@@ -202,7 +202,8 @@ class FisherConfig(_Strict):
     # theta_base, "heldout" = at theta*_L over the learning task's held-out validation rows
     # (`optimum.n_validation` of them: rows theta*_L was not fitted to, so their gradients have not
     # vanished). The other Fisher-weighted scores always use the Fisher at theta_base (stage 1).
-    at: Literal["base", "target", "heldout"] = "base"  # chosen on the lab's validation half (experiments/published_confidence)
+    # default base: chosen with confidence.alpha on the lab's validation half (experiments/published_confidence)
+    at: Literal["base", "target", "heldout"] = "base"
     seed: int = 0
 
 

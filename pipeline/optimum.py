@@ -103,7 +103,8 @@ def validation_rows(learn_ref, n: int, data_seed: int) -> list[dict]:
 
     task = get_task(learn_ref.task, learn_ref.options)
     if not task.has_validation:
-        raise ValueError(f"task {learn_ref.task!r} has no validation split of its own (missing, or it aliases the test split)")
+        raise ValueError(f"task {learn_ref.task!r} has no validation split of its own "
+                         "(missing, or it aliases the test split)")
     return task.load("validation", n, data_seed + 1, learn_ref.options)
 
 

@@ -43,11 +43,13 @@ def run(cfg):
     delta, theta, stats = optimum_delta(model, tok, rows, o, cfg.data.max_length, cfg.model.add_bos, selected, val)
     if cfg.model.prefix_cache:
         disable_prefix_cache(model)
-    meta = {"steps": stats["best_step"], "max_steps": o.steps, "n_validation": len(val or []), "lr": o.lr, "batch_size": o.batch_size, "warmup_steps": o.warmup_steps, "seed": o.seed,
+    meta = {"steps": stats["best_step"], "max_steps": o.steps, "n_validation": len(val or []), "lr": o.lr,
+            "batch_size": o.batch_size, "warmup_steps": o.warmup_steps, "seed": o.seed,
             "n_rows": len(rows), "n_delta_params": sum(d.numel() for d in delta.values()),
             "n_theta_params": sum(t.numel() for t in theta.values())}
     save_optimum(paths.OPTIMUM, delta, theta, meta)
-    write_json(paths.METRICS / "optimum.json", {**meta, **stats, "seconds": round(time.time() - t0, 2)})
+    # `steps` = the step kept (meta), `steps_run` = the steps trained (stats)
+    write_json(paths.METRICS / "optimum.json", {**stats, **meta, "seconds": round(time.time() - t0, 2)})
     log.info("stage optimum: learning loss %.3f -> %.3f, |Delta_L| = %.4g over %d parameters", stats["first_loss"],
              stats["last_loss"], stats["delta_norm"], meta["n_delta_params"])
     if val is not None:

@@ -198,13 +198,14 @@ def test_heldout_fisher_and_early_stopping_in_the_stages(tmp_path, tiny, rows, m
     from stages import optimum as optimum_stage
 
     monkeypatch.chdir(tmp_path)
-    cfg = _project(tmp_path, tiny, rows, "heldout", {"n_validation": 6, "eval_every": 1, "patience": 100})
+    cfg = _project(tmp_path, tiny, rows, "heldout", {"n_validation": 6, "eval_every": 1, "patience": 2})
     model, tok = tiny
     for st in (optimum_stage, fisher_stage, conf_stage):
         st.run(cfg)
     m = json.loads((paths.METRICS / "optimum.json").read_text())
     curve = {int(k): v for k, v in m["val_curve"].items()}
-    assert sorted(curve) == list(range(6)) and m["best_step"] == min(curve, key=curve.get) and m["steps"] == m["best_step"]
+    assert sorted(curve) == list(range(m["steps_run"] + 1)) and m["best_step"] == min(curve, key=curve.get)
+    assert m["steps"] == m["best_step"] and m["max_steps"] == 5 and m["n_validation"] == 6
     star = copy.deepcopy(model)
     plain_finetune(star, tok, rows, m["best_step"], 1e-2, 4, 3, 48, warmup_steps=1)
     tensors = load_file(str(paths.OPTIMUM))
