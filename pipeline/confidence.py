@@ -154,7 +154,10 @@ def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dic
     (Delta_L) and `alpha`; without them they are NaN), plus grad_norm, the sample's NLL under theta_0
     and theta_probe, and the two per-sample sums of the published form, opt_quadratic = 1/2 sum F_L g^2
     and opt_directional = sum F_L g Delta_L (score_optimum_distance = alpha^2 opt_quadratic + alpha
-    opt_directional + 1/2 sum F_L Delta_L^2, so any other alpha can be read off the table).
+    opt_directional + 1/2 sum F_L Delta_L^2, so any other alpha can be read off the table), the
+    sample-dependent part opt_sample_part = alpha^2 opt_quadratic + alpha opt_directional and its
+    share of the score, opt_sample_share = opt_sample_part / score_optimum_distance (the rest,
+    1/2 sum F_L Delta_L^2, is the same for every sample and cannot rank).
     `fisher_L`: the Fisher of the published form (default `fisher`: F at theta_base).
     `probe_replica`: an unsharded copy of the base model for the probe fine-tune (FSDP); by default
     `model` is probed in place and restored."""
@@ -187,9 +190,11 @@ def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dic
     if optimum is not None:
         const = optimum_constant(optimum, fisher if fisher_L is None else fisher_L)
         quad, direc = 0.5 * flnorm2, fldelta
-        published = alpha ** 2 * quad + alpha * direc + const
+        part = alpha ** 2 * quad + alpha * direc  # the sample-dependent part; the rest is the same for all
+        published = part + const
+        share = part / np.where(published != 0, published, np.nan)
     else:
-        quad = direc = published = np.full(len(all_encs), np.nan)
+        quad = direc = published = part = share = np.full(len(all_encs), np.nan)
     return pd.DataFrame({
         "score_optimum_distance": published,
         "score_fisher_distance": fdist,
@@ -203,6 +208,8 @@ def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dic
         "nll_probe": nll_probe,
         "opt_quadratic": quad,
         "opt_directional": direc,
+        "opt_sample_part": part,
+        "opt_sample_share": share,
     })
 
 
@@ -256,6 +263,20 @@ def auroc(scores, positive) -> float:
     return float((ranks[y].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+def published_form_stats(df: pd.DataFrame) -> dict:
+    """How much of the published score depends on the sample: the constant 1/2 sum F_L Delta_L^2
+    (score - opt_sample_part, the same for every sample), the score's range, the sample-dependent
+    part's share of the score (opt_sample_share: median, median of its size, min, max) and
+    spread_share, the score's spread over the samples (max - min) as a share of its median."""
+    score, share = df["score_optimum_distance"], df["opt_sample_share"]
+    const = float((score - df["opt_sample_part"]).median())
+    med = float(score.median())
+    return {"constant": const, "score_min": float(score.min()), "score_median": med, "score_max": float(score.max()),
+            "sample_share_median": float(share.median()), "sample_share_abs_median": float(share.abs().median()),
+            "sample_share_min": float(share.min()), "sample_share_max": float(share.max()),
+            "spread_share": float((score.max() - score.min()) / med) if med else float("nan")}
+
+
 def confidence_metrics(df: pd.DataFrame, c) -> dict:
     """metrics/confidence.json of a scored and selected table (`c`: params `confidence`): sizes,
     medians per task, mean NLL under theta_0 of each selection, and where the positive (known to
@@ -280,6 +301,8 @@ def confidence_metrics(df: pd.DataFrame, c) -> dict:
         for name, col in SELECTIONS.items():
             metrics.setdefault("positive_share_of_selection", {})[name] = float(
                 df.loc[df[col], "forget_task"].isin(pos).mean())
+    if "opt_sample_share" in df and df["opt_sample_share"].notna().any():
+        metrics["optimum_distance"] = published_form_stats(df)
     metrics["nll_base_of_selection"] = {name: float(df.loc[df[col], "nll_base"].mean()) for name, col in SELECTIONS.items()
                                         if df[col].any()}
     return metrics

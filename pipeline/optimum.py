@@ -79,20 +79,97 @@ def snapshot(model, names) -> dict[str, torch.Tensor]:
     return {n: dist.full_tensor(params[n]).detach().double().clone() for n in names}
 
 
+def validation_rows(learn_ref, n: int, data_seed: int) -> list[dict]:
+    """`n` rows of the learning task's VALIDATION split (`learn_ref`: params `data.learn`), drawn with
+    seed data.seed + 1: the held-out rows of early stopping (optimum stage) and of `fisher.at: heldout`
+    (fisher stage), the same rows in both. Never the test split."""
+    from .tasks import get_task
+
+    task = get_task(learn_ref.task, learn_ref.options)
+    if not task.has_validation:
+        raise ValueError(f"task {learn_ref.task!r} has no validation split of its own "
+                         "(missing, or it aliases the test split)")
+    return task.load("validation", n, data_seed + 1, learn_ref.options)
+
+
+class _EarlyStop(Exception):
+    """Raised by the validation callback to end the plain fine-tune (patience used up)."""
+
+
+def early_stopped_finetune(model, tok, learn_rows: list[dict], val_rows: list[dict], o, max_length: int,
+                           add_bos: bool, batch_size: int = 64) -> dict:
+    """The plain fine-tune of `o` (params `optimum`) on `learn_rows`, with its budget chosen by the
+    learning task's held-out loss: every `o.eval_every` steps (and at step 0) the mean target-token
+    NLL of `val_rows` (the learning task's VALIDATION split, never test); the trainable parameters
+    of the evaluation with the lowest NLL are kept, and training stops after `o.patience`
+    evaluations without a new lowest, or at `o.steps` (the largest budget). With a constant LR after
+    warmup, the weights kept are those a run of `best_step` steps ends in. Leaves `model` at the
+    best evaluation (eval mode); returns the fine-tune's stats plus best_step, val_nll_best,
+    val_nll_base, steps_run, stopped_early and the curve {step: val NLL}."""
+    val = encode_rows(tok, val_rows, max_length, add_bos)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def val_nll() -> float:
+        nll = float(sequence_nlls(model, val, tok.pad_token_id, batch_size).mean())
+        model.train()  # sequence_nlls leaves eval mode; the fine-tune goes on
+        return nll
+
+    base = val_nll()
+    model.eval()
+    state = {"best": base, "best_step": 0, "since": 0, "steps_run": 0,
+             "kept": [p.detach().clone() for p in params], "curve": {0: base}}
+
+    def on_step(k: int, loss: float) -> None:
+        state["steps_run"] = k
+        state.setdefault("first_loss", loss)
+        state["last_loss"] = loss
+        if k % o.eval_every and k != o.steps:
+            return
+        nll = val_nll()
+        state["curve"][k] = nll
+        if nll < state["best"]:
+            state.update(best=nll, best_step=k, since=0, kept=[p.detach().clone() for p in params])
+        else:
+            state["since"] += 1
+            if state["since"] >= o.patience and k < o.steps:
+                raise _EarlyStop
+
+    stats: dict = {}
+    try:
+        stats = plain_finetune(model, tok, learn_rows, o.steps, o.lr, o.batch_size, o.seed, max_length, add_bos,
+                               warmup_steps=o.warmup_steps, on_step=on_step, desc="optimum")
+        stopped = False
+    except _EarlyStop:
+        stopped = True
+        stats = {"steps": state["steps_run"], "skipped_nonfinite": None, "first_loss": state.get("first_loss"),
+                 "last_loss": state.get("last_loss")}
+    with torch.no_grad():
+        for p, t in zip(params, state["kept"]):
+            p.copy_(t)
+    model.eval()
+    stats.update({"best_step": state["best_step"], "val_nll_base": base, "val_nll_best": state["best"],
+                  "steps_run": state["steps_run"], "stopped_early": stopped, "n_validation": len(val_rows),
+                  "val_curve": {str(k): round(v, 6) for k, v in sorted(state["curve"].items())}})
+    return stats
+
+
 def optimum_delta(model, tok, learn_rows: list[dict], o, max_length: int, add_bos: bool, selected: list[str],
                   val_rows: list[dict] | None = None, batch_size: int = 64):
-    """theta*_L: `o.steps` plain AdamW steps (`o`: params `optimum`) on the learning rows from
-    theta_base = `model`'s weights, in place. Returns (Delta_L over `selected` (float64), theta*_L of
-    every trainable parameter, stats incl. the learning loss before/after on `val_rows` when given)."""
+    """theta*_L from theta_base = `model`'s weights, in place (`o`: params `optimum`): with
+    `val_rows` (the learning task's validation rows) and `o.eval_every` > 0, the early-stopped plain
+    fine-tune of `early_stopped_finetune` (budget = the validation-NLL minimum within `o.steps`);
+    otherwise exactly `o.steps` plain AdamW steps. Returns (Delta_L over `selected` (float64),
+    theta*_L of every trainable parameter, stats)."""
     before = snapshot(model, selected)
-    stats = {}
-    if val_rows:
-        val = encode_rows(tok, val_rows, max_length, add_bos)
-        stats["val_nll_base"] = float(sequence_nlls(model, val, tok.pad_token_id, batch_size).mean())
-    stats.update(plain_finetune(model, tok, learn_rows, o.steps, o.lr, o.batch_size, o.seed, max_length, add_bos,
-                                warmup_steps=o.warmup_steps, desc="optimum"))
-    if val_rows:
-        stats["val_nll_optimum"] = float(sequence_nlls(model, val, tok.pad_token_id, batch_size).mean())
+    if val_rows and getattr(o, "eval_every", 0):
+        stats = early_stopped_finetune(model, tok, learn_rows, val_rows, o, max_length, add_bos, batch_size)
+    else:
+        stats = plain_finetune(model, tok, learn_rows, o.steps, o.lr, o.batch_size, o.seed, max_length, add_bos,
+                               warmup_steps=o.warmup_steps, desc="optimum")
+        stats["best_step"] = o.steps
+        if val_rows:
+            val = encode_rows(tok, val_rows, max_length, add_bos)
+            stats["val_nll_best"] = float(sequence_nlls(model, val, tok.pad_token_id, batch_size).mean())
     after = snapshot(model, selected)
     delta = {n: after[n] - before[n] for n in selected}
     theta = {n: dist.full_tensor(p).detach().clone() for n, p in model.named_parameters() if p.requires_grad}

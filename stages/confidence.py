@@ -26,7 +26,7 @@ def run(cfg):
     device = next(model.parameters()).device
     F, gL, _ = load_fisher(paths.FISHER, device)
     # the published form: F_L where `fisher.at` says, Delta_L = theta*_L - theta_base of the optimum stage
-    F_L = load_fisher(paths.FISHER, device, at="target")[0] if cfg.fisher.at == "target" else None
+    F_L = load_fisher(paths.FISHER, device, at="target")[0] if cfg.fisher.at in ("target", "heldout") else None
     delta_L, _, _ = load_optimum(paths.OPTIMUM, device)
     sk = pd.read_parquet(paths.SELF_KNOWLEDGE)
     rows = as_rows(sk)

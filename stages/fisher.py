@@ -7,8 +7,8 @@ from pipeline import dist, paths
 from pipeline.fisher import fisher_and_mean_grad, fisher_summary, save_fisher, true_fisher_rows
 from pipeline.io import write_json
 from pipeline.models import load_model, trainable_model
-from pipeline.optimum import load_optimum, load_theta
-from pipeline.stage import load_rows, main, stage
+from pipeline.optimum import load_optimum, load_theta, validation_rows
+from pipeline.stage import UserError, load_rows, main, stage
 
 log = logging.getLogger("lwf")
 
@@ -24,14 +24,23 @@ def run(cfg):
     rows = learn
     if cfg.fisher.kind == "true":
         rows = true_fisher_rows(model, tok, learn, cfg.elicit.max_new_tokens, cfg.fisher.seed, cfg.model.add_bos)
+    at = {"target": " and at theta*_L", "heldout": " and at theta*_L over held-out validation rows"}.get(cfg.fisher.at, "")
     log.info("stage fisher: %s Fisher over %d %s samples (%s engine), at theta_base%s", cfg.fisher.kind, len(rows),
-             cfg.data.learn.task, cfg.grads.engine, " and at theta*_L" if cfg.fisher.at == "target" else "")
+             cfg.data.learn.task, cfg.grads.engine, at)
     t0 = time.time()
     args = (cfg.data.max_length, cfg.grads.engine, cfg.grads.chunk_size, cfg.grads.param_regex, cfg.model.add_bos,
             cfg.grads.embeddings)
     F, gL = fisher_and_mean_grad(model, tok, rows, *args)
-    F_target = None
-    if cfg.fisher.at == "target":
+    n_base, F_target = len(rows), None
+    if cfg.fisher.at == "heldout":  # F_L at theta*_L over held-out learning rows (theta*_L was not fitted to them)
+        if not cfg.optimum.n_validation:
+            raise UserError("fisher.at: heldout takes F_L over the learning task's validation rows: set "
+                            "optimum.n_validation > 0")
+        try:
+            learn = validation_rows(cfg.data.learn, cfg.optimum.n_validation, cfg.data.seed)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise UserError(f"fisher.at: heldout: {e}; use fisher.at: base or target") from None
+    if cfg.fisher.at in ("target", "heldout"):
         _, theta, _ = load_optimum(paths.OPTIMUM)
         if fsdp:  # theta*_L goes into an unsharded model, which is then sharded like the base model
             model = trainable_model(load_model(paths.BASE_MODEL, cfg.model)[0], cfg.model)
@@ -41,9 +50,13 @@ def run(cfg):
             load_theta(model, theta)
         if cfg.fisher.kind == "true":  # y ~ p_theta*(y | x): sampled from the model the Fisher is taken at
             rows = true_fisher_rows(model, tok, learn, cfg.elicit.max_new_tokens, cfg.fisher.seed, cfg.model.add_bos)
+        elif cfg.fisher.at == "heldout":
+            rows = learn
         F_target, _ = fisher_and_mean_grad(model, tok, rows, *args)
-    meta = {"n_samples": len(rows), "kind": cfg.fisher.kind, "loss": "per-sequence mean target-token NLL",
+    meta = {"n_samples": n_base, "kind": cfg.fisher.kind, "loss": "per-sequence mean target-token NLL",
             "param_regex": cfg.grads.param_regex or "", "at": cfg.fisher.at}
+    if F_target is not None:  # F_L's rows: the same training rows (target) or the held-out validation rows
+        meta["n_samples_at_optimum"] = len(rows)
     save_fisher(paths.FISHER, F, gL, meta, F_target)
     write_json(paths.METRICS / "fisher.json", {**meta, **fisher_summary(F, gL, F_target),
                                                "seconds": round(time.time() - t0, 2)})

@@ -151,7 +151,7 @@ def test_repro_writes_every_artifact(dvc_project):
     assert summary["lwf_ga"]["d_u_nll"] > summary["vanilla"]["d_u_nll"]
     conf = json.loads((proj / "metrics/confidence.json").read_text())
     assert 0 <= conf["auroc"]["optimum_distance"] <= 1
-    assert conf["score"] == "optimum_distance" and (df["confidence"] == df["score_optimum_distance"]).all()
+    assert conf["score"] == "cosine" and (df["confidence"] == df["score_cosine"]).all()  # the default (docs/confidence.md)
     pos = df.loc[df.forget_task == "lab_conflict", "score_fisher_distance"].to_numpy()
     neg = df.loc[df.forget_task != "lab_conflict", "score_fisher_distance"].to_numpy()
     pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()  # AUROC by definition

@@ -68,6 +68,37 @@ def test_optimum_distance_equals_the_formula_on_explicit_vectors(setting, rows):
     assert not np.allclose(base["score_optimum_distance"], df["score_optimum_distance"], rtol=1e-3)
 
 
+def test_sample_dependent_share_equals_brute_force(setting, rows):
+    """opt_sample_share = (FC(x) - FC at g_x = 0) / FC(x), FC evaluated on explicit parameter vectors
+    (theta*(x) = theta_base - alpha g_x vs theta_base itself), and the stage metrics' constant is
+    FC at g_x = 0: 1/2 sum F_L (theta_base - theta*_L)^2. An alpha where the share is not tiny, and
+    one where the constant is nearly all of the score (today's lab: the test tells the two apart)."""
+    from pipeline.confidence import published_form_stats
+
+    model, tok, star, delta, F, gL, F_L = setting
+    theta_base, theta_star = flat(model), flat(star)
+    f = torch.cat([F_L[n].double().flatten() for n, _ in model.named_parameters()])
+    const = float(0.5 * (f * (theta_base - theta_star) ** 2).sum())
+    per = brute_grads(model, tok, samples(rows))
+    for alpha in (0.3, 1e-4):
+        df = confidence_scores(model, tok, samples(rows), F, gL, 48, chunk_size=4, optimum=delta, alpha=alpha,
+                               fisher_L=F_L)
+        ref = []
+        for i, g in enumerate(per):
+            full = float(0.5 * (f * (theta_base - alpha * g - theta_star) ** 2).sum())
+            ref.append((full - const) / full)
+            assert df.loc[i, "opt_sample_part"] == pytest.approx(full - const, rel=1e-4, abs=1e-12 * const), (alpha, i)
+        assert df["opt_sample_share"].to_numpy() == pytest.approx(ref, rel=1e-4, abs=1e-9), alpha
+        stats = published_form_stats(df)
+        assert stats["constant"] == pytest.approx(const, rel=1e-6)
+        assert stats["sample_share_median"] == pytest.approx(float(np.median(ref)), rel=1e-4, abs=1e-9)
+        assert stats["sample_share_abs_median"] == pytest.approx(float(np.median(np.abs(ref))), rel=1e-4, abs=1e-9)
+        if alpha == 0.3:
+            assert stats["sample_share_abs_median"] > 0.05
+        else:
+            assert stats["sample_share_abs_median"] < 0.05
+
+
 def _order(x) -> list[int]:
     return list(np.argsort(np.asarray(x), kind="stable"))
 
@@ -87,7 +118,7 @@ def test_small_alpha_ranks_like_the_directional_term_large_alpha_like_the_sample
 
 
 # ---------------------------------------------------------------- the stages read theta*_L from its artifact
-def _project(tmp_path, tiny, rows):
+def _project(tmp_path, tiny, rows, fisher_at="target", optimum_extra=None):
     from datasets import Dataset, DatasetDict
 
     from pipeline import paths
@@ -101,9 +132,9 @@ def _project(tmp_path, tiny, rows):
                        "truncated": [False] * len(SAMPLES)})
     write_parquet(paths.SELF_KNOWLEDGE, sk)
     return parse_config({
-        "data": {"max_length": 48}, "fisher": {"n_samples": 12, "at": "target"},
-        "optimum": {"steps": 5, "lr": 1e-2, "batch_size": 4, "warmup_steps": 1, "seed": 3},
-        "confidence": {"alpha": 0.3, "probe": {"steps": 2, "lr": 1e-3, "batch_size": 4, "seed": 0}},
+        "data": {"max_length": 48}, "fisher": {"n_samples": 12, "at": fisher_at},
+        "optimum": {"steps": 5, "lr": 1e-2, "batch_size": 4, "warmup_steps": 1, "seed": 3, "n_validation": 0, **(optimum_extra or {})},
+        "confidence": {"score": "optimum_distance", "alpha": 0.3, "probe": {"steps": 2, "lr": 1e-3, "batch_size": 4, "seed": 0}},
     })
 
 
@@ -151,10 +182,55 @@ def test_confidence_stage_reads_theta_star_from_the_optimum_artifact(tmp_path, t
     assert np.allclose(df2["score_fisher_distance"], df["score_fisher_distance"])  # the other scores do not read it
 
 
+def test_heldout_fisher_and_early_stopping_in_the_stages(tmp_path, tiny, rows, monkeypatch):
+    """optimum.n_validation + fisher.at heldout: the optimum stage keeps the step of the lowest
+    validation NLL (its theta.<param> = a plain run of exactly best_step steps), the fisher stage's
+    F_L is the per-sample Fisher at that theta*_L over the learning task's VALIDATION rows (not its
+    training rows), and metrics/confidence.json reports the published form's constant and share."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from pipeline import paths
+    from pipeline.optimum import validation_rows
+    from stages import confidence as conf_stage
+    from stages import fisher as fisher_stage
+    from stages import optimum as optimum_stage
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _project(tmp_path, tiny, rows, "heldout", {"n_validation": 6, "eval_every": 1, "patience": 2})
+    model, tok = tiny
+    for st in (optimum_stage, fisher_stage, conf_stage):
+        st.run(cfg)
+    m = json.loads((paths.METRICS / "optimum.json").read_text())
+    curve = {int(k): v for k, v in m["val_curve"].items()}
+    assert sorted(curve) == list(range(m["steps_run"] + 1)) and m["best_step"] == min(curve, key=curve.get)
+    assert m["steps"] == m["best_step"] and m["max_steps"] == 5 and m["n_validation"] == 6
+    star = copy.deepcopy(model)
+    plain_finetune(star, tok, rows, m["best_step"], 1e-2, 4, 3, 48, warmup_steps=1)
+    tensors = load_file(str(paths.OPTIMUM))
+    assert all(torch.equal(tensors[f"theta.{n}"], p) for n, p in star.named_parameters())
+
+    val = validation_rows(cfg.data.learn, 6, cfg.data.seed)
+    assert not {r["prompt"] for r in val} & {r["prompt"] for r in rows}
+    f_val, _ = fisher_and_mean_grad(star, tok, val, 48)
+    f_train, _ = fisher_and_mean_grad(star, tok, rows, 48)
+    saved = load_file(str(paths.FISHER))
+    for n, _ in model.named_parameters():
+        assert torch.allclose(saved[f"fisher_target.{n}"], f_val[n], rtol=1e-4, atol=1e-12), n
+    assert not all(torch.allclose(saved[f"fisher_target.{n}"], f_train[n], rtol=1e-2) for n, _ in model.named_parameters())
+    stats = json.loads((paths.METRICS / "confidence.json").read_text())["optimum_distance"]
+    const = 0.5 * sum(float((f_val[n].double() * (tensors[f"delta.{n}"]) ** 2).sum()) for n, _ in model.named_parameters())
+    assert stats["constant"] == pytest.approx(const, rel=1e-4)
+
+
 def test_new_params_are_validated_by_name():
     from pipeline.config import ConfigError
 
     for raw, needle in (({"confidence": {"alpha": 0}}, "confidence.alpha"), ({"fisher": {"at": "middle"}}, "fisher.at"),
+                        ({"optimum": {"n_validation": -1}}, "optimum.n_validation"),
+                        ({"optimum": {"eval_every": 0}}, "optimum.eval_every"),
+                        ({"optimum": {"patience": 0}}, "optimum.patience"),
                         ({"optimum": {"steps": 0}}, "optimum.steps"), ({"optimum": {"lr": -1}}, "optimum.lr"),
                         ({"optimum": {"warmup_steps": -1}}, "optimum.warmup_steps"),
                         ({"optimum": {"typo": 1}}, "optimum.typo"),

@@ -19,6 +19,9 @@ ROW_FIELDS = ("prompt", "target", "answer")
 class Task:
     name: str = ""
     has_gold: bool = True  # False: prompts only (the forgetting task's knowledge is what the model says)
+    # True: load("validation", ...) gives rows of the task's own validation split, disjoint from train and
+    # test (early stopping of the optimum stage, fisher.at: heldout); False where it is missing or aliases test
+    has_validation: bool = False
     scoring: str = "generate"  # generate: greedy generation + extraction; loglik: option log-likelihood ranking
     stop: tuple[str, ...] = ()  # strings that end a response (generation is cut before the first one)
 

@@ -143,6 +143,7 @@ SST5_LABELS = ("very negative", "negative", "neutral", "positive", "very positiv
 class SST5(ChoiceTask):
     """5-class sentiment (SetFit/sst5): the answer is a label word."""
     name: str = "sst5"
+    has_validation: bool = True  # SetFit/sst5's own validation split (vendored: 300 rows)
 
     def with_options(self, options):
         if options.get("continuations", "texts") != "texts":

@@ -87,6 +87,7 @@ def _take(pool: list, n: int, seed: int) -> list:
 @dataclass(frozen=True)
 class LabLearn(Task):
     name: str = "lab_learn"
+    has_validation: bool = True  # its own pool, learn_validation
 
     def load(self, split, n, seed, options):
         pool = name_pool(f"learn_{split}")
