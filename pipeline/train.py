@@ -26,8 +26,8 @@ Unlearning step on a D_U batch, U = mean_b objective(row b) (for `ga`: -mean_b l
     shared    AdamW step on alpha * U with the learning steps' AdamW state at the unscheduled `lr`:
               an ablation that documents the defect (mostly one more learning step)
 
-Override points (subclass `Finetune`): `learning_loss`, `unlearning_loss`, and `Callback`s after
-every learning step and every event. `Checkpoint` (pipeline/checkpoint.py) resumes a killed run to
+Override points (subclass `Finetune`): `learning_loss`, `unlearning_loss`, and `Callback`s
+(pipeline/callbacks.py) after every learning step and every event. The schedule: pipeline/schedule.py. `Checkpoint` (pipeline/checkpoint.py) resumes a killed run to
 the same final weights.
 
 From your own script (no DVC):
@@ -56,36 +56,10 @@ from .bss import bss_term, pooled_target_features
 from .data import Stream, collate, encode_rows, forward_token_nll, n_target_tokens, reference_nll_sums
 from .guard import Guard
 from .objectives import OBJECTIVES
+from .schedule import build_schedule, learning_steps
 from .step import autocast_context, lr_scheduler, optimizer_step, row_losses
 
 log = logging.getLogger("lwf")
-
-
-def build_schedule(max_steps: int, unlearn_every: int, schedule: str, joint: bool = False) -> list[str]:
-    """The ordered events of a run: 'learn', 'unlearn' (a step of its own) and, with `joint`,
-    'joint' (a learning step that also carries the unlearning term)."""
-    if schedule == "none":
-        return ["learn"] * max_steps
-    if schedule == "early":
-        if joint:
-            raise ValueError("unlearn 'early' has no learning step to join under unlearn_optimizer 'joint'")
-        return ["unlearn"] * (max_steps // unlearn_every) + ["learn"] * max_steps
-    if schedule == "periodic":
-        events = []
-        for s in range(1, max_steps + 1):
-            due = s % unlearn_every == 0
-            events.append("joint" if due and joint else "learn")
-            if due and not joint:
-                events.append("unlearn")
-        return events
-    raise ValueError(f"unknown unlearning schedule {schedule!r}")
-
-
-def learning_steps(cfg, method) -> int:
-    """`max_steps`, plus one per scheduled unlearning step for a method with `match_steps`
-    (vanilla_matched) when unlearning takes optimizer steps of its own."""
-    extra = cfg.max_steps // method.unlearn_every if method.match_steps and method.unlearn_optimizer != "joint" else 0
-    return cfg.max_steps + extra
 
 
 @dataclass
@@ -349,39 +323,6 @@ class Finetune:
             "weights_finite": bool(finite),
             "d_u_size": len(self.unlearn_rows),
         }
-
-
-class Callback:
-    """Observes a run: `on_learn_step` after every learning step, `on_event_end` after every event
-    (and after the checkpoint that event may write)."""
-
-    def on_learn_step(self, run: Finetune, step: int) -> None:
-        pass
-
-    def on_event_end(self, run: Finetune) -> None:
-        pass
-
-
-class StopAfter(Callback):
-    """Interrupts the run (KeyboardInterrupt, as Ctrl-C would) after `n` events: the resume tests'
-    simulated crash. The loop saves the checkpoint before the interrupt leaves it."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def on_event_end(self, run: Finetune) -> None:
-        if run.state.event >= self.n:
-            raise KeyboardInterrupt(f"simulated crash after {run.state.event} events")
-
-
-class OnLearnStep(Callback):
-    """Calls `fn(model, step)` after every learning step (learning curves, calibration)."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def on_learn_step(self, run: Finetune, step: int) -> None:
-        self.fn(run.model, step)
 
 
 def finetune(model, tok, learn_rows: list[dict], unlearn_rows: list[dict], cfg, method, seed: int,

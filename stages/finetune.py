@@ -13,8 +13,9 @@ from pipeline.config import control_skipped
 from pipeline.confidence import unlearn_set_with_references
 from pipeline.io import atomic_path, write_csv
 from pipeline.models import gather_whole, load_model, plain_model, trainable_model
+from pipeline.schedule import learning_steps
 from pipeline.stage import UserError, load_rows, main, stage
-from pipeline.train import finetune, learning_steps
+from pipeline.train import finetune
 
 log = logging.getLogger("lwf")
 

@@ -10,7 +10,8 @@ import torch
 
 from pipeline.config import FinetuneConfig, LabConfig, MethodConfig
 from pipeline.models import tiny_llama
-from pipeline.train import StopAfter, finetune
+from pipeline.callbacks import StopAfter
+from pipeline.train import finetune
 
 RECIPE = dict(max_steps=12, batch_size=4, lr=3e-4, warmup_steps=0)
 

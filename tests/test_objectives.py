@@ -14,7 +14,8 @@ from pipeline.config import ConfigError, FinetuneConfig, MethodConfig, parse_con
 from pipeline.data import collate, encode_rows, forward_token_nll
 from pipeline.objectives import OBJECTIVES
 from pipeline.data import n_target_tokens, reference_nll_sums
-from pipeline.train import Finetune, StopAfter, finetune
+from pipeline.callbacks import StopAfter
+from pipeline.train import Finetune, finetune
 
 N = 12  # learning steps before the unlearning step
 

@@ -187,7 +187,8 @@ def test_one_unlearning_step_raises_its_batch_nll(base, data, table, cfg):
     taken before any learning step (`early`), then the run is stopped."""
     from pipeline.config import MethodConfig
     from pipeline.confidence import unlearn_set
-    from pipeline.train import StopAfter, finetune
+    from pipeline.callbacks import StopAfter
+    from pipeline.train import finetune
 
     model, tok, _ = base
     model = copy.deepcopy(model)

@@ -8,7 +8,9 @@ from pipeline.config import FinetuneConfig, MethodConfig
 from pipeline.data import collate, encode_rows, forward_loss
 from pipeline.data import Stream
 from pipeline.bss import bss_term
-from pipeline.train import StopAfter, build_schedule, finetune
+from pipeline.callbacks import StopAfter
+from pipeline.schedule import build_schedule
+from pipeline.train import finetune
 
 
 def test_periodic_schedule_fires_at_multiples():

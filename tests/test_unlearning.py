@@ -12,7 +12,8 @@ import torch
 
 from pipeline.config import FinetuneConfig, MethodConfig
 from pipeline.grads import ascent_direction
-from pipeline.train import StopAfter, finetune
+from pipeline.callbacks import StopAfter
+from pipeline.train import finetune
 
 N = 12  # learning steps before the unlearning step
 
@@ -123,7 +124,7 @@ def test_lr_schedule_warms_up_then_decays_to_zero(tiny, rows, schedule):
 
 
 def test_vanilla_matched_takes_the_extra_steps(tiny, rows, d_u):
-    from pipeline.train import learning_steps
+    from pipeline.schedule import learning_steps
 
     cfg35, ukw = _cfg("separate", max_steps=35, unlearn_every=4)
     assert learning_steps(cfg35, _method(ukw, match_steps=True)) == 43

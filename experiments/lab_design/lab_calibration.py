@@ -30,7 +30,8 @@ from pipeline.lab import control_lab, pretrain_lab  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
 from pipeline.report import paired_bootstrap  # noqa: E402
 from pipeline.tasks import get_task, prepared_rows  # noqa: E402
-from pipeline.train import OnLearnStep, finetune  # noqa: E402
+from pipeline.callbacks import OnLearnStep  # noqa: E402
+from pipeline.train import finetune  # noqa: E402
 
 
 def curve(model, tok, cfg, at: list[int], seed, learn, val, d_u=(), method=MethodConfig()) -> dict[int, np.ndarray]:

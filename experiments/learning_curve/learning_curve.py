@@ -84,7 +84,8 @@ def main():
     from pipeline.models import load_model, load_packaged, trainable_model
     from pipeline.prefix_cache import enable_prefix_cache
     from pipeline.tasks import get_task, prepared_rows
-    from pipeline.train import OnLearnStep, finetune
+    from pipeline.callbacks import OnLearnStep
+    from pipeline.train import finetune
 
     cfg = load_config(a.preset)
     learn_upd = {**({"n_train": a.n_train} if a.n_train else {}),

@@ -20,7 +20,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -35,7 +34,7 @@ from pipeline.data import encode_rows  # noqa: E402
 from pipeline.fisher import fisher_and_mean_grad  # noqa: E402
 from pipeline.grads import iter_per_sample_grads, select_params  # noqa: E402
 from pipeline.models import load_model, trainable_model  # noqa: E402
-from pipeline.optimum import load_theta, optimum_delta, validation_rows  # noqa: E402
+from pipeline.optimum import optimum_delta, validation_rows  # noqa: E402
 from pipeline.stage import load_rows  # noqa: E402
 
 ATS = ("heldout", "target", "base")  # the rule's tie order

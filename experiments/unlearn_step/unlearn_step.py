@@ -21,7 +21,8 @@ from experiments._common import lab_model, lab_rows, machine, table  # noqa: E40
 
 from pipeline.config import FinetuneConfig, MethodConfig, load_config  # noqa: E402
 from pipeline.grads import ascent_direction  # noqa: E402
-from pipeline.train import StopAfter, finetune  # noqa: E402
+from pipeline.callbacks import StopAfter  # noqa: E402
+from pipeline.train import finetune  # noqa: E402
 
 N = 12
 

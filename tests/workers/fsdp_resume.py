@@ -16,7 +16,8 @@ from pipeline.config import SELECTIONS
 from pipeline.config import load_config
 from pipeline.models import load_model
 from pipeline.stage import load_rows
-from pipeline.train import StopAfter, finetune
+from pipeline.callbacks import StopAfter
+from pipeline.train import finetune
 
 
 def d_u(cfg) -> list[dict]:
