@@ -163,6 +163,7 @@ NOT_RUN = {  # study scripts whose cheapest real path is a whole pipeline run or
     "real_confidence": "SmolLM2-135M through the confidence stage (~8 min)",
     "learning_curve": "SmolLM2-135M fine-tunes of 150 steps scored on SST-5 validation (~8 min a seed)",
     "objective_frontier_real": "36+ SmolLM2-135M fine-tunes in a finished `dvc repro` of the powered preset (~1 h)",
+    "published_confidence": "a project after `dvc repro confidence` (the lab pretraining first), then theta*_L per grid point",
 }
 
 

@@ -1,6 +1,6 @@
 """The published confidence with sound estimates (README.md here: question, rule, result).
 
-    python experiments/published_confidence/study.py PROJECT --out DIR [--n-val 200] [--max-steps 300]
+    python experiments/published_confidence/published_confidence.py PROJECT --out DIR [--n-val 200] [--max-steps 300]
         [--eval-every 10] [--patience 5] [--split-seed 0]
 
 PROJECT: a lab project after `dvc repro confidence` (artifacts/base_model, data/learn,
