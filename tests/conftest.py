@@ -77,23 +77,25 @@ def eval_result():
     return make
 
 
+def markdown_table_rows(text: str, title: str) -> list[list[str]]:
+    """The body rows (lists of stripped cells) of the first markdown table after the line containing
+    `title` (the tables the benchmark and study scripts print)."""
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if title in ln)
+    body = []
+    for ln in lines[start + 1:]:
+        if ln.startswith("|"):
+            body.append([c.strip() for c in ln.strip().strip("|").split("|")])
+        elif body:
+            break
+    assert len(body) >= 3, text  # header, rule, at least one row
+    return body[2:]
+
+
 @pytest.fixture(scope="session")
 def table_rows():
-    """`table_rows(text, title)`: the body rows (lists of stripped cells) of the first markdown table
-    after the line containing `title` (the tables the benchmark and study scripts print)."""
-    def rows(text: str, title: str) -> list[list[str]]:
-        lines = text.splitlines()
-        start = next(i for i, ln in enumerate(lines) if title in ln)
-        body = []
-        for ln in lines[start + 1:]:
-            if ln.startswith("|"):
-                body.append([c.strip() for c in ln.strip().strip("|").split("|")])
-            elif body:
-                break
-        assert len(body) >= 3, text  # header, rule, at least one row
-        return body[2:]
-
-    return rows
+    """`table_rows(text, title)`: `markdown_table_rows` as a fixture."""
+    return markdown_table_rows
 
 
 class Scripted(torch.nn.Module):

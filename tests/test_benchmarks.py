@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import markdown_table_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -34,18 +35,7 @@ def _fresh(name):
     return mod
 
 
-def _table(out: str, title: str) -> list[list[str]]:
-    """The body rows of the markdown table printed under a title line containing `title`."""
-    lines = out.splitlines()
-    start = next(i for i, ln in enumerate(lines) if title in ln)
-    rows = []
-    for ln in lines[start + 1:]:
-        if ln.startswith("|"):
-            rows.append([c.strip() for c in ln.strip("|").split("|")])
-        elif rows:
-            break
-    assert len(rows) >= 3, out  # header, rule, at least one row
-    return rows[2:]
+_table = markdown_table_rows
 
 
 def _needs_smollm2():
