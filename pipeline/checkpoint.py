@@ -71,7 +71,7 @@ class Checkpoint:
             log.info("stage finetune: ignoring checkpoint %s (made with other settings, data or base model)", self.path)
             return False
         dist.load_full_state(run.model, run.optimizer, saved["model"], saved["optimizer"])
-        if run.unlearn_optimizer is not None:  # (the model's state again: the call sets both)
+        if saved.get("unlearn_optimizer") is not None:  # (the model's state again: the call sets both)
             dist.load_full_state(run.model, run.unlearn_optimizer, saved["model"], saved["unlearn_optimizer"])
         run.scheduler.load_state_dict(saved["scheduler"])
         run.state = type(run.state)(**saved["state"])
@@ -84,7 +84,8 @@ class Checkpoint:
         from .io import atomic_path
 
         model_state, optimizer_state = dist.full_state(run.model, run.optimizer)  # a collective under FSDP
-        unlearn_state = dist.full_state(run.model, run.unlearn_optimizer)[1] if run.unlearn_optimizer is not None else None
+        unlearning = run.unlearn_optimizer  # plain SGD keeps no state: nothing to save (and FSDP's loader refuses none)
+        unlearn_state = dist.full_state(run.model, unlearning)[1] if unlearning is not None and unlearning.state else None
         with atomic_path(self.path) as tmp:
             torch.save({"fingerprint": self.fingerprint, "model": model_state, "optimizer": optimizer_state,
                         "unlearn_optimizer": unlearn_state, "scheduler": run.scheduler.state_dict(),

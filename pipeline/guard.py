@@ -69,14 +69,15 @@ class Guard:
     @torch.no_grad()
     def nll(self, model, device) -> float:
         """Mean over the guard rows of each row's mean target-token NLL (all processes together)."""
-        mine = dist.shard(list(range(len(self.encs))))
+        mine, n_real = dist.shard_even(list(range(len(self.encs))))  # every rank as many forwards (FSDP)
         total = torch.zeros((), dtype=torch.float64, device=device)
         was_training = model.training
         model.eval()
         for start in range(0, len(mine), 32):
             batch = collate([self.encs[i] for i in mine[start:start + 32]], self.pad_id, device)
             nll, mask, _ = forward_token_nll(model, batch)
-            total += row_losses(nll, mask).double().sum()
+            real = max(0, min(32, n_real - start))  # the padding copies are not summed
+            total += row_losses(nll, mask)[:real].double().sum()
         model.train(was_training)
         return (dist.all_reduce_sum_(total) / max(1, len(self.encs))).item()
 
