@@ -211,3 +211,12 @@ def reference_nll_sums(model, encs: list, pad_id: int, batch_size: int = 64) -> 
     mean = sequence_nlls(model, encs, pad_id, batch_size).cpu()
     model.train(was_training)
     return mean * torch.tensor([n_target_tokens(e) for e in encs], dtype=torch.float64)
+
+
+def given_reference_sums(rows: list[dict], encs: list) -> torch.Tensor | None:
+    """S_ref per row from the rows' own `ref_nll` (mean token NLL under the reference model, e.g. the
+    confidence table's `nll_base`) times the row's target-token count; None unless every row has it."""
+    if not all("ref_nll" in r for r in rows):
+        return None
+    n = torch.tensor([n_target_tokens(e) for e in encs], dtype=torch.float64)
+    return torch.tensor([float(r["ref_nll"]) for r in rows], dtype=torch.float64) * n

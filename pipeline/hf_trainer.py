@@ -34,7 +34,7 @@ import os
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .data import Stream, collate, encode_rows, forward_token_nll, reference_nll_sums
+from .data import Stream, collate, encode_rows, forward_token_nll, given_reference_sums, reference_nll_sums
 from .guard import Guard
 from .objectives import OBJECTIVES
 from .step import clipped_update
@@ -137,12 +137,8 @@ class LWFTrainer(Trainer):
         return taken
 
     def _reference(self) -> torch.Tensor:
-        if all("ref_nll" in r for r in self.unlearn_rows):
-            from .data import n_target_tokens
-
-            n = torch.tensor([n_target_tokens(e) for e in self.unlearn_encs], dtype=torch.float64)
-            return torch.tensor([float(r["ref_nll"]) for r in self.unlearn_rows], dtype=torch.float64) * n
-        return reference_nll_sums(self.model, self.unlearn_encs, self.tok.pad_token_id)
+        given = given_reference_sums(self.unlearn_rows, self.unlearn_encs)
+        return given if given is not None else reference_nll_sums(self.model, self.unlearn_encs, self.tok.pad_token_id)
 
     # -- checkpoints ------------------------------------------------------------------------------
 

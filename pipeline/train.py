@@ -53,7 +53,7 @@ from tqdm import tqdm
 from . import dist
 from .checkpoint import Checkpoint
 from .bss import bss_term, pooled_target_features
-from .data import Stream, collate, encode_rows, forward_token_nll, n_target_tokens, reference_nll_sums
+from .data import Stream, collate, encode_rows, forward_token_nll, given_reference_sums, reference_nll_sums
 from .guard import Guard
 from .objectives import OBJECTIVES
 from .schedule import build_schedule, learning_steps
@@ -128,9 +128,9 @@ class Finetune:
     def _reference(self) -> torch.Tensor:
         """S_ref of every D_U row: from the rows' `ref_nll` when they all carry it, else one forward
         of the starting model."""
-        if all("ref_nll" in r for r in self.unlearn_rows):
-            n = torch.tensor([n_target_tokens(e) for e in self.unlearn_encs], dtype=torch.float64)
-            return torch.tensor([float(r["ref_nll"]) for r in self.unlearn_rows], dtype=torch.float64) * n
+        given = given_reference_sums(self.unlearn_rows, self.unlearn_encs)
+        if given is not None:
+            return given
         if dist.is_fsdp(self.model):  # a forward before the optimizer exists would leave FSDP2's root unsharded
             raise ValueError("under FSDP the D_U rows must carry ref_nll (the confidence table's nll_base), as the "
                              "finetune stage passes them")
