@@ -125,6 +125,20 @@ def is_fsdp(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def reshard(model) -> None:
+    """Free the gathered weights FSDP2 keeps after a forward. The root keeps its own gathered after
+    every forward, expecting a backward; after a forward with no backward (the guard's measurement)
+    or an in-place change of the shards (the guard's undo), the next forward would otherwise run on
+    those stale copies. No-op without FSDP."""
+    if not is_fsdp(model):
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def adamw(params: list, lr: float, weight_decay: float):
     """torch.optim.AdamW over `params`, with the fused kernel where every parameter is a plain
     CPU or CUDA floating-point tensor (not an FSDP shard): the same update, one kernel for all

@@ -235,6 +235,7 @@ class Finetune:
         if not self.unlearning():
             return
         state, method = self.state, self.method
+        before = self.guard.nll(self.model, self.device) if self.guard.watching() else None
         idx = self.next_unlearn_batch()
         mine = dist.shard(idx)
         nll, mask, _, _ = self.forward(self.unlearn_encs, mine)
@@ -243,8 +244,7 @@ class Finetune:
         lr = self.cfg.lr if shared else method.unlearn_lr
         if not self.guard.allows(state.learn_steps, d_u_nll):
             return self.record("unlearn_stopped", d_u_nll, lr)
-        if self.guard.watching():
-            before = self.guard.nll(self.model, self.device)
+        if before is not None:
             saved = [p.detach().clone() for p in self.params]
         loss = self.unlearning_loss(nll, mask, mine, len(idx))
         if shared:
@@ -258,12 +258,13 @@ class Finetune:
             taken = self.take_step(loss, self.unlearn_optimizer)
         state.unlearn_taken += int(taken)
         self.record("unlearn", d_u_nll, lr)
-        if self.guard.watching():
+        if before is not None:
             after = self.guard.nll(self.model, self.device)
             if not self.guard.accepts(state.learn_steps, before, after):
                 with torch.no_grad():  # undo the step that did the damage
                     for p, old in zip(self.params, saved):
                         p.copy_(old)
+                dist.reshard(self.model)  # FSDP: the next forward gathers the restored shards
                 state.unlearn_taken -= int(taken)
                 self.record("unlearn_stopped", after, lr)
 

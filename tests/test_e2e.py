@@ -463,19 +463,23 @@ def test_two_processes_match_one(dvc_project, one_process, tmp_path, strategy):
 
 def test_fsdp_finetune_resumes_bit_identically(dvc_project, tmp_path):
     """launch.strategy fsdp (FSDP2, 2 CPU processes): each process holds about half of the
-    parameters, and a run stopped after a checkpoint and resumed ends with the weights of an
-    uninterrupted one, bit for bit."""
+    parameters, and a run stopped after a checkpoint and resumed ends with the weights and loss log of
+    an uninterrupted one, bit for bit, also when the guard has undone an unlearning step."""
     proj, _ = dvc_project
     raw = yaml.safe_load((proj / "params.yaml").read_text())
     raw["finetune"]["checkpoint_every"] = 2
     raw["launch"] = {"num_processes": 2, "mixed_precision": "no", "strategy": "fsdp"}
+    # the guard undoes the unlearning step at event 4, just before the checkpoint: the undone shards must be
+    # what the next forward sees (FSDP2 keeps the root's weights gathered after the guard's forward)
+    raw["methods"]["lwf"].update(unlearn_every=4, unlearn_lr=0.05, guard="graceful", guard_max_rise=0.01)
     params = tmp_path / "fsdp.yaml"
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     result = tmp_path / "resume.json"
     run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
          "--dynamo_backend", "no", str(ROOT / "tests/workers/fsdp_resume.py"), str(params), str(result)], proj)
     r = json.loads(result.read_text())
-    assert r["max_abs_diff"] == 0.0 and r["n_tensors"] > 0
+    assert r["guard"]["stopped_at"] == 4 and "raised the guard rows' NLL" in r["guard"]["reason"]
+    assert r["max_abs_diff"] == 0.0 and r["n_tensors"] > 0 and r["logs_equal"]
     assert 0.45 < r["shard_fraction"] <= 0.55
 
 

@@ -1,7 +1,8 @@
 """Run under `accelerate launch --num_processes 2` in a project that `dvc repro` made: the lwf
 fine-tune with launch.strategy fsdp, (a) uninterrupted and (b) "crashed" after a checkpoint and
-resumed; rank 0 writes the largest absolute weight difference between them and the fraction of the
-parameters one process held as JSON to argv[2]."""
+resumed; rank 0 writes the largest absolute weight difference between them, whether their loss
+logs are equal, the guard's record and the fraction of the parameters one process held as JSON to
+argv[2]."""
 import json
 import sys
 from pathlib import Path
@@ -32,11 +33,11 @@ def trained(cfg, ckpt=None, stop=None) -> dict:
     args = (model, tok, load_rows(paths.LEARN_DATA, "train"), d_u(cfg), cfg.finetune,
             cfg.methods["lwf"], 0, cfg.data.max_length, cfg.model.add_bos)
     try:
-        finetune(*args, ckpt_path=ckpt, run_id="fsdp-resume", callbacks=[StopAfter(stop)] if stop else ())
+        log, stats = finetune(*args, ckpt_path=ckpt, run_id="fsdp-resume", callbacks=[StopAfter(stop)] if stop else ())
     except KeyboardInterrupt:
         return {}
     shard = sum(p.to_local().numel() for p in model.parameters()) / sum(p.numel() for p in model.parameters())
-    return {"shard_fraction": shard, "state": dist.full_state(model)[0]}
+    return {"shard_fraction": shard, "state": dist.full_state(model)[0], "log": log, "guard": stats["guard"]}
 
 
 def main():
@@ -53,6 +54,7 @@ def main():
         a, b = ref["state"], resumed["state"]
         diff = max((a[k] - b[k]).abs().max().item() for k in a)
         Path(sys.argv[2]).write_text(json.dumps({"max_abs_diff": diff, "n_tensors": len(a),
+                                                 "logs_equal": ref["log"] == resumed["log"], "guard": ref["guard"],
                                                  "shard_fraction": ref["shard_fraction"]}))
 
 
