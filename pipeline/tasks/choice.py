@@ -141,26 +141,35 @@ SST5_LABELS = ("very negative", "negative", "neutral", "positive", "very positiv
 
 @dataclass(frozen=True)
 class SST5(ChoiceTask):
-    """5-class sentiment (SetFit/sst5): the answer is a label word."""
+    """5-class sentiment (SetFit/sst5): the answer is a label word. `options.labels`: the 5 words
+    for the classes very negative ... very positive (default: those words). Other words make the
+    task one the model has a wrong prior for (e.g. the list reversed: a very positive review is to
+    be answered "very negative") or no prior for (nonce words); the prompt lists them in class order."""
     name: str = "sst5"
     has_validation: bool = True  # SetFit/sst5's own validation split (vendored: 300 rows)
+    labels: tuple = SST5_LABELS
 
     def with_options(self, options):
         if options.get("continuations", "texts") != "texts":
             raise ValueError("options.continuations: sst5's prompt lists label words, not letters; use 'texts'")
-        return super().with_options(options)
+        labels = tuple(options.get("labels", SST5_LABELS))
+        if len(labels) != 5 or len({_norm(w) for w in labels}) != 5 or not all(isinstance(w, str) and w.strip()
+                                                                               for w in labels):
+            raise ValueError(f"options.labels must be 5 different words, one per class from very negative to very "
+                             f"positive (got {list(labels)})")
+        return replace(super().with_options(options), labels=tuple(w.strip() for w in labels))
 
     def load(self, split, n, seed, options):
         recs = load_records(options, split, hub_id="SetFit/sst5", required=("text", "label"))
-        return [{"prompt": f"Review: {r['text'].strip()}\nSentiment (very negative, negative, neutral, positive, "
-                           f"very positive):", "target": " " + SST5_LABELS[int(r["label"])],
-                 "answer": SST5_LABELS[int(r["label"])], "choices": list(SST5_LABELS)}
+        listed = ", ".join(self.labels)
+        return [{"prompt": f"Review: {r['text'].strip()}\nSentiment ({listed}):", "target": " " + self.labels[int(r["label"])],
+                 "answer": self.labels[int(r["label"])], "choices": list(self.labels)}
                 for r in sample(recs, n, seed)]
 
     def extract(self, text, choices=None):
         t = _norm(text)
-        hits = [(t.find(lab), -len(lab), lab) for lab in SST5_LABELS if lab in t]
+        hits = [(t.find(_norm(lab)), -len(lab), lab) for lab in (choices or self.labels) if _norm(lab) in t]
         return min(hits)[2] if hits else ""  # earliest mention; "very negative" beats "negative"
 
     def gold_index(self, row):
-        return SST5_LABELS.index(row["answer"])
+        return list(row.get("choices") or self.labels).index(row["answer"])
