@@ -8,10 +8,18 @@ shapes, dtypes and allocations, no data and no arithmetic), under torch's MemTra
 by kind: parameters, gradients, optimizer state, activations, temporaries) and FlopCounterMode:
 
 - fisher      `pipeline.fisher.fisher_and_mean_grad` on one chunk (grads.chunk_size samples)
-- confidence  `pipeline.confidence.confidence_sums` on one chunk, with F and g_L resident
+- optimum     theta*_L: a learning step (as finetune) while the stage holds theta_base's float64
+              snapshot of the grads.param_regex parameters (`pipeline.optimum.snapshot`) and the
+              early stopping's kept copy of the trainable weights
+- confidence  `pipeline.confidence.confidence_sums` on one chunk, with everything the stage holds
+              resident: F and g_L, F_L (`fisher.at` target/heldout), Delta_L of the optimum stage
+              and, with a probe, Delta_probe (each also as the float64 copy the sums use)
 - finetune    a learning step as `pipeline.train` takes it (forward_loss under the
               launch.mixed_precision autocast, backward, clip_grad_norm_, AdamW), after one
               untracked step that created the AdamW state
+- unlearn     an unlearning step of the preset's lwf: the graceful guard's copy of the trainable
+              weights (for the undo), forward and backward on a D_U batch (unlearn_batch_size),
+              clip, the step (SGD; AdamW state resident)
 - generation  elicit/evaluate: one forward over prompt + max_new_tokens positions with the KV cache
               (the cache's final size), logits of the last position only, batch = elicit.batch_size
 
@@ -66,6 +74,7 @@ MODEL_CONFIGS = {
     "HuggingFaceTB/SmolLM2-135M": SMOLLM2_135M,
 }
 GiB = 2 ** 30
+STAGES = ("fisher", "optimum", "confidence", "finetune", "unlearn", "generation")
 
 
 def model_config_for(name: str, path: str | None) -> dict:
@@ -139,24 +148,50 @@ def run_stage(name: str, model_config: dict, cfg, seq: int):
             fn = lambda: fisher_and_mean_grad(model, tok, rows, seq + 1, g.engine, g.chunk_size, g.param_regex)  # noqa: E731
         elif name == "confidence":
             params = select_params(model, g.param_regex)
-            F = {n: torch.empty(p.shape, dtype=torch.float32) for n, p in params.items()}
-            gL = {n: torch.empty(p.shape, dtype=torch.float32) for n, p in params.items()}
             encs = encode_rows(tok, rows_of_length(g.chunk_size, seq), seq + 1)
-            fn = lambda: confidence_sums(model, encs, tok.pad_token_id, F, gL, g.engine, g.chunk_size, g.param_regex)  # noqa: E731
-        elif name == "finetune":
-            model.train()
-            opt = torch.optim.AdamW(model.parameters(), lr=cfg.finetune.lr)
-            batch = collate(encode_rows(tok, rows_of_length(cfg.finetune.batch_size, seq), seq + 1), tok.pad_token_id)
 
-            def fn():
-                opt.zero_grad(set_to_none=True)
+            def fn():  # the stage's resident tensors (loaded inside, so that they are counted), then one chunk
+                like = lambda dtype: {n: torch.empty(p.shape, dtype=dtype) for n, p in params.items()}  # noqa: E731
+                F, gL = like(torch.float32), like(torch.float32)
+                F_L = like(torch.float32) if cfg.fisher.at in ("target", "heldout") else None
+                delta_L = like(torch.float64)  # artifacts/optimum.safetensors, loaded by the stage whatever the score
+                delta = like(torch.float64) if cfg.confidence.probe.steps else None
+                confidence_sums(model, encs, tok.pad_token_id, F, gL, g.engine, g.chunk_size, g.param_regex,
+                                delta=delta, optimum=delta_L, fisher_L=F_L)
+        elif name in ("finetune", "optimum", "unlearn"):
+            model.train()
+            lr = cfg.optimum.lr if name == "optimum" else cfg.finetune.lr
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+            lwf = cfg.methods["lwf"]
+            size = {"optimum": cfg.optimum.batch_size, "unlearn": lwf.unlearn_batch_size}.get(name, cfg.finetune.batch_size)
+            batch = collate(encode_rows(tok, rows_of_length(size, seq), seq + 1), tok.pad_token_id)
+
+            def step(optimizer):
+                optimizer.zero_grad(set_to_none=True)
                 with autocast_context(torch.device("cpu"), cfg.launch.mixed_precision):
                     losses, _ = forward_loss(model, batch)
                 losses.mean().backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.finetune.grad_clip)
-                opt.step()
+                optimizer.step()
 
-            fn()  # untracked: creates the AdamW state, so the tracked step is a steady-state one
+            step(opt)  # untracked: creates the AdamW state, so the tracked step is a steady-state one
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            if name == "finetune":
+                fn = lambda: step(opt)  # noqa: E731
+            elif name == "optimum":
+                from pipeline.optimum import snapshot
+
+                selected = list(select_params(model, g.param_regex))
+
+                def fn():
+                    held = (snapshot(model, selected), [p.detach().clone() for p in trainable])  # noqa: F841
+                    step(opt)
+            else:
+                sgd = torch.optim.SGD(trainable, lr=lwf.unlearn_lr)
+
+                def fn():
+                    saved = [p.detach().clone() for p in trainable] if lwf.guard == "graceful" else []  # noqa: F841
+                    step(sgd)
         elif name == "generation":
             ids = torch.zeros((cfg.elicit.batch_size, seq + cfg.elicit.max_new_tokens), dtype=torch.long)
 
@@ -203,15 +238,19 @@ def main(argv=None):
     t0 = time.time()
     results = []
     for seq in args.seq:
-        for stage in ("fisher", "confidence", "finetune", "generation"):
+        for stage in STAGES:
             kinds, flops, n_params, wbytes = run_stage(stage, model_config, cfg, seq)
             results.append({"seq": seq, "stage": stage, "peak_gib": kinds["total"] / GiB,
                             **{f"{k}_gib": v / GiB for k, v in kinds.items() if k != "total"},
                             "tflop_per_call": flops / 1e12})
     dbytes = torch.tensor([], dtype=getattr(torch, cfg.model.dtype)).element_size()
     cols = ["parameter", "optstate"]
+    lwf = cfg.methods["lwf"]  # the unlearning recipe of the preset's lwf
     call = {"fisher": f"chunk of {cfg.grads.chunk_size}", "confidence": f"chunk of {cfg.grads.chunk_size}",
+            "optimum": f"learning step, batch {cfg.optimum.batch_size}",
             "finetune": f"learning step, batch {cfg.finetune.batch_size}",
+            "unlearn": f"unlearning step, batch {lwf.unlearn_batch_size}"
+                       + (", + guard's copy" if lwf.guard == "graceful" else ""),
             "generation": f"batch {cfg.elicit.batch_size}, +{cfg.elicit.max_new_tokens} tokens"}
     table(f"Expected memory per process, {Path(args.params).name}: {model_name} "
           f"({model_config.get('model_type')}), "
@@ -229,7 +268,6 @@ def main(argv=None):
     n_eval = cfg.data.learn.n_test + sum(ref.n_test for ref in cfg.data.forget)
     trained = [m for m in cfg.run.methods if cfg.methods[m].train]  # `base` (train: false) copies the weights
     runs = len(trained) * len(cfg.run.seeds)
-    lwf = cfg.methods["lwf"]  # the unlearning recipe of the preset's lwf
     unlearn_steps = cfg.finetune.max_steps // lwf.unlearn_every
     decode_steps = lambda n: -(-n // cfg.elicit.batch_size) * cfg.elicit.max_new_tokens  # noqa: E731
     step_bytes = wbytes + cfg.elicit.batch_size * (seq + cfg.elicit.max_new_tokens) * kv_bytes_per_token(model_config, dbytes)
@@ -237,14 +275,22 @@ def main(argv=None):
     gen = lambda n: max(per["generation"] * -(-n // cfg.elicit.batch_size) / flops_s, decode_steps(n) * step_bytes / bw)  # noqa: E731
     chunks = lambda n: -(-n // cfg.grads.chunk_size)  # noqa: E731
     ft_steps = cfg.finetune.max_steps + unlearn_steps
+    o = cfg.optimum
+    fwd_row = per["finetune"] / cfg.finetune.batch_size / 3  # a forward of one row: a third of forward + backward
+    chunks_of = lambda n, k: -(-n // k)  # noqa: E731
+    n_val_passes = (o.steps // o.eval_every + 1) if o.eval_every else 0
+    guard_passes = 2 if lwf.guard == "graceful" else 0  # before and after the step; rows: learning + general text
     # (stage, roofline seconds, forward(+backward) calls: decoding steps, chunks, optimizer steps)
     est = [
         ("fisher", per["fisher"] * cfg.fisher.n_samples / cfg.grads.chunk_size / flops_s, chunks(cfg.fisher.n_samples)),
         ("elicit", gen(n_forget), decode_steps(n_forget)),
         ("confidence", per["confidence"] * n_forget / cfg.grads.chunk_size / flops_s, chunks(n_forget)),
-        (f"finetune x {runs}", runs * per["finetune"] * (cfg.finetune.max_steps + unlearn_steps
-                                                              * lwf.unlearn_batch_size / cfg.finetune.batch_size) / flops_s,
-         runs * ft_steps),
+        # the largest budget (early stopping may end it sooner) + a validation pass every eval_every steps
+        ("optimum", (o.steps * per["optimum"] + n_val_passes * o.n_validation * fwd_row) / flops_s,
+         o.steps + n_val_passes * chunks_of(o.n_validation, 64)),
+        # every unlearning step: its own step + the graceful guard's two passes over its rows
+        (f"finetune x {runs}", runs * (cfg.finetune.max_steps * per["finetune"] + unlearn_steps * (
+            per["unlearn"] + guard_passes * 2 * lwf.guard_rows * fwd_row)) / flops_s, runs * ft_steps),
         # + one evaluation per untrained method (scored once for every seed)
         (f"evaluate x {runs + len(cfg.run.methods) - len(trained)}", (runs + len(cfg.run.methods) - len(trained))
          * gen(n_eval), (runs + len(cfg.run.methods) - len(trained)) * decode_steps(n_eval)),

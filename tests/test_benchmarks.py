@@ -139,7 +139,7 @@ def test_paper_memory_quick(capsys, tmp_path):
     out = tmp_path / "mem.json"
     _fresh("paper_memory").main(["--quick", "--params", str(ROOT / "presets/smollm2_gpu.yaml"), "--json", str(out)])
     results = json.loads(out.read_text())["results"]
-    assert [r["stage"] for r in results] == ["fisher", "confidence", "finetune", "generation"]
+    assert [r["stage"] for r in results] == ["fisher", "optimum", "confidence", "finetune", "unlearn", "generation"]
     assert all(r["peak_gib"] > 0 for r in results) and capsys.readouterr().out
 
 
