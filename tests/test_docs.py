@@ -332,6 +332,42 @@ def test_readme_install_lines_cover_every_extra():
     assert ["pip", "install", "-e", "."] in installs
 
 
+def preset_commands() -> list[tuple[str, list[str], str]]:
+    """(file, argv, the text it applies to) for every command in the comments of presets/*.yaml: a
+    `dvc exp run -S` there applies to the params.yaml `lwf preset NAME` writes from that preset."""
+    found = []
+    for path in sorted((ROOT / "presets").glob("*.yaml")):
+        for line in path.read_text().splitlines():
+            comment = line.partition("#")[2]
+            m = re.search(r"(?<![\w.])(?:%s) \S.*" % "|".join(map(re.escape, COMMAND_WORDS[:5])), comment)
+            if m:
+                text = re.split(r"\s{2,}\(", m.group(0))[0].strip()  # a trailing "   (remark)"
+                found += [(_rel(path), argv, f"lwf preset {path.stem} && {text}") for argv in _shell_commands(text)]
+    return found
+
+
+def test_preset_comments_have_commands_to_check():
+    cmds = preset_commands()
+    assert len(cmds) >= 10 and {f for f, _, _ in cmds} == {_rel(p) for p in (ROOT / "presets").glob("*.yaml")}
+
+
+@pytest.mark.parametrize("file,argv,source", [pytest.param(f, a, s, id=f"{f}: {' '.join(a)}"[:120])
+                                              for f, a, s in preset_commands()])
+def test_every_command_in_a_preset_comment_is_checked(file, argv, source, tmp_path):
+    check(argv, source, file, tmp_path)
+
+
+def test_a_wrong_command_in_a_preset_comment_is_caught(tmp_path):
+    """A key config.py rejects, set from a preset's comment, fails (issue 35: `finetune.unlearn_optimizer`)."""
+    from dvc.exceptions import InvalidArgumentError
+
+    from pipeline.config import ConfigError
+
+    argv = ["dvc", "exp", "run", "-S", "finetune.unlearn_optimizer=separate"]
+    with pytest.raises((AssertionError, ConfigError, InvalidArgumentError)):
+        check(argv, "lwf preset smollm2_gpu && " + " ".join(argv), "presets/smollm2_gpu.yaml", tmp_path)
+
+
 def test_docs_have_commands_to_check():
     cmds = documented_commands()
     readme = [c for f, c, _ in cmds if f == "README.md"]
@@ -659,3 +695,28 @@ def test_the_headline_is_one_short_rendered_table():
     block = BLOCK.search(head)
     assert block and block.group(2).startswith("headline ") and tables[0][0] in block.group(3)
     assert "paper-sources.md" in head and "not available" in " ".join(head.split())  # what the paper reports, and what was not read
+
+
+STUDIES = sorted((ROOT / "experiments").glob("*/README.md"))
+
+
+@pytest.mark.parametrize("readme", STUDIES, ids=lambda p: p.parent.name)
+def test_every_study_labels_the_score_and_objective_it_used(readme):
+    """Each study script's section of its README says, under **Score and objective.**, which confidence score
+    ranked D_U and which unlearning objective ran (by name), or that the study used none."""
+    from pipeline.config import SCORES
+    from pipeline.objectives import OBJECTIVES
+
+    text = readme.read_text()
+    labels = re.findall(r"^\*\*Score and objective\.\*\* (.+?)(?:\n\n|\Z)", text, flags=re.M | re.S)
+    scripts = [h for h in re.findall(r"^## (.+)", text, flags=re.M) if re.match(r"\w+\.py\b", h)]
+    assert labels and len(labels) >= len(scripts), f"{_rel(readme)}: a study section without **Score and objective.**"
+    for label in labels:
+        label = " ".join(label.split())
+
+        def named(names):
+            return any(re.search(r"`[^`]*\b%s\b[^`]*`" % re.escape(n), label) for n in names)
+
+        names_score = named(SCORES) or re.search(r"Neither|[Nn]o confidence (score|ranking)", label)
+        names_objective = named(OBJECTIVES) or re.search(r"Neither|[Nn]o unlearning objective", label)
+        assert names_score and names_objective, f"{_rel(readme)}: the score or objective is not named: {label[:200]}"
