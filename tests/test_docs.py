@@ -720,3 +720,10 @@ def test_every_study_labels_the_score_and_objective_it_used(readme):
         names_score = named(SCORES) or re.search(r"Neither|[Nn]o confidence (score|ranking)", label)
         names_objective = named(OBJECTIVES) or re.search(r"Neither|[Nn]o unlearning objective", label)
         assert names_score and names_objective, f"{_rel(readme)}: the score or objective is not named: {label[:200]}"
+
+
+def test_contributing_lists_every_pipeline_module():
+    layout = "\n".join(markdown_tables((ROOT / "docs/contributing.md").read_text())[0])
+    missing = [p.name for p in (ROOT / "pipeline").glob("*.py") if f"`{p.name}`" not in layout
+               and f"`pipeline/{p.name}`" not in layout]
+    assert not missing, f"docs/contributing.md's layout omits {missing}"
