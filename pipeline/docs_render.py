@@ -10,7 +10,8 @@ A rendered block sits between two markers; everything between them is rewritten 
 Views: `table SOURCE [n=N[,M]] [rows=a,b] [cols=1,3] [header=a,b]` copies the N-th markdown table of SOURCE
 (1-based; further tables' rows appended; rows by their first cell, in the source's order; columns by 1-based
 index; `header` for a printout of bare rows); `headline FOLDER...` is one row per result
-folder (a `report` stage's summary.json and report.md). Paths are relative to the repository root.
+folder (a `report` stage's summary.json and report.md); `auroc_by_lab FOLDER...` is one row per lab seed of
+experiments/published_confidence (its summary.md). Paths are relative to the repository root.
 
 `python -m pipeline.docs_render` rewrites every block; `--check` only lists the pages whose blocks differ
 (exit 1), as tests/test_docs.py does.
@@ -103,7 +104,35 @@ def _headline(root: Path, *folders: str) -> str:
                       *(headline_row(root, f) for f in folders)])
 
 
-VIEWS = {"table": _table, "headline": _headline}
+# (column title, score, fisher.at, alpha) of experiments/published_confidence's summary tables, per lab seed
+AUROC_COLUMNS = [("cosine (default)", "cosine", "-", "-"), ("optimum_distance (base, 1)", "optimum_distance", "base", "1.0"),
+                 ("optimum_distance (heldout, 1e-6)", "optimum_distance", "heldout", "1e-06"),
+                 ("former default (target, 3e-4, 120 steps)", "optimum_distance_shipped", "-", "-"),
+                 ("loss_rise", "loss_rise", "-", "-"), ("fisher_distance", "fisher_distance", "-", "-")]
+
+
+def _auroc_by_lab(root: Path, *folders: str) -> str:
+    """One row per lab seed's `published_confidence.py --out` folder (summary.md): AUROC over all samples /
+    on the test half / conflicting share of D_U per score, and a last row of mean ± sd of the first."""
+    import statistics
+
+    header = ["lab seed", "theta*_L kept step (of run)", *(c[0] for c in AUROC_COLUMNS)]
+    lines, alls = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)], []
+    for folder in folders:
+        text = (root / folder / "summary.md").read_text()
+        kept, run = re.search(r"best step (\d+) \(of (\d+) run", text).groups()
+        rows = {tuple(cells(ln)[:3]): cells(ln) for ln in markdown_tables(text)[0][2:]}
+        picked = [rows[c[1:]] for c in AUROC_COLUMNS]
+        alls.append([float(r[5]) for r in picked])
+        row = [Path(folder).name.removeprefix("lab"), f"{kept} ({run})",
+               *(f"{r[5]} / {r[4].split()[0]} / {float(r[6]):.2f}" for r in picked)]
+        lines.append("| " + " | ".join(row) + " |")
+    stats = [f"{statistics.mean(col):.3f} ± {statistics.stdev(col):.3f}" for col in zip(*alls)]
+    lines.append("| " + " | ".join([f"mean ± sd over {len(folders)} (all)", "", *stats]) + " |")
+    return "\n".join(lines)
+
+
+VIEWS = {"table": _table, "headline": _headline, "auroc_by_lab": _auroc_by_lab}
 
 
 def render_block(spec: str, root: Path) -> str:

@@ -562,7 +562,8 @@ from pipeline.docs_render import BLOCK, markdown_tables, render_text, sources  #
 
 PAGES = DOCS  # the same pages the renderer rewrites (pipeline.docs_render.pages)
 # pages whose every table of measured figures is rendered or sits under an "Earlier runs" heading
-RESULT_PAGES = ["README.md", "docs/results-lab.md", "docs/results-real-lm.md", "docs/objectives.md"]
+RESULT_PAGES = ["README.md", "docs/results-lab.md", "docs/results-real-lm.md", "docs/objectives.md", "docs/confidence.md",
+                "docs/speed.md"]
 FIGURE = re.compile(r"(?<![\w.])[+\-−]?(\d+\.\d+)(?![\d+]|\.\d)")  # not a version (3.10+, 2.13.0)
 CITABLE = (".md", ".log", ".json", ".csv")
 
