@@ -563,7 +563,7 @@ from pipeline.docs_render import BLOCK, markdown_tables, render_text, sources  #
 PAGES = DOCS  # the same pages the renderer rewrites (pipeline.docs_render.pages)
 # pages whose every table of measured figures is rendered or sits under an "Earlier runs" heading
 RESULT_PAGES = ["README.md", "docs/results-lab.md", "docs/results-real-lm.md", "docs/objectives.md", "docs/confidence.md",
-                "docs/speed.md"]
+                "docs/speed.md", "docs/performance.md", "docs/lm-eval.md"]
 FIGURE = re.compile(r"(?<![\w.])[+\-−]?(\d+\.\d+)(?![\d+]|\.\d)")  # not a version (3.10+, 2.13.0)
 CITABLE = (".md", ".log", ".json", ".csv")
 
