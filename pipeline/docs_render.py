@@ -24,7 +24,7 @@ import shlex
 import sys
 from pathlib import Path
 
-BLOCK = re.compile(r"(<!-- rendered: (.+?) -->\n)(.*?)(<!-- /rendered -->)", re.S)
+BLOCK = re.compile(r"(<!-- rendered: ([^\n]+?) -->\n)(.*?)(<!-- /rendered -->)", re.S)
 # forgetting methods whose delta the headline compares (the base model, vanilla recipes and control are not)
 NOT_FORGETTING = {"base", "vanilla", "vanilla_matched", "control"}
 
