@@ -332,6 +332,42 @@ def test_readme_install_lines_cover_every_extra():
     assert ["pip", "install", "-e", "."] in installs
 
 
+def preset_commands() -> list[tuple[str, list[str], str]]:
+    """(file, argv, the text it applies to) for every command in the comments of presets/*.yaml: a
+    `dvc exp run -S` there applies to the params.yaml `lwf preset NAME` writes from that preset."""
+    found = []
+    for path in sorted((ROOT / "presets").glob("*.yaml")):
+        for line in path.read_text().splitlines():
+            comment = line.partition("#")[2]
+            m = re.search(r"(?<![\w.])(?:%s) \S.*" % "|".join(map(re.escape, COMMAND_WORDS[:5])), comment)
+            if m:
+                text = re.split(r"\s{2,}\(", m.group(0))[0].strip()  # a trailing "   (remark)"
+                found += [(_rel(path), argv, f"lwf preset {path.stem} && {text}") for argv in _shell_commands(text)]
+    return found
+
+
+def test_preset_comments_have_commands_to_check():
+    cmds = preset_commands()
+    assert len(cmds) >= 10 and {f for f, _, _ in cmds} == {_rel(p) for p in (ROOT / "presets").glob("*.yaml")}
+
+
+@pytest.mark.parametrize("file,argv,source", [pytest.param(f, a, s, id=f"{f}: {' '.join(a)}"[:120])
+                                              for f, a, s in preset_commands()])
+def test_every_command_in_a_preset_comment_is_checked(file, argv, source, tmp_path):
+    check(argv, source, file, tmp_path)
+
+
+def test_a_wrong_command_in_a_preset_comment_is_caught(tmp_path):
+    """A key config.py rejects, set from a preset's comment, fails (issue 35: `finetune.unlearn_optimizer`)."""
+    from dvc.exceptions import InvalidArgumentError
+
+    from pipeline.config import ConfigError
+
+    argv = ["dvc", "exp", "run", "-S", "finetune.unlearn_optimizer=separate"]
+    with pytest.raises((AssertionError, ConfigError, InvalidArgumentError)):
+        check(argv, "lwf preset smollm2_gpu && " + " ".join(argv), "presets/smollm2_gpu.yaml", tmp_path)
+
+
 def test_docs_have_commands_to_check():
     cmds = documented_commands()
     readme = [c for f, c, _ in cmds if f == "README.md"]
@@ -519,3 +555,178 @@ def test_ci_runs_the_test_commands_of_the_readme():
     _, blocks = _split_fences((ROOT / "README.md").read_text())
     readme = [argv for lang, body in blocks if lang == "bash" for argv in pytest_commands(body)]
     assert len(readme) == 2 and readme == pytest_commands((ROOT / ".ci/run").read_text())
+
+
+# ------------------------------------------------------------------ figures: rendered from files, cited figures in them
+from pipeline.docs_render import BLOCK, markdown_tables, render_text, sources  # noqa: E402
+
+PAGES = DOCS  # the same pages the renderer rewrites (pipeline.docs_render.pages)
+# tables with figures that are not measurements, per page: (how many, why)
+NOT_MEASURED = {"docs/artifacts.md": (1, "a format's constants"), "docs/contributing.md": (1, "file names"),
+                "docs/method.md": (1, "the methods' settings"), "docs/models-and-data.md": (1, "task definitions"),
+                "docs/objectives.md": (1, "the objectives' formulas and default arguments"),
+                "docs/gpu-and-scale.md": (7, "GPU memory and time estimates from arithmetic; no GPU was run")}
+FIGURE = re.compile(r"(?<![\w.])[+\-−]?(\d+\.\d+)(?![\d+]|\.\d)")  # not a version (3.10+, 2.13.0)
+CITABLE = (".md", ".log", ".json", ".csv")
+
+
+def test_every_rendered_block_matches_its_source():
+    """Each `<!-- rendered: ... -->` block is what `python -m pipeline.docs_render` writes from its source
+    today: a figure edited by hand, or a source rerun without re-rendering, fails here."""
+    stale, n = [], 0
+    for page in PAGES:
+        text = page.read_text()
+        n += len(BLOCK.findall(text))
+        for src in sources(text):
+            assert (ROOT / src).exists() and (ROOT / src).resolve().is_relative_to(ROOT), f"{_rel(page)}: {src}"
+        if render_text(text, ROOT) != text:
+            stale.append(_rel(page))
+    assert not stale, f"rendered blocks differ from their sources in {stale}: run `python -m pipeline.docs_render`"
+    assert n >= 10
+
+
+def test_a_figure_edited_by_hand_in_a_rendered_block_is_caught():
+    text = (ROOT / "README.md").read_text()
+    block = BLOCK.search(text)
+    edited = text[:block.start(3)] + block.group(3).replace("-0.047", "+0.047", 1) + text[block.end(3):]
+    assert edited != text and render_text(edited, ROOT) != edited
+
+
+def _prose_units(page: Path) -> list[str]:
+    """Paragraphs, list items and table rows of a page, outside fences and rendered blocks."""
+    text = BLOCK.sub("", page.read_text())
+    prose, _ = _split_fences(text)
+    units, cur = [], []
+    for line in prose.split("\n"):
+        new_item = re.match(r"\s*([-*]|\d+\.) ", line) or line.startswith("|")
+        if not line.strip() or new_item:
+            if cur:
+                units.append(" ".join(cur))
+            cur = [line] if line.strip() else []
+            if line.startswith("|"):
+                units.append(line)
+                cur = []
+        else:
+            cur.append(line)
+    return units + ([" ".join(cur)] if cur else [])
+
+
+def _is_result_file(path: Path) -> bool:
+    """A file that holds measured figures (or, for the paper, what is known of its figures)."""
+    rel = path.relative_to(ROOT).as_posix()
+    return (rel.startswith("docs/results/") or (rel.startswith("experiments/") and "/out/" in rel)
+            or rel == "docs/paper-sources.md")
+
+
+def _cited_files(page: Path, unit: str) -> list[Path]:
+    paths = [(page.parent / t.partition("#")[0]) for t in re.findall(r"\]\(([^)\s]+)\)", unit)]
+    paths += [ROOT / m for m in re.findall(r"(?<![\w/.])((?:docs/results|experiments)/[\w./\-]+\w)", unit)]
+    paths = [p.resolve() for p in paths if p.suffix in CITABLE and p.is_file()]
+    return [p for p in paths if p.is_relative_to(ROOT) and p != page.resolve() and _is_result_file(p)]
+
+
+def _figure_in(fig: str, text: str) -> bool:
+    if re.search(r"(?<![\d.])" + re.escape(fig) + r"(?!\d)", text):
+        return True
+    places = len(fig.split(".")[1])  # a longer float in a JSON or CSV file that prints as the figure
+    return any(f"{float(x):.{places}f}" == fig for x in re.findall(r"-?\d+\.\d{%d,}" % (places + 1), text))
+
+
+def cited_figures():
+    out = []
+    for page in PAGES:
+        for unit in _prose_units(page):
+            files = _cited_files(page, unit)
+            if files:
+                plain = re.sub(r"`[^`]*`|\]\([^)]*\)", "", unit)
+                out += [(_rel(page), m.group(1), files, unit) for m in FIGURE.finditer(plain)]
+    return out
+
+
+def test_each_figure_beside_a_cited_result_file_is_in_that_file():
+    """A paragraph, list item or table row that cites a result file (docs/results/..., a study's out/, or
+    docs/paper-sources.md) shows only figures that file holds."""
+    found = cited_figures()
+    bad = [f"{page}: {fig} is in none of {[_rel(f) for f in files]}: {unit[:160]}" for page, fig, files, unit in found
+           if not any(_figure_in(fig, f.read_text()) for f in files)]
+    assert not bad, "\n".join(bad)
+    assert len(found) >= 10
+
+
+def test_a_cited_figure_edited_by_hand_is_caught():
+    page, fig, files, unit = next(c for c in cited_figures() if c[0] == "README.md" and "paper-sources" in str(c[2]))
+    places = len(fig.split(".")[1])
+    wrong = f"{float(fig) + 10 ** -places:.{places}f}"  # the last digit one up
+    assert not any(_figure_in(wrong, f.read_text()) for f in files)
+
+
+def _tables_outside_rendered_and_earlier_runs(page: Path) -> list[str]:
+    text = BLOCK.sub("", page.read_text())
+    prose, _ = _split_fences(text)
+    out, earlier_level, table = [], None, []
+    for line in prose.split("\n") + [""]:
+        if m := re.match(r"^(#+) (.*)", line):
+            level = len(m.group(1))
+            if earlier_level and level <= earlier_level:
+                earlier_level = None
+            if m.group(2).startswith("Earlier runs"):
+                earlier_level = level
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if table and not earlier_level and any(FIGURE.search(r) for r in table[2:]):
+            out.append(table[0])
+        table = []
+    return out
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_rel)
+def test_results_tables_are_rendered_or_marked_as_earlier_runs(page):
+    """Every table of measured figures is rendered from a file, or sits in an "Earlier runs" section (typed
+    by hand from a run whose files are not kept); NOT_MEASURED names the tables of other figures."""
+    typed = _tables_outside_rendered_and_earlier_runs(page)
+    allowed, why = NOT_MEASURED.get(_rel(page), (0, ""))
+    assert len(typed) <= allowed, f"{_rel(page)}: tables typed by hand outside an Earlier runs section: {typed}"
+
+
+def test_the_headline_is_one_short_rendered_table():
+    text = (ROOT / "README.md").read_text()
+    head = text[text.index("## Headline results"):]
+    head = head[:head.index("\n## ")]
+    tables = markdown_tables(head)
+    assert len(tables) == 1 and len(tables[0]) <= 25, "the README headline: one table of at most 25 lines"
+    block = BLOCK.search(head)
+    assert block and block.group(2).startswith("headline ") and tables[0][0] in block.group(3)
+    assert "paper-sources.md" in head and "not available" in " ".join(head.split())  # what the paper reports, and what was not read
+
+
+STUDIES = sorted((ROOT / "experiments").glob("*/README.md"))
+
+
+@pytest.mark.parametrize("readme", STUDIES, ids=lambda p: p.parent.name)
+def test_every_study_labels_the_score_and_objective_it_used(readme):
+    """Each study script's section of its README says, under **Score and objective.**, which confidence score
+    ranked D_U and which unlearning objective ran (by name), or that the study used none."""
+    from pipeline.config import SCORES
+    from pipeline.objectives import OBJECTIVES
+
+    text = readme.read_text()
+    labels = re.findall(r"^\*\*Score and objective\.\*\* (.+?)(?:\n\n|\Z)", text, flags=re.M | re.S)
+    scripts = [h for h in re.findall(r"^## (.+)", text, flags=re.M) if re.match(r"\w+\.py\b", h)]
+    assert labels and len(labels) >= len(scripts), f"{_rel(readme)}: a study section without **Score and objective.**"
+    for label in labels:
+        label = " ".join(label.split())
+
+        def named(names):
+            return any(re.search(r"`[^`]*\b%s\b[^`]*`" % re.escape(n), label) for n in names)
+
+        names_score = named(SCORES) or re.search(r"Neither|[Nn]o confidence (score|ranking)", label)
+        names_objective = named(OBJECTIVES) or re.search(r"Neither|[Nn]o unlearning objective", label)
+        assert names_score and names_objective, f"{_rel(readme)}: the score or objective is not named: {label[:200]}"
+
+
+def test_contributing_lists_every_pipeline_module():
+    layout = "\n".join(markdown_tables((ROOT / "docs/contributing.md").read_text())[0])
+    missing = [p.name for p in (ROOT / "pipeline").glob("*.py") if f"`{p.name}`" not in layout
+               and f"`pipeline/{p.name}`" not in layout]
+    assert not missing, f"docs/contributing.md's layout omits {missing}"
