@@ -32,6 +32,8 @@ NOTES = {
     "model.lora": "e.g. {r: 8, alpha: 16, target_modules: [q_proj, v_proj]}: train LoRA adapters only",
     "model.trainable": "regex over parameter names: train only these (fisher, confidence, finetune)",
     "model.prefix_cache": "frozen blocks below `trainable`: once per row for the whole run (docs/speed.md)",
+    "model.files": "a file or folder base_model reads: the local model directory (a DVC dependency)",
+    "data.files": "a file or folder holding every local data file (a DVC dependency of prepare, optimum, fisher)",
     "model.lab": "the embedded model and its pretraining (base_model stage; used when model.name is lab)",
     "model.lab.conflict_weight": "share of conflicting facts in the pretraining corpus",
     "model.lab.conflict_noise": "share of those facts whose city is drawn at random (not by the rule)",
