@@ -227,9 +227,15 @@ def params_text(name: str, raw: dict | None = None) -> tuple[Config, str]:
 
 def write_params(name: str, path: str | os.PathLike = PARAMS_FILE) -> Config:
     """Write the full params file of preset `name`, atomically: the old file stays on any error."""
+    cfg, text = params_text(name)
+    write_atomic(path, text)
+    return cfg
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace the file at `path` by `text` in one step: the old file stays on any error."""
     import tempfile
 
-    cfg, text = params_text(name)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -242,7 +248,6 @@ def write_params(name: str, path: str | os.PathLike = PARAMS_FILE) -> Config:
     except BaseException:
         os.unlink(tmp)
         raise
-    return cfg
 
 
 def _yaml_load(text: str) -> Any:

@@ -77,7 +77,7 @@ def split_records(options: dict, split: str, required: tuple[str, ...]) -> list[
     """Records of `split`: its own file, else its carved share of the pool file (the pool keeps the rest)."""
     files = options.get("data_files") or {}
     pool, carve = carve_plan(options)
-    if split in files or pool is None or (split not in carve and split != pool):
+    if (split in files and not (split == pool and carve)) or pool is None or (split not in carve and split != pool):
         return load_records(options, split, required=required)
     recs = load_records(options, pool, required=required)
     idx = list(range(len(recs)))
