@@ -150,15 +150,16 @@ def check_rows(cfg, tok) -> list[str]:
         except (ValueError, KeyError) as e:
             out.append(_problem(key, e))
             continue
-        rows = {}
+        rows, failed = {}, {}
         for split in SPLITS:
             try:
                 rows[split] = prepared_rows(ref, seed, split)
             except (ValueError, KeyError, FileNotFoundError) as e:
-                out.append(_problem(key, e) + f" ({split} split)")
-        if kind == "learn" and cfg.optimum.n_validation and task.has_validation:
-            try:
-                task.load("validation", cfg.optimum.n_validation, cfg.data.seed + 1, ref.options)
+                failed.setdefault(_problem(key, e), []).append(split)
+        out += [f"{msg} ({' and '.join(splits)} split{'s' * (len(splits) > 1)})" for msg, splits in failed.items()]
+        if kind == "learn" and cfg.optimum.n_validation and task.has_validation and "train" in rows:
+            try:  # the optimum stage's early stopping encodes these too
+                rows["validation"] = task.load("validation", cfg.optimum.n_validation, cfg.data.seed + 1, ref.options)
             except (ValueError, KeyError, FileNotFoundError) as e:
                 out.append(_problem(key, e) + " (validation split; or set optimum.n_validation: 0)")
         for split, rs in rows.items():

@@ -96,16 +96,20 @@ def split_records(options: dict, split: str, required: tuple[str, ...]) -> list[
 
 
 def gold_choice(value, choices: list[str]) -> int:
-    """The gold option of a record: an index, a letter, or the option's own text."""
+    """The gold option of a record: an index (from 0), a letter, or the option's own text. A string
+    is first an option's text (options "3", "4": gold "4" is the second), then a letter, then an index."""
     if isinstance(value, bool):
         raise ValueError(f"gold answer {value!r} is not an option index, letter or text")
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
-        i = int(value)
-    elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().upper() in LETTERS[:len(choices)]:
-        i = LETTERS.index(value.strip().upper())
+    texts = [_norm(str(c)) for c in choices]
+    v = str(value).strip()
+    if isinstance(value, int):
+        i = value
+    elif _norm(v) in texts:
+        i = texts.index(_norm(v))
+    elif len(v) == 1 and v.upper() in LETTERS[:len(choices)]:
+        i = LETTERS.index(v.upper())
     else:
-        texts = [_norm(str(c)) for c in choices]
-        i = texts.index(_norm(str(value))) if _norm(str(value)) in texts else -1
+        i = int(v) if v.isdigit() else -1
     if not 0 <= i < len(choices):
         raise ValueError(f"gold answer {value!r} is not one of the {len(choices)} options (an index from 0, a letter "
                          "or an option's text)")
