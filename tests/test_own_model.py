@@ -224,3 +224,19 @@ def test_own_model_example_runs_and_its_files_are_dvc_deps(tmp_path):
     assert stale() == ["base_model"]  # the stage that reads the model folder
     config.write_text(keep)
     assert stale() == []
+
+
+# --- the Python API page ---------------------------------------------------------------------------
+
+def test_the_api_page_example_runs(monkeypatch, capsys):
+    """docs/api.md's block, as written, from the project root: every step without DVC; unlearning
+    raised D_U's NLL."""
+    import re
+
+    block = re.search(r"```python\n(.*?)```", (ROOT / "docs/api.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(ROOT)
+    scope: dict = {}
+    exec(compile(block, "docs/api.md", "exec"), scope)
+    assert scope["stats"]["unlearn_steps_taken"] >= 1 and scope["after"] > scope["before"]
+    assert set(scope["table"]["forget_task"]) == {"towns"} and len(scope["d_u"]) == 8
+    assert "rows unlearned" in capsys.readouterr().out
