@@ -86,11 +86,27 @@ def _report(a) -> None:
 
 
 def _check(a) -> None:
+    from .checks import problems
+
+    found = problems(a.params, ".")
+    for p in found:
+        print(f"lwf check: {p}", file=sys.stderr)
+    if found:
+        print(f"lwf check: {len(found)} problem(s) in {a.params}; nothing was run", file=sys.stderr)
+        raise SystemExit(2)
+    print(json.dumps(load_config(a.params).model_dump(), indent=2))
+
+
+def _init(a) -> None:
+    from .init import write_init
+
     try:
-        cfg = load_config(a.params)
+        why = write_init(a)
     except ConfigError as e:
         fail(str(e))
-    print(json.dumps(cfg.model_dump(), indent=2))
+    for line in why:
+        print(f"  {line}")
+    print(f"{a.params}: written from your model and data; next: lwf check, then dvc repro")
 
 
 def _preset(a) -> None:
@@ -107,9 +123,18 @@ def _preset(a) -> None:
 # name, one line for `lwf --help` (at most 64 characters: one line each on an 80-column terminal), a longer
 # description for `lwf NAME --help`, the function
 COMMANDS = [
-    ("check", "validate params.yaml and print the parsed config; runs nothing",
-     "Validate a params file with the typed config (pipeline/config.py) and print it as JSON; runs no stage.",
+    ("check", "check params.yaml and its data as the stages will; runs nothing",
+     "Check a params file as DVC and the stages will use it (pipeline/checks.py): the typed config; every key "
+     "dvc.yaml reads is present; data files exist, hold the named fields and fill the prompt template; rows fit "
+     "data.max_length; gold answers fit the generation lengths; splits are large enough. One line per problem, "
+     "naming the key, and exit code 2; with none, prints the parsed config as JSON. Runs no stage.",
      _check),
+    ("init", "write params.yaml for your model and files: lwf init --model ...",
+     "Write a complete params.yaml for a model (local folder or hub id) and your data files (JSONL, JSON, CSV or "
+     "parquet, in your own field names): the tasks as `custom` tasks, data.max_length from the longest tokenized "
+     "row, generation lengths from the gold answers, the chat template when the tokenizer has one, budgets from "
+     "the training split, the graceful guard, data.files and model.files so DVC tracks your files. Written "
+     "(atomically) only when `lwf check` passes it. docs/custom-task.md, docs/examples/own_model/.", _init),
     ("preset", "write params.yaml from a preset: lwf preset smollm2_cpu",
      "Write the full params.yaml that DVC reads: the defaults (pipeline/config.py) with the differences of "
      "presets/NAME.yaml laid over them, validated, every key written out with what it means. NAME `lab` writes "
@@ -142,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         parsers[name] = c = sub.add_parser(name, help=help_.replace("%", "%%"), description=description)
         c.set_defaults(fn=fn)
     parsers["check"].add_argument("--params", default="params.yaml", help="the params file (default params.yaml)")
+    from .init import add_arguments
+
+    add_arguments(parsers["init"])
     parsers["preset"].add_argument("name", help="a preset: lab (the defaults) or NAME of presets/NAME.yaml")
     parsers["preset"].add_argument("--params", default="params.yaml", help="the file to write (default params.yaml)")
     parsers["run"].add_argument("--only", nargs="*", metavar="STAGE",

@@ -91,6 +91,9 @@ class ModelConfig(_Strict):
     # needs model.trainable on the top blocks of a Llama-style model
     prefix_cache: bool = False
     lab: LabConfig = LabConfig()
+    # a file or folder the base_model stage reads the model from: a local model directory (as name), so
+    # that a changed file reruns it; the default, the loader code, is a dependency already
+    files: str = "pipeline/models.py"
 
     @field_validator("trainable")
     @classmethod
@@ -141,6 +144,19 @@ class TaskRef(_Strict):
             raise ValueError(f"unknown task {v!r}; known tasks: {', '.join(sorted(TASK_NAMES))}")
         return v
 
+    @field_validator("options")
+    @classmethod
+    def _name(cls, v):
+        name = v.get("name")
+        if name is not None and not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][\w.-]*", name)):
+            raise ValueError(f"options.name {name!r}: letters, digits, _ . - (it names a folder and a report row)")
+        return v
+
+    @property
+    def key(self) -> str:
+        """The task's name in the pipeline's files and the report: options.name, else the task."""
+        return self.options.get("name") or self.task
+
 
 class DataConfig(_Strict):
     learn: TaskRef = TaskRef(task="lab_learn", n_train=96, n_test=200)
@@ -154,15 +170,19 @@ class DataConfig(_Strict):
     general: TaskRef = TaskRef(task="lab_general", n_train=1, n_test=200)
     max_length: int = Field(64, gt=4)
     seed: int = 1234
+    # a file or folder holding every local data file the tasks read (options.data_files): a DVC dependency
+    # of the stages that read them (prepare; optimum and fisher read the validation split), so an edit
+    # reruns them. The default, the task code with its vendored data, is a dependency already.
+    files: str = "pipeline/tasks"
 
     @field_validator("forget")
     @classmethod
     def _some_forget(cls, v):
         if not v:
             raise ValueError("at least one forgetting task is needed")
-        names = [t.task for t in v]
+        names = [t.key for t in v]
         if len(set(names)) != len(names):
-            raise ValueError(f"forgetting tasks repeat: {names}")
+            raise ValueError(f"forgetting tasks repeat: {names} (give each its own options.name)")
         return v
 
 
@@ -582,7 +602,7 @@ class Config(_Strict):
             if m.unlearn != "none" and m.selection == "oracle" and not self.confidence.auroc_positive:
                 raise ValueError(f"methods.{name}: selection 'oracle' needs confidence.auroc_positive (the tasks "
                                  "known to conflict with the learning task)")
-        forget = {t.task for t in self.data.forget}
+        forget = {t.key for t in self.data.forget}
         for key in ("auroc_positive", "auroc_negative"):
             for name in getattr(self.confidence, key):
                 if name not in forget:

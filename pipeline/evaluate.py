@@ -151,8 +151,8 @@ def evaluate_model(model, tok, data_cfg, learn_test: list[dict], forget_tests: d
     for ref in data_cfg.forget:
         task = get_task(ref.task, ref.options)
         if task.has_gold:
-            scoring[f"forget/{ref.task}"] = task.scoring
-            forget_items[ref.task] = task_scores(model, tok, task, forget_tests[ref.task], cfg.max_new_tokens,
+            scoring[f"forget/{ref.key}"] = task.scoring
+            forget_items[ref.key] = task_scores(model, tok, task, forget_tests[ref.key], cfg.max_new_tokens,
                                                  cfg.batch_size, add_bos)[0]
     max_length = data_cfg.max_length
     ppl, seq_nll, seq_tokens = perplexity(model, tok, general_test, max_length, cfg.batch_size, add_bos)
@@ -186,7 +186,7 @@ def held_out(cfg) -> tuple[list[dict], dict[str, list[dict]], list[dict]]:
     from .stage import load_rows
 
     return (load_rows(paths.LEARN_DATA, "test"),
-            {ref.task: load_rows(paths.FORGET_DATA / ref.task, "test") for ref in cfg.data.forget},
+            {ref.key: load_rows(paths.FORGET_DATA / ref.key, "test") for ref in cfg.data.forget},
             load_rows(paths.GENERAL_DATA, "test"))
 
 

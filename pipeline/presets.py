@@ -32,6 +32,8 @@ NOTES = {
     "model.lora": "e.g. {r: 8, alpha: 16, target_modules: [q_proj, v_proj]}: train LoRA adapters only",
     "model.trainable": "regex over parameter names: train only these (fisher, confidence, finetune)",
     "model.prefix_cache": "frozen blocks below `trainable`: once per row for the whole run (docs/speed.md)",
+    "model.files": "a file or folder base_model reads: the local model directory (a DVC dependency)",
+    "data.files": "a file or folder holding every local data file (a DVC dependency of prepare, optimum, fisher)",
     "model.lab": "the embedded model and its pretraining (base_model stage; used when model.name is lab)",
     "model.lab.conflict_weight": "share of conflicting facts in the pretraining corpus",
     "model.lab.conflict_noise": "share of those facts whose city is drawn at random (not by the rule)",
@@ -225,9 +227,15 @@ def params_text(name: str, raw: dict | None = None) -> tuple[Config, str]:
 
 def write_params(name: str, path: str | os.PathLike = PARAMS_FILE) -> Config:
     """Write the full params file of preset `name`, atomically: the old file stays on any error."""
+    cfg, text = params_text(name)
+    write_atomic(path, text)
+    return cfg
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace the file at `path` by `text` in one step: the old file stays on any error."""
     import tempfile
 
-    cfg, text = params_text(name)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -240,7 +248,6 @@ def write_params(name: str, path: str | os.PathLike = PARAMS_FILE) -> Config:
     except BaseException:
         os.unlink(tmp)
         raise
-    return cfg
 
 
 def _yaml_load(text: str) -> Any:

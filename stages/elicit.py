@@ -20,8 +20,8 @@ def run(cfg):
     model, tok = load_model(paths.BASE_MODEL, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
     frames, stats = [], {}
     for ref in cfg.data.forget:
-        df, stats[ref.task] = elicit_task(model, tok, get_task(ref.task, ref.options),
-                                          load_rows(paths.FORGET_DATA / ref.task, "train"), e, cfg.model.add_bos)
+        df, stats[ref.key] = elicit_task(model, tok, get_task(ref.task, ref.options),
+                                          load_rows(paths.FORGET_DATA / ref.key, "train"), e, cfg.model.add_bos)
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)
     if out.empty:

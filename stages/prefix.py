@@ -59,11 +59,11 @@ def run(cfg, part: str):
     else:
         bs = cfg.evaluate.batch_size
         learn_test, forget_tests, general = held_out(cfg)
-        scored = [(cfg.data.learn, learn_test)] + [(ref, forget_tests[ref.task]) for ref in cfg.data.forget]
+        scored = [(cfg.data.learn, learn_test)] + [(ref, forget_tests[ref.key]) for ref in cfg.data.forget]
         for ref, rows in scored:
             task = get_task(ref.task, ref.options)
             if task.has_gold and task.scoring == "loglik":  # generation runs the whole model anyway
-                log.info("stage prefix: eval: %s, %d %s test rows (loglik)", cfg.model.name, len(rows), ref.task)
+                log.info("stage prefix: eval: %s, %d %s test rows (loglik)", cfg.model.name, len(rows), ref.key)
                 choice_logliks(model, tok, task, rows, bs, add_bos)
         log.info("stage prefix: eval: %s, %d general-text rows, %d self-knowledge rows", cfg.model.name, len(general),
                  len(self_rows))

@@ -20,12 +20,12 @@ def _dataset(task_ref, seed: int):
         try:
             rows = prepared_rows(task_ref, seed, split)
         except (ValueError, KeyError, FileNotFoundError) as e:
-            raise UserError(f"task {task_ref.task!r} ({split}): {e}") from None
+            raise UserError(f"task {task_ref.key!r} ({split}): {e}") from None
         if not rows:
-            raise UserError(f"task {task_ref.task!r} has no {split} rows")
+            raise UserError(f"task {task_ref.key!r} has no {split} rows")
         fields = list(ROW_FIELDS) + [k for k in rows[0] if k not in ROW_FIELDS]  # e.g. `choices`
         splits[split] = Dataset.from_dict({k: [r[k] for r in rows] for k in fields})
-    log.info("stage prepare: %s: %d train / %d test rows", task_ref.task, len(splits["train"]), len(splits["test"]))
+    log.info("stage prepare: %s: %d train / %d test rows", task_ref.key, len(splits["train"]), len(splits["test"]))
     return DatasetDict(splits)
 
 
@@ -34,9 +34,9 @@ def run(cfg):
     """Write data/learn, data/forget/<task>, data/general."""
     sizes = {}
     for kind, ref, seed in prepared_sets(cfg.data):
-        where = {"learn": paths.LEARN_DATA, "forget": paths.FORGET_DATA / ref.task, "general": paths.GENERAL_DATA}
+        where = {"learn": paths.LEARN_DATA, "forget": paths.FORGET_DATA / ref.key, "general": paths.GENERAL_DATA}
         save_dataset(where[kind], ds := _dataset(ref, seed))
-        sizes[ref.task] = {k: len(v) for k, v in ds.items()}
+        sizes[ref.key] = {k: len(v) for k, v in ds.items()}
     write_json(paths.METRICS / "data.json", sizes)
 
 

@@ -141,8 +141,8 @@ def test_sst5_loader(fixture_files):
 def test_custom_task_fields_and_metrics(tmp_path):
     f = tmp_path / "d.csv"
     f.write_text("q,a\nwhat is up,the sky\n2+2,4\n")
-    opts = {"data_files": {"train": str(f)}, "prompt_field": "q", "target_field": "a",
-            "prompt_template": "Q: {prompt}\nA:", "metric": "contains"}
+    opts = {"data_files": {"train": str(f), "test": str(f)}, "prompt_field": "q", "target_field": "a",
+            "prompt_template": "Q: {prompt}\nA:", "metric": "contains"}  # a train file alone: its test split is carved
     t = get_task("custom", opts)
     rows = t.load("train", 5, 0, opts)
     assert {r["prompt"] for r in rows} == {"Q: what is up\nA:", "Q: 2+2\nA:"}
