@@ -225,7 +225,8 @@ def select(df: pd.DataFrame, score: str, fraction: float, per_task: bool, seed: 
            positive: list[str] = ()) -> pd.DataFrame:
     """Add `confidence`, `rank` (1 = most confident) and the selection flags of every method:
     selected (top fraction by `confidence`), selected_low (same count, lowest), selected_random
-    (same count, seeded), selected_cosine (same count, top by the cosine score), selected_oracle
+    (same count, seeded), selected_cosine (same count, top by the cosine score), selected_published
+    (same count, top by the published form, optimum_distance; none where it was not computed), selected_oracle
     (the same total count, seeded, drawn only from the `positive` tasks: the samples known to
     conflict; all of them if there are fewer)."""
     df = df.copy()
@@ -241,6 +242,8 @@ def select(df: pd.DataFrame, score: str, fraction: float, per_task: bool, seed: 
         df.loc[idx, "selected"] = _top(sub["confidence"], k, ascending=False)
         df.loc[idx, "selected_low"] = _top(sub["confidence"], k, ascending=True)
         df.loc[idx, "selected_cosine"] = _top(sub["score_cosine"], k, ascending=False)
+        if "score_optimum_distance" in sub and sub["score_optimum_distance"].notna().all():
+            df.loc[idx, "selected_published"] = _top(sub["score_optimum_distance"], k, ascending=False)
         pick = rng.choice(len(sub), size=k, replace=False)
         df.loc[idx, "selected_random"] = np.isin(np.arange(len(sub)), pick)
     pos = np.flatnonzero(df["forget_task"].isin(list(positive)).to_numpy())

@@ -248,7 +248,7 @@ class ElicitConfig(_Strict):
 SCORES = ("optimum_distance", "fisher_distance", "fisher_conflict", "cosine", "probe", "loss_rise", "random")
 # methods.<m>.selection -> its flag column in artifacts/confidence.parquet (pipeline.confidence.select)
 SELECTIONS = {"high": "selected", "low": "selected_low", "random": "selected_random", "cosine": "selected_cosine",
-              "oracle": "selected_oracle"}
+              "published": "selected_published", "oracle": "selected_oracle"}
 # finetune.lr_schedule -> the transformers scheduler (pipeline.step.lr_scheduler), after the warm-up
 LR_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 # control.corpus (pipeline.lab.control_lab): the control's pretraining corpus
@@ -405,7 +405,7 @@ DEFAULT_METHODS: dict[str, dict] = {
     "lwf_low": {"unlearn": "periodic", "selection": "low"},
     "lwf_random": {"unlearn": "periodic", "selection": "random"},
     "lwf_early": {"unlearn": "early", "selection": "high"},
-    "lwf_nofisher": {"unlearn": "periodic", "selection": "cosine"},
+    "lwf_published": {"unlearn": "periodic", "selection": "published"},
     "lwf_oracle": {"unlearn": "periodic", "selection": "oracle"},
     "bss": {"bss": True},
 }

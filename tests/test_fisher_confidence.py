@@ -112,7 +112,7 @@ def test_oracle_draws_only_from_the_positive_tasks():
 def _table(n=40):
     rng = np.random.default_rng(0)
     return pd.DataFrame({"forget_task": ["a"] * (n // 2) + ["b"] * (n // 2),
-                         **{f"score_{k}": rng.normal(size=n) for k in ("fisher_distance", "cosine")}})
+                         **{f"score_{k}": rng.normal(size=n) for k in ("fisher_distance", "cosine", "optimum_distance")}})
 
 
 @pytest.mark.parametrize("per_task", [False, True])
@@ -120,8 +120,14 @@ def test_selections_same_size_and_disjoint(per_task):
     df = select(_table(), "fisher_distance", 0.25, per_task, seed=0)
     k = df["selected"].sum()
     assert k == 10
-    for col in ("selected_low", "selected_random", "selected_cosine"):
+    for col in ("selected_low", "selected_random", "selected_cosine", "selected_published"):
         assert df[col].sum() == k
+    assert df.equals(select(df, "fisher_distance", 0.25, per_task, seed=0))
+    published = select(df.drop(columns=[c for c in df if c.startswith("selected")]), "optimum_distance", 0.25,
+                       per_task, seed=0)["selected"]
+    assert (df["selected_published"] == published).all()  # lwf_published = lwf under confidence.score optimum_distance
+    unscored = select(_table().assign(score_optimum_distance=np.nan), "fisher_distance", 0.25, per_task, seed=0)
+    assert not unscored["selected_published"].any()  # no published score computed: an empty D_U, refused by the loop
     assert not (df["selected"] & df["selected_low"]).any()
     top = df.sort_values("confidence", ascending=False)
     if not per_task:
