@@ -23,14 +23,17 @@ from .tasks import get_task
 
 
 def task_scores(model, tok, task, rows: list[dict], max_new_tokens: int, batch_size: int,
-                add_bos: bool = True) -> tuple[list[float], dict[str, float]]:
-    """Per-item main score of `task` (a Task or a registered name) and the means of its extra scores."""
+                add_bos: bool = True, keep: list | None = None) -> tuple[list[float], dict[str, float]]:
+    """Per-item main score of `task` (a Task or a registered name) and the means of its extra scores.
+    `keep`: a list that gets, per row in order, what the score was computed from (`kept_row`)."""
     task = get_task(task) if isinstance(task, str) else task
     if task.scoring == "loglik":
-        return choice_scores(model, tok, task, rows, batch_size, add_bos), {}
+        return choice_scores(model, tok, task, rows, batch_size, add_bos, keep), {}
     gens = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens,
                     batch_size=batch_size, add_bos=add_bos, progress=False, stop=task.stop)
     items = [task.score(g["response"], r["answer"], r.get("choices")) for g, r in zip(gens, rows)]
+    if keep is not None:
+        keep += [kept_row(task, i, r, g["response"], s) for i, (g, r, s) in enumerate(zip(gens, rows, items))]
     extras: dict[str, list[float]] = {}
     for g, r in zip(gens, rows):
         for k, v in task.extra_scores(g["response"], r["answer"]).items():
@@ -38,12 +41,28 @@ def task_scores(model, tok, task, rows: list[dict], max_new_tokens: int, batch_s
     return items, {k: sum(v) / len(v) for k, v in extras.items()}
 
 
-def choice_scores(model, tok, task, rows: list[dict], batch_size: int, add_bos: bool = True) -> list[float]:
+def choice_scores(model, tok, task, rows: list[dict], batch_size: int, add_bos: bool = True,
+                  keep: list | None = None) -> list[float]:
     """lm-evaluation-harness multiple choice: 1.0 when the option continuation with the highest
     total log-likelihood after the prompt is the gold one (the first of equal ones, as lm-eval's
-    argmax)."""
+    argmax). `keep`: as in `task_scores`, the generation being the chosen option's continuation."""
     lls = choice_logliks(model, tok, task, rows, batch_size, add_bos)
-    return [float(max(range(len(ll)), key=ll.__getitem__) == task.gold_index(r)) for ll, r in zip(lls, rows)]
+    best = [max(range(len(ll)), key=ll.__getitem__) for ll in lls]
+    items = [float(b == task.gold_index(r)) for b, r in zip(best, rows)]
+    if keep is not None:
+        keep += [kept_row(task, i, r, task.choice_continuations(r)[b].strip(), s, chosen=b)
+                 for i, (r, b, s) in enumerate(zip(rows, best, items))]
+    return items
+
+
+def kept_row(task, i: int, row: dict, generation: str, score: float, chosen: int | None = None) -> dict:
+    """One scored test row as the evaluate stage saves it (artifacts/eval/<method>.generations.parquet):
+    `generation` is the model's output cut at the task's stop strings (`generate`) or the text of the
+    option it ranked first (`loglik`, its index in `chosen`); `task.score(generation, answer, choices)`
+    gives `score` again."""
+    return {"task": task.name, "scoring": task.scoring, "row": i, "prompt": row["prompt"],
+            "answer": str(row["answer"]), "choices": list(row["choices"]) if row.get("choices") else None,
+            "generation": generation, "chosen": chosen, "score": float(score)}
 
 
 def option_carriers(encs: list[Encoded]) -> dict[int, int]:
@@ -140,12 +159,19 @@ def set_nlls(model, tok, rows: list[dict], max_length: int, batch_size: int, add
 
 def evaluate_model(model, tok, data_cfg, learn_test: list[dict], forget_tests: dict[str, list[dict]],
                    general_test: list[dict], cfg, add_bos: bool = True,
-                   nll_sets: dict[str, list[dict]] | None = None) -> dict:
+                   nll_sets: dict[str, list[dict]] | None = None, generations: list | None = None) -> dict:
     """Scores of one model; `data_cfg` (params `data`) says which task each split belongs to.
-    `nll_sets`: name -> rows whose mean NLL is reported under `nll` (and `d_u_nll` for "d_u")."""
+    `nll_sets`: name -> rows whose mean NLL is reported under `nll` (and `d_u_nll` for "d_u").
+    `generations`: a list that gets one `kept_row` per scored test row, with `split` (`learn`,
+    `forget/<key>`: the key of `items` holding its score)."""
+    kept: dict[str, list] = {}
+
+    def keeper(split: str) -> list | None:
+        return None if generations is None else kept.setdefault(split, [])
+
     learn_task = get_task(data_cfg.learn.task, data_cfg.learn.options)
     learn_items, learn_extra = task_scores(model, tok, learn_task, learn_test, cfg.max_new_tokens, cfg.batch_size,
-                                           add_bos)
+                                           add_bos, keeper("learn"))
     forget_items = {}
     scoring = {f"learn/{learn_task.name}": learn_task.scoring}
     for ref in data_cfg.forget:
@@ -153,7 +179,9 @@ def evaluate_model(model, tok, data_cfg, learn_test: list[dict], forget_tests: d
         if task.has_gold:
             scoring[f"forget/{ref.key}"] = task.scoring
             forget_items[ref.key] = task_scores(model, tok, task, forget_tests[ref.key], cfg.max_new_tokens,
-                                                 cfg.batch_size, add_bos)[0]
+                                                 cfg.batch_size, add_bos, keeper(f"forget/{ref.key}"))[0]
+    for split, rows in kept.items():
+        generations += [{"split": split, **r} for r in rows]
     max_length = data_cfg.max_length
     ppl, seq_nll, seq_tokens = perplexity(model, tok, general_test, max_length, cfg.batch_size, add_bos)
     out = {
@@ -178,6 +206,19 @@ def evaluate_model(model, tok, data_cfg, learn_test: list[dict], forget_tests: d
                 out["items"][f"nll/{name}"] = items
         out["d_u_nll"] = out["nll"].get("d_u")
     return out
+
+
+GENERATION_COLUMNS = ["method", "seed", "split", "task", "scoring", "row", "prompt", "answer", "choices",
+                      "generation", "chosen", "score"]
+
+
+def generations_table(rows: list[dict]):
+    """The evaluate stage's kept rows (`kept_row` with `method`, `seed`, `split`) as a DataFrame in
+    GENERATION_COLUMNS order (an empty one keeps the columns)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=GENERATION_COLUMNS)
+    return df.astype({"seed": "int64", "row": "int64", "chosen": "Int64", "score": "float64"})
 
 
 def held_out(cfg) -> tuple[list[dict], dict[str, list[dict]], list[dict]]:
