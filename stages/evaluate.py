@@ -7,7 +7,7 @@ from pipeline import paths
 from pipeline.config import control_skipped
 from pipeline.evaluate import evaluate_model, generations_table, held_out, nll_sets
 from pipeline.io import rounded, write_json, write_parquet
-from pipeline.models import load_model
+from pipeline.models import describe, load_model
 from pipeline.stage import UserError, main, stage
 
 log = logging.getLogger("lwf")
@@ -23,6 +23,9 @@ def run(cfg, method: str):
         return
     learn_test, forget_tests, general = held_out(cfg)
     sets = nll_sets(cfg, method)
+    log.info("stage evaluate: %s, %d seeds, per model: %d learn test rows, forget %s, %d general-text rows, "
+             "%d NLL-set rows", method, len(cfg.run.seeds), len(learn_test), {k: len(v) for k, v in forget_tests.items()},
+             len(general), sum(map(len, sets.values())))
     out = {"method": method, "seeds": {}}
     trained = cfg.methods[method].train if method in cfg.methods else True
     res, kept, generations = None, [], []
@@ -33,6 +36,7 @@ def run(cfg, method: str):
             generations += [{**r, "seed": seed} for r in kept]
             continue
         model, tok = load_model(d, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
+        log.info("stage evaluate: %s seed %d: scoring %s", method, seed, describe(model))
         prefix = _prefix_cache(cfg, model, method)
         kept = []
         res = evaluate_model(model, tok, cfg.data, learn_test, forget_tests, general, cfg.evaluate, cfg.model.add_bos,
