@@ -8,7 +8,8 @@
   (`d_u_nll`: was it unlearned, relative to vanilla?), the method's own D_U, and each forgetting
   task's whole self-knowledge. These are the forgetting-task *training* prompts with the base
   model's answers: a check that unlearning happened, not a held-out score.
-Per-item scores are kept so the report can run paired bootstraps.
+Per-item scores are kept so the report can run paired bootstraps, and with them (`generations`) what
+each learning- and forgetting-task score came from: prompt, gold answer, generation or chosen option.
 """
 from __future__ import annotations
 
