@@ -170,14 +170,14 @@ def confidence_scores(model, tok, rows: list[dict], fisher: dict, mean_grad: dic
     if probe is not None and learn_rows:
         delta, probed, restore = probe_delta(model, tok, learn_rows, probe, max_length, add_bos, param_regex,
                                              probe_replica, embeddings)
-        nll_probe = sequence_nlls(probed, encs, tok.pad_token_id, batch_size).cpu()
+        nll_probe = sequence_nlls(probed, encs, tok.pad_token_id, batch_size, desc="confidence NLL probed").cpu()
         restore()
     if optimum is not None and alpha is None:
         raise ValueError("the optimum_distance score needs its step size alpha (confidence.alpha)")
     with tqdm(total=len(encs), desc="confidence", mininterval=2, leave=False, disable=not ddp.is_main()) as bar:
         sums = confidence_sums(model, encs, tok.pad_token_id, fisher, mean_grad, engine, chunk_size, param_regex,
                                bar, delta, embeddings, optimum, fisher_L).cpu().numpy()
-    nll0 = sequence_nlls(model, encs, tok.pad_token_id, batch_size).cpu()
+    nll0 = sequence_nlls(model, encs, tok.pad_token_id, batch_size, desc="confidence NLL at theta_0").cpu()
     if delta is None:
         nll_probe = torch.full_like(nll0, float("nan"))
     sums = np.concatenate([sums, torch.stack([nll0, nll_probe]).numpy()])

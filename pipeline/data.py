@@ -159,17 +159,29 @@ def forward_loss(model, batch, output_hidden_states: bool = False):
 
 
 @torch.no_grad()
-def sequence_nlls(model, encs: list[Encoded], pad_id: int, batch_size: int = 64) -> torch.Tensor:
+def sequence_nlls(model, encs: list[Encoded], pad_id: int, batch_size: int = 64, desc: str | None = None) -> torch.Tensor:
     """l(x, y) of every encoded row (float64, on the model's device), in batches of similar
-    lengths (less padding), no gradients; in the order of `encs`."""
+    lengths (less padding), no gradients; in the order of `encs`. `desc`: show a progress bar so named."""
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(encs)), key=lambda i: len(encs[i].input_ids))
     out = torch.zeros(len(encs), dtype=torch.float64, device=device)
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        out[torch.tensor(idx, device=device)] = forward_loss(model, collate([encs[j] for j in idx], pad_id, device))[0].double()
+    with progress_bar(len(encs), desc) as bar:
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            out[torch.tensor(idx, device=device)] = forward_loss(model, collate([encs[j] for j in idx], pad_id, device))[0].double()
+            bar.update(len(idx))
     return out
+
+
+def progress_bar(total: int, desc: str | None):
+    """A tqdm bar over `total` rows, shown when `desc` is given, on the main process only, at most
+    every 2 s (the stages' long loops over rows and batches)."""
+    from tqdm import tqdm
+
+    from . import dist
+
+    return tqdm(total=total, desc=desc, mininterval=2, leave=False, disable=desc is None or not dist.is_main())
 
 
 def batches(items: list, size: int):

@@ -21,7 +21,8 @@ from .tasks.base import cut_at
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_size: int = 64,
              do_sample: bool = False, temperature: float = 1.0, num_return_sequences: int = 1,
-             seed: int = 0, add_bos: bool = True, progress: bool = True, stop: tuple[str, ...] = ()) -> list[dict]:
+             seed: int = 0, add_bos: bool = True, progress: bool = True, stop: tuple[str, ...] = (),
+             desc: str = "generate") -> list[dict]:
     """Return one dict per (prompt, sample): response, n_tokens, mean_logprob, truncated; each response
     is cut before the first of the `stop` strings (n_tokens then counts the tokens through it)."""
     from . import dist
@@ -35,7 +36,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_siz
     results: list[list[dict] | None] = [None] * len(ids)
     eos, pad = tok.eos_token_id, tok.pad_token_id
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    bar = tqdm(total=len(ids), desc="generate", mininterval=2, leave=False, disable=not progress or not dist.is_main())
+    bar = tqdm(total=len(ids), desc=desc, mininterval=2, leave=False, disable=not progress or not dist.is_main())
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
         n = max(len(ids[i]) for i in idx)

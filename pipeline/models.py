@@ -177,6 +177,16 @@ def plain_model(model):
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
+def describe(model) -> str:
+    """'llama, 2 layers, width 32': which model a stage's log line is about, from its config (the
+    stages that do not read params `model.name` do not depend on it)."""
+    c = getattr(model, "config", None)
+    kind = getattr(c, "model_type", None) or type(model).__name__
+    layers = getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer", None)
+    width = getattr(c, "hidden_size", None) or getattr(c, "n_embd", None)
+    return kind + (f", {layers} layers" if layers else "") + (f", width {width}" if width else "")
+
+
 def set_seed(seed: int) -> None:
     import random
 

@@ -40,6 +40,11 @@ def eval_file(method: str) -> Path:
     return EVAL / f"{method}.json"
 
 
+def generations_file(method: str) -> Path:
+    """Per seed, task and test row of `method`: prompt, gold answer, generation and score (docs/artifacts.md)."""
+    return EVAL / f"{method}.generations.parquet"
+
+
 def checkpoint(method: str, seed: int) -> Path:
     return CHECKPOINTS / f"{method}-seed{seed}.pt"
 

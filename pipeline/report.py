@@ -99,6 +99,7 @@ def summarize(evals: dict[str, dict], seeds: list[int], n_boot: int, seed: int =
         tr = [per[str(s)].get("train", {}) for s in seeds]
         row["pretrainings"] = 1  # every interval is over fine-tuning seeds and test items of ONE base model
         row["unlearn_steps_taken"] = [t.get("unlearn_steps_taken", 0) for t in tr]
+        row["learn_steps"] = [t.get("learn_steps") for t in tr]
         row["optimizer_steps"] = [t.get("optimizer_steps") for t in tr]
         row["unlearn_stopped"] = sum(t.get("unlearn_stopped_at") is not None for t in tr)
         row["unlearn_steps_scheduled"] = [t.get("unlearn_steps_scheduled", 0) for t in tr]
@@ -129,24 +130,49 @@ def _steps(r: dict) -> str:
 
 
 def guard_lines(summary: dict, seeds: list[int]) -> list[str]:
-    """The guard's decisions in words: for each unlearning method, which guard, and per seed whether
-    and why it stopped unlearning (pipeline/guard.py)."""
+    """The guard's decisions in words: for each unlearning method, which guard and its bound, then one
+    sentence per seed: at which learning step (of how many) it stopped unlearning and why, and how many
+    of the scheduled unlearning steps were taken (pipeline/guard.py)."""
     out = []
     for m, r in summary.items():
         guards = [g for g in r.get("guard", []) if g]
-        if not guards or not any(r.get("unlearn_steps_scheduled", [])):
+        sched = r.get("unlearn_steps_scheduled", [])
+        if not guards or not any(sched):
             continue
         g0 = guards[0]
         bound = {"graceful": f"a rise of the guard rows' NLL above +{100 * (g0.get('max_rise') or 0):.0f}% per step",
                  "absolute": f"a D_U batch NLL above {g0.get('max_loss')}", "none": "a non-finite NLL only"}[g0["kind"]]
-        stops = [(s, g) for s, g in zip(seeds, r["guard"]) if g and g.get("stopped_at") is not None]
-        if not stops:
-            out.append(f"- {m}: guard `{g0['kind']}` (stops on {bound}) never stopped unlearning.")
-            continue
-        out.append(f"- {m}: guard `{g0['kind']}` (stops on {bound}) stopped unlearning in {len(stops)} of "
-                   f"{len(guards)} seeds:")
-        out += [f"  - seed {s}: at learning step {g['stopped_at']}, {g['reason']}" for s, g in stops]
+        n_stops = sum(1 for g in r["guard"] if g and g.get("stopped_at") is not None)
+        verdict = f"stopped unlearning in {n_stops} of {len(guards)} seeds" if n_stops else "never stopped unlearning"
+        out.append(f"- {m}: guard `{g0['kind']}` (stops on {bound}) {verdict}:")
+        taken, learn = r.get("unlearn_steps_taken", []), r.get("learn_steps", [])
+        for i, (s, g) in enumerate(zip(seeds, r["guard"])):
+            if not g:
+                continue
+            out.append(f"  - {_guard_sentence(m, s, g, _at(taken, i), _at(sched, i), _at(learn, i))}")
     return ["", "Unlearning guard:", ""] + out if out else []
+
+
+def _at(xs: list, i: int):
+    return xs[i] if i < len(xs) else None
+
+
+def _guard_sentence(method: str, seed: int, g: dict, taken, scheduled, learn_steps) -> str:
+    """'lwf seed 1: unlearning stopped at learning step 37 of 40: <the guard's reason>; 8 of 10 scheduled
+    unlearning steps taken.' or 'lwf seed 0: took all 10 scheduled unlearning steps (largest rise ...).'"""
+    head = f"{method} seed {seed}:"
+    if g.get("stopped_at") is not None:
+        of = f" of {learn_steps}" if learn_steps is not None else ""
+        return (f"{head} unlearning stopped at learning step {g['stopped_at']}{of}: {g.get('reason') or 'no reason recorded'}; "
+                f"{taken} of {scheduled} scheduled unlearning steps taken.")
+    rise = g.get("largest_rise")
+    why = ""
+    if g.get("kind") == "graceful" and rise is not None:
+        why = (f" (the largest rise of the guard rows' NLL after one was {100 * rise:+.1f}%, "
+               f"bound +{100 * (g.get('max_rise') or 0):.0f}%)")
+    if taken is not None and scheduled is not None and taken < scheduled:
+        return f"{head} the guard never stopped unlearning; {taken} of {scheduled} scheduled unlearning steps taken{why}."
+    return f"{head} took all {scheduled} scheduled unlearning steps{why}."
 
 
 def summary_line(method: str, r: dict) -> str:

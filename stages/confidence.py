@@ -7,7 +7,7 @@ from pipeline import paths
 from pipeline.confidence import as_rows, confidence_metrics, confidence_scores, select
 from pipeline.fisher import load_fisher
 from pipeline.io import rounded, write_json, write_parquet
-from pipeline.models import load_model, trainable_model
+from pipeline.models import describe, load_model, trainable_model
 from pipeline.optimum import load_optimum
 from pipeline.stage import load_rows, main, stage
 
@@ -30,7 +30,7 @@ def run(cfg):
     delta_L, _, _ = load_optimum(paths.OPTIMUM, device)
     sk = pd.read_parquet(paths.SELF_KNOWLEDGE)
     rows = as_rows(sk)
-    log.info("stage confidence: scoring %d self-generated samples (%s)", len(rows),
+    log.info("stage confidence: %s: scoring %d self-generated samples (%s)", describe(model), len(rows),
              ", ".join(f"{k}: {v}" for k, v in sk["forget_task"].value_counts(sort=False).items()))
     scores = confidence_scores(model, tok, rows, F, gL, cfg.data.max_length, cfg.grads.engine, cfg.grads.chunk_size,
                                cfg.grads.param_regex, c.seed, cfg.model.add_bos,

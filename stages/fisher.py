@@ -6,7 +6,7 @@ import time
 from pipeline import dist, paths
 from pipeline.fisher import fisher_and_mean_grad, fisher_summary, save_fisher, true_fisher_rows
 from pipeline.io import write_json
-from pipeline.models import load_model, trainable_model
+from pipeline.models import describe, load_model, trainable_model
 from pipeline.optimum import load_optimum, load_theta, validation_rows
 from pipeline.stage import UserError, load_rows, main, stage
 
@@ -25,8 +25,8 @@ def run(cfg):
     if cfg.fisher.kind == "true":
         rows = true_fisher_rows(model, tok, learn, cfg.elicit.max_new_tokens, cfg.fisher.seed, cfg.model.add_bos)
     at = {"target": " and at theta*_L", "heldout": " and at theta*_L over held-out validation rows"}.get(cfg.fisher.at, "")
-    log.info("stage fisher: %s Fisher over %d %s samples (%s engine), at theta_base%s", cfg.fisher.kind, len(rows),
-             cfg.data.learn.task, cfg.grads.engine, at)
+    log.info("stage fisher: %s: %s Fisher over %d %s samples (%s engine), at theta_base%s", describe(model),
+             cfg.fisher.kind, len(rows), cfg.data.learn.task, cfg.grads.engine, at)
     t0 = time.time()
     args = (cfg.data.max_length, cfg.grads.engine, cfg.grads.chunk_size, cfg.grads.param_regex, cfg.model.add_bos,
             cfg.grads.embeddings)
@@ -52,6 +52,7 @@ def run(cfg):
             rows = true_fisher_rows(model, tok, learn, cfg.elicit.max_new_tokens, cfg.fisher.seed, cfg.model.add_bos)
         elif cfg.fisher.at == "heldout":
             rows = learn
+        log.info("stage fisher: %s: F_L at theta*_L over %d %s rows", describe(model), len(rows), cfg.fisher.at)
         F_target, _ = fisher_and_mean_grad(model, tok, rows, *args)
     meta = {"n_samples": n_base, "kind": cfg.fisher.kind, "loss": "per-sequence mean target-token NLL",
             "param_regex": cfg.grads.param_regex or "", "at": cfg.fisher.at}

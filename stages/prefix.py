@@ -55,7 +55,7 @@ def run(cfg, part: str):
         rows = load_rows(paths.LEARN_DATA, "train") + self_rows
         log.info("stage prefix: train: %s, %d learning + %d self-knowledge rows through blocks 0-%d", cfg.model.name,
                  len(rows) - len(self_rows), len(self_rows), state.cut - 1)
-        sequence_nlls(model, encode_rows(tok, rows, max_length, add_bos), tok.pad_token_id, bs)
+        sequence_nlls(model, encode_rows(tok, rows, max_length, add_bos), tok.pad_token_id, bs, desc="prefix train")
     else:
         bs = cfg.evaluate.batch_size
         learn_test, forget_tests, general = held_out(cfg)
@@ -64,11 +64,11 @@ def run(cfg, part: str):
             task = get_task(ref.task, ref.options)
             if task.has_gold and task.scoring == "loglik":  # generation runs the whole model anyway
                 log.info("stage prefix: eval: %s, %d %s test rows (loglik)", cfg.model.name, len(rows), ref.key)
-                choice_logliks(model, tok, task, rows, bs, add_bos)
+                choice_logliks(model, tok, task, rows, bs, add_bos, desc=f"prefix eval {ref.key}")
         log.info("stage prefix: eval: %s, %d general-text rows, %d self-knowledge rows", cfg.model.name, len(general),
                  len(self_rows))
-        perplexity(model, tok, general, max_length, bs, add_bos)
-        set_nlls(model, tok, self_rows, max_length, bs, add_bos)
+        perplexity(model, tok, general, max_length, bs, add_bos, desc="prefix eval general")
+        set_nlls(model, tok, self_rows, max_length, bs, add_bos, desc="prefix eval self-knowledge")
     with atomic_path(out) as tmp:
         n = save_store(model, tmp)
     log.info("stage prefix: %s: %d rows stored (%.0f MB) in %.0f s", part, n, state.nbytes() / 1e6, time.time() - t0)

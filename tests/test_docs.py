@@ -470,11 +470,45 @@ def python_examples():
 
 @pytest.mark.parametrize("file,body", python_examples(), ids=lambda x: x if x.endswith(".md") else None)
 def test_pandas_examples_run_on_the_confidence_table(file, body, monkeypatch):
-    table = _confidence_table()
+    """Each pandas example runs on a table with the columns of the artifact it reads (the confidence
+    table, or an evaluation's generations)."""
+    tables = {"artifacts/confidence.parquet": _confidence_table(), GENERATIONS: _generations_table()}
     read = []
-    monkeypatch.setattr(pd, "read_parquet", lambda path, *a, **k: read.append(str(path)) or table.copy())
+
+    def read_parquet(path, *a, **k):
+        read.append(str(path))
+        return tables[str(path)].copy()
+
+    monkeypatch.setattr(pd, "read_parquet", read_parquet)
     exec(compile(body, file, "exec"), {"pd": pd})
-    assert read == ["artifacts/confidence.parquet"]
+    assert len(read) == 1, read
+
+
+GENERATIONS = "artifacts/eval/lwf.generations.parquet"
+
+
+def _generations_table() -> pd.DataFrame:
+    """An evaluate stage's kept rows (pipeline/evaluate.py: kept_row) in the saved table's form."""
+    from pipeline.evaluate import generations_table, kept_row
+    from pipeline.tasks import get_task
+
+    rows = []
+    for seed in (0, 1):
+        for split, task in (("learn", get_task("lab_learn")), ("forget/psychol", get_task("psychol", {"scoring": "loglik"}))):
+            for i in range(3):
+                row = {"prompt": f"p{i}", "answer": "A" if task.scoring == "loglik" else "bern",
+                       "choices": ["x", "y"] if task.scoring == "loglik" else None}
+                gen, chosen = ("x", i % 2) if task.scoring == "loglik" else (["bern", "rome"][i % 2], None)
+                rows.append({"method": "lwf", "seed": seed, "split": split,
+                             **kept_row(task, i, row, gen, float(i % 2 == 0), chosen)})
+    return generations_table(rows)
+
+
+def test_artifacts_page_lists_every_generations_column():
+    row = next(ln for ln in (ROOT / "docs/artifacts.md").read_text().splitlines()
+               if ln.startswith("| `artifacts/eval/<m>.generations.parquet`"))
+    missing = [c for c in _generations_table().columns if f"`{c}`" not in row]
+    assert not missing, f"docs/artifacts.md does not document the generations columns {missing}"
 
 
 # ------------------------------------------------------------------ links and paths

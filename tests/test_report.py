@@ -108,19 +108,53 @@ def test_evaluate_scores_each_nll_sample_once(tiny, rows, monkeypatch):
 
 
 def test_report_says_in_words_when_and_why_the_guard_stopped_unlearning():
+    """One sentence per method and seed: where (learning step of how many) and why the guard stopped
+    unlearning and how many scheduled unlearning steps were taken, or that all of them were."""
     from pipeline.report import guard_lines, markdown
 
-    stopped = {"kind": "graceful", "max_rise": 0.1, "max_loss": None, "checks": 3, "largest_rise": 0.4,
-               "stopped_at": 12, "reason": "the unlearning step raised the guard rows' NLL from 1 to 1.4 (+40.0%, bound +10%)"}
+    reason = "the unlearning step raised the guard rows' NLL from 0.61 to 0.7 (+14.8%, bound +10%)"
+    stopped = {"kind": "graceful", "max_rise": 0.1, "max_loss": None, "checks": 9, "largest_rise": 0.148,
+               "stopped_at": 37, "reason": reason}
     ran = dict(stopped, stopped_at=None, reason=None, largest_rise=0.02)
-    summary = {"vanilla": {"unlearn_steps_scheduled": [0, 0], "unlearn_steps_taken": [0, 0], "guard": [None, None]},
-               "lwf": {"unlearn_steps_scheduled": [5, 5], "unlearn_steps_taken": [5, 2], "guard": [ran, stopped]},
-               "lwf_low": {"unlearn_steps_scheduled": [5, 5], "unlearn_steps_taken": [5, 5], "guard": [ran, ran]}}
+    absolute = {"kind": "absolute", "max_rise": None, "max_loss": 6.0, "checks": 0, "largest_rise": None,
+                "stopped_at": 0, "reason": "the D_U batch NLL 10.6 is above unlearn_max_loss 6"}
+    summary = {"vanilla": {"unlearn_steps_scheduled": [0, 0], "unlearn_steps_taken": [0, 0], "learn_steps": [40, 40],
+                           "guard": [None, None]},
+               "lwf": {"unlearn_steps_scheduled": [10, 10], "unlearn_steps_taken": [10, 8], "learn_steps": [40, 40],
+                       "guard": [ran, stopped]},
+               "lwf_abs": {"unlearn_steps_scheduled": [10, 10], "unlearn_steps_taken": [0, 10], "learn_steps": [40, 40],
+                           "guard": [absolute, dict(absolute, stopped_at=None, reason=None)]},
+               "lwf_low": {"unlearn_steps_scheduled": [5, 5], "unlearn_steps_taken": [5, 5], "learn_steps": [40, 40],
+                           "guard": [ran, ran]}}
     lines = guard_lines(summary, [0, 1])
     assert "- lwf: guard `graceful` (stops on a rise of the guard rows' NLL above +10% per step) stopped " \
            "unlearning in 1 of 2 seeds:" in lines
-    assert f"  - seed 1: at learning step 12, {stopped['reason']}" in lines
+    assert f"  - lwf seed 1: unlearning stopped at learning step 37 of 40: {reason}; 8 of 10 scheduled " \
+           "unlearning steps taken." in lines
+    assert "  - lwf seed 0: took all 10 scheduled unlearning steps (the largest rise of the guard rows' NLL " \
+           "after one was +2.0%, bound +10%)." in lines
+    assert "  - lwf_abs seed 0: unlearning stopped at learning step 0 of 40: the D_U batch NLL 10.6 is above " \
+           "unlearn_max_loss 6; 0 of 10 scheduled unlearning steps taken." in lines
+    assert "  - lwf_abs seed 1: took all 10 scheduled unlearning steps." in lines
     assert any(ln.startswith("- lwf_low:") and "never stopped" in ln for ln in lines)
+    assert sum(ln.startswith("  - lwf_low seed ") and "took all 5 scheduled" in ln for ln in lines) == 2
     assert not any("vanilla" in ln for ln in lines)
     text = markdown(summary, [0, 1], None, [])
-    assert "| lwf |" in text and "| 5/5, 2/5 |" in text and "Unlearning guard:" in text
+    assert "| lwf |" in text and "| 10/10, 8/10 |" in text and "Unlearning guard:" in text
+    assert "lwf seed 1: unlearning stopped at learning step 37 of 40" in text
+
+
+def test_summarize_carries_what_the_guard_sentences_need(eval_result):
+    """`summarize` keeps per seed the learning steps, the unlearning steps taken and scheduled and the
+    guard record (the report's guard sentences read them from metrics/summary.json)."""
+    from pipeline.report import guard_lines
+
+    g = {"kind": "graceful", "max_rise": 0.1, "max_loss": None, "checks": 3, "largest_rise": 0.2,
+         "stopped_at": 7, "reason": "why"}
+    evals = {"vanilla": eval_result({0: [0, 1]}), "lwf": eval_result({0: [1, 1]})}
+    evals["lwf"]["seeds"]["0"]["train"] = {"learn_steps": 12, "unlearn_steps_taken": 2, "unlearn_steps_scheduled": 4,
+                                           "unlearn_stopped_at": 7, "guard": g}
+    s = summarize(evals, [0], 50)
+    assert s["lwf"]["learn_steps"] == [12] and s["lwf"]["guard"] == [g]
+    assert "  - lwf seed 0: unlearning stopped at learning step 7 of 12: why; 2 of 4 scheduled unlearning steps " \
+           "taken." in guard_lines(s, [0])
