@@ -250,3 +250,27 @@ def test_prepared_rows_are_the_rows_the_prepare_stage_writes(tmp_path, monkeypat
             written = load_rows(where.get(kind, paths.FORGET_DATA / ref.task), split)
             assert [(r["prompt"], r["target"]) for r in written] == \
                 [(r["prompt"], r["target"]) for r in prepared_rows(ref, seed, split)], (kind, ref.task, split)
+
+
+def test_negative_transfer_pairs_the_runs_row_by_row(capsys, tmp_path):
+    """control - conflict per step, paired over seeds and rows: a control one row better in every seed
+    reads +6/20 with an interval above 0 in 3 of 3 seeds; runs over other rows are refused."""
+    import json
+
+    def run(name, extra):  # 3 seeds x 20 rows; `extra` rows of the last 10 answered right too
+        items = {"0": [[1.0] * 10 + [0.0] * 10] * 3, "150": [[1.0] * (10 + extra) + [0.0] * (10 - extra)] * 3}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"items": items, "n_val": 20, "n_train": 8, "lr": 1e-3, "lr_schedule": "cosine",
+                                    "trainable": "x", "scoring": "loglik", "labels": [name] * 5}))
+        return str(path)
+
+    mod = _fresh("negative_transfer")
+    mod.main(["--conflict", run("conflict", 0), "--control", run("control", 6), "--n-boot", "200"])
+    rows = _table(capsys.readouterr().out, "vanilla on SST-5 validation (20 rows), 3 seeds")
+    assert [r[0] for r in rows] == ["0", "150"]
+    assert rows[0][3].startswith("+0.000") and "(noise)" in rows[0][3] and rows[0][4] == "0 of 3"
+    assert rows[1][3].startswith("+0.300 [+0.") and "(noise)" not in rows[1][3] and rows[1][4] == "3 of 3"
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps({**json.loads(Path(run("other", 0)).read_text()), "items": {"0": [[1.0] * 5] * 3}}))
+    with pytest.raises(SystemExit, match="differ in seeds or rows"):
+        mod.main(["--conflict", run("conflict", 0), "--control", str(short)])
