@@ -79,7 +79,7 @@ class Guard:
             real = max(0, min(32, n_real - start))  # the padding copies are not summed
             total += row_losses(nll, mask)[:real].double().sum()
         model.train(was_training)
-        dist.reshard(model)  # no backward follows: FSDP must not keep the root's weights gathered
+        dist.reshard(model)  # no backward follows (and an undo may change the shards): FSDP drops its gathered copies
         return (dist.all_reduce_sum_(total) / max(1, len(self.encs))).item()
 
     # -- the record -------------------------------------------------------------------------------

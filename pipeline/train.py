@@ -264,7 +264,6 @@ class Finetune:
                 with torch.no_grad():  # undo the step that did the damage
                     for p, old in zip(self.params, saved):
                         p.copy_(old)
-                dist.reshard(self.model)  # FSDP: the next forward gathers the restored shards
                 state.unlearn_taken -= int(taken)
                 self.record("unlearn_stopped", after, lr)
 
