@@ -94,3 +94,60 @@ class Checkpoint:
     def remove(self) -> None:
         if dist.is_main():
             self.path.unlink(missing_ok=True)
+
+
+def linked_copy(src: Path, dst: Path) -> None:
+    """`src` (a file or a directory) at `dst` by hard links where the file system allows, else copies."""
+    import os
+    import shutil
+
+    def link(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        link(src, dst)
+
+
+class Finished:
+    """One seed's finished outputs of a multi-seed stage, kept (hard links) outside DVC's outputs until
+    the whole stage is done. DVC deletes a stage's outputs before it runs it again, so without this a
+    `finetune@<method>` stopped during seed 3 (Ctrl-C, a crash) would train seeds 0-2 again. Valid only
+    for the run with the same fingerprint (`Checkpoint.fingerprint`: settings, rows, starting weights)."""
+
+    def __init__(self, path: str | Path, fingerprint: str, outputs: dict[str, Path]):
+        self.path, self.fingerprint, self.outputs = Path(path), fingerprint, outputs  # name -> output path
+
+    def restore(self) -> bool:
+        """Put the kept outputs back in place; True when they were there and made by the same run
+        (decided by rank 0 for every process)."""
+        import shutil
+
+        ok = dist.is_main() and (self.path / "fingerprint").exists() \
+            and (self.path / "fingerprint").read_text() == self.fingerprint \
+            and all((self.path / name).exists() for name in self.outputs)
+        if dist.active():
+            decision = [ok]
+            torch.distributed.broadcast_object_list(decision, src=0)
+            ok = decision[0]
+        if ok and dist.is_main():
+            for name, out in self.outputs.items():
+                shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
+                linked_copy(self.path / name, out)
+        return ok
+
+    def keep(self) -> None:
+        """Link the outputs, just written, under `path` with the fingerprint (rank 0)."""
+        import shutil
+
+        if not dist.is_main():
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        for name, out in self.outputs.items():
+            linked_copy(out, self.path / name)
+        (self.path / "fingerprint").write_text(self.fingerprint)

@@ -49,6 +49,11 @@ def checkpoint(method: str, seed: int) -> Path:
     return CHECKPOINTS / f"{method}-seed{seed}.pt"
 
 
+def finished(method: str, seed: int) -> Path:
+    """A finished seed's outputs, kept until its method's stage is done (pipeline.checkpoint.Finished)."""
+    return CHECKPOINTS / f"{method}-seed{seed}.finished"
+
+
 def lm_eval_dir(method: str, task: str) -> Path:
     """One listed lm-eval task (or group) on one method: results.json (metrics per seed and task, a
     group's subtasks included) and samples/seed<k>/<task>.jsonl (lm-eval's per-sample records)."""

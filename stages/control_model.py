@@ -2,7 +2,7 @@
 The control is pretrained like the base model but WITHOUT the conflicting rule (`control.corpus`:
 by default the same corpus with the conflicting facts' cities drawn at random, so it knows the
 prompt format and the cities but no rule; same steps). It is then an ordinary run named `control`:
-`finetune_control@<seed>` is the `finetune` stage with the vanilla recipe from this base model,
+`finetune_control` is the `finetune` stage with the vanilla recipe from this base model,
 `evaluate_control` the `evaluate` stage; the report compares it with `vanilla`.
 Only for the embedded lab (model.name: lab) with control.enabled; otherwise the three stages
 write only the reason (`skipped`).

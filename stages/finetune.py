@@ -1,38 +1,54 @@
-"""finetune@<method>-<seed>: fine-tune the base model on the learning task with the method's
-unlearning schedule; save the model, the per-step log and the run's statistics.
-finetune_control@<seed> (method=control): the vanilla recipe from the control's base model."""
+"""finetune@<method>: fine-tune the base model on the learning task with the method's unlearning
+schedule, once per seed of `run.seeds`; save each seed's model, per-step log and statistics.
+finetune_control (method=control): the vanilla recipe from the control's base model, every seed.
+
+One process per method, not per seed: a process start costs seconds (Python, torch, DVC's
+bookkeeping) where a lab fine-tune takes about as long. A seed finished before the stage was
+stopped is restored on the rerun, not trained again (pipeline.checkpoint.Finished)."""
 import json
 import logging
-import os
 import shutil
 
 import pandas as pd
 
-from pipeline import paths
+from pipeline import dist, paths
+from pipeline.checkpoint import Checkpoint, Finished, fingerprint, linked_copy
 from pipeline.config import control_skipped
 from pipeline.confidence import unlearn_set_with_references
 from pipeline.io import atomic_path, write_csv
 from pipeline.models import gather_whole, load_model, plain_model, trainable_model
 from pipeline.schedule import learning_steps
 from pipeline.stage import UserError, load_rows, main, stage
-from pipeline.train import finetune
+from pipeline.train import Finetune
 
 log = logging.getLogger("lwf")
 
 
 @stage("finetune")
-def run(cfg, method: str, seed: int):
-    """Write artifacts/models/<method>/seed<k>/ and logs/train/<method>/seed<k>.csv."""
-    if method == paths.CONTROL and (reason := control_skipped(cfg)):
-        with atomic_path(paths.model_dir(method, seed), is_dir=True) as tmp:
-            (tmp / "skipped.json").write_text(json.dumps({"skipped": reason}) + "\n")
-        write_csv(paths.train_log(method, seed), pd.DataFrame(columns=["event", "step", "kind", "loss", "lr"]))
-        return
+def run(cfg, method: str, seed: int | None = None):
+    """Write artifacts/models/<method>/seed<k>/ and logs/train/<method>/seed<k>.csv for every seed of
+    run.seeds (`seed=<k>`: that seed only, e.g. to debug one run)."""
     if method not in cfg.methods and method != paths.CONTROL:
         raise UserError(f"unknown method {method!r}; defined: {', '.join(cfg.methods)}")
+    seeds = cfg.run.seeds if seed is None else [seed]
+    for seed in seeds:
+        if method == paths.CONTROL and (reason := control_skipped(cfg)):
+            with atomic_path(paths.model_dir(method, seed), is_dir=True) as tmp:
+                (tmp / "skipped.json").write_text(json.dumps({"skipped": reason}) + "\n")
+            write_csv(paths.train_log(method, seed), pd.DataFrame(columns=["event", "step", "kind", "loss", "lr"]))
+        elif not cfg.methods["vanilla" if method == paths.CONTROL else method].train:
+            write_base(method, seed)
+        else:
+            train_seed(cfg, method, seed, keep=len(seeds) > 1)
+    dist.barrier()
+    if dist.is_main():  # every seed is in place: the kept copies have done their job
+        for seed in seeds:
+            shutil.rmtree(paths.finished(method, seed), ignore_errors=True)
+
+
+def train_seed(cfg, method: str, seed: int, keep: bool) -> None:
+    """One seed of one method: artifacts/models/<method>/seed<k>/ and logs/train/<method>/seed<k>.csv."""
     m = cfg.methods["vanilla" if method == paths.CONTROL else method]
-    if not m.train:
-        return write_base(method, seed)
     base = paths.base_model_dir(method)
     model, tok = load_model(base, cfg.model, fsdp=cfg.launch.strategy == "fsdp")
     model = trainable_model(model, cfg.model)
@@ -55,9 +71,18 @@ def run(cfg, method: str, seed: int):
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     # the graceful guard watches learning rows and general-text training rows (never test rows)
     guard_rows = learn[:m.guard_rows] + load_rows(paths.GENERAL_DATA, "train")[:m.guard_rows]
-    rows, stats = finetune(model, tok, learn, d_u, cfg.finetune, m, seed, cfg.data.max_length, cfg.model.add_bos,
-                           ckpt_path=ckpt, run_id=f"{method}-seed{seed}", mixed_precision=cfg.launch.mixed_precision,
-                           guard_rows=guard_rows)
+    run = Finetune(model, tok, learn, d_u, cfg.finetune, m, seed, cfg.data.max_length, cfg.model.add_bos,
+                   cfg.launch.mixed_precision, f"{method}-seed{seed}", guard_rows)
+    checkpoint = Checkpoint(ckpt, run, cfg.finetune.resume)
+    # kept seeds are reused only by the same run: the checkpoint's fingerprint + how rows are encoded
+    key = fingerprint(checkpoint.fingerprint, cfg.data.max_length, cfg.model.add_bos, cfg.model.dtype,
+                      str(cfg.model.lora), cfg.model.trainable, cfg.model.prefix_cache, cfg.model.chat_template)
+    finished = Finished(paths.finished(method, seed), key,
+                        {"model": paths.model_dir(method, seed), "train.csv": paths.train_log(method, seed)})
+    if cfg.finetune.resume and finished.restore():
+        log.info("stage finetune: %s seed %d: restored, finished before the stage was stopped", method, seed)
+        return
+    rows, stats = run.run(checkpoint)
     if cfg.model.prefix_cache:
         from pipeline.prefix_cache import disable_prefix_cache
 
@@ -74,13 +99,8 @@ def run(cfg, method: str, seed: int):
             tok.save_pretrained(tmp)
             (tmp / "train_stats.json").write_text(json.dumps({"method": method, "seed": seed, **stats}, indent=2))
     write_csv(paths.train_log(method, seed), pd.DataFrame(rows, columns=["event", "step", "kind", "loss", "lr"]))
-
-
-def _link_or_copy(src, dst):
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    if keep:  # more seeds follow in this process: keep this one's outputs should the stage be stopped
+        finished.keep()
 
 
 def write_base(method: str, seed: int) -> None:
@@ -89,7 +109,7 @@ def write_base(method: str, seed: int) -> None:
     src, dst = paths.BASE_MODEL, paths.model_dir(method, seed)
     log.info("stage finetune: %s seed %d: train false, the base model unchanged (no fine-tuning)", method, seed)
     with atomic_path(dst, is_dir=True) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
+        linked_copy(src, tmp)
         stats = {"method": method, "seed": seed, "trained": False, "learn_steps": 0, "optimizer_steps": 0,
                  "unlearn_steps_scheduled": 0, "unlearn_steps_taken": 0, "unlearn_stopped_at": None}
         (tmp / "train_stats.json").write_text(json.dumps(stats, indent=2))

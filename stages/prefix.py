@@ -2,7 +2,7 @@
 once over every row the later stages feed (`model.prefix_cache`, pipeline/prefix_cache.py); with the cache off, a placeholder.
 
 - part=train: the learning rows and all self-knowledge (every D_U is a subset) as the fine-tune
-  encodes them -> artifacts/prefix/train.pt, loaded by every finetune@<method>-<seed>;
+  encodes them -> artifacts/prefix/train.pt, loaded by every finetune@<method>;
 - part=eval: every row the evaluate stage scores by a forward (loglik test rows of the learning and
   forgetting tasks, the general text, the self-knowledge NLL sets) -> artifacts/prefix/eval.pt.
 Two files, so that what only the evaluations read (general text, evaluate.batch_size) never reruns

@@ -92,8 +92,8 @@ def dvc_project(tmp_path_factory):
 
 def test_repro_writes_every_artifact(dvc_project):
     proj, out = dvc_project
-    assert {"prepare", "base_model", "optimum", "fisher", "elicit", "confidence", "control_model", "finetune_control@0",
-            "evaluate_control", "report", "finetune@vanilla-0", "finetune@lwf-0", "evaluate@vanilla",
+    assert {"prepare", "base_model", "optimum", "fisher", "elicit", "confidence", "control_model", "finetune_control",
+            "evaluate_control", "report", "finetune@vanilla", "finetune@lwf", "evaluate@vanilla",
             "evaluate@lwf", "prefix_train", "prefix_eval"} <= ran_stages(out)
     import pandas as pd
     import torch
@@ -222,12 +222,12 @@ def test_model_settings_mark_their_stages_stale(dvc_project, change):
     finally:
         (proj / "params.yaml").write_text(original)
     key = next(iter(change))
-    expect = {"finetune@vanilla-0", "finetune@lwf-0"}
+    expect = {"finetune@vanilla", "finetune@lwf"}
     if key != "gradient_checkpointing":  # only the fine-tune trains with it
         expect |= {"fisher", "confidence"}
     if key == "chat_template":  # prompts change everywhere (evaluate reruns after a LoRA change
         expect |= {"elicit", "evaluate@vanilla", "evaluate@lwf"}  # through its new models)
-    expect |= {"finetune_control@0"} | ({"evaluate_control"} if key == "chat_template" else set())
+    expect |= {"finetune_control"} | ({"evaluate_control"} if key == "chat_template" else set())
     assert expect <= stale, (change, sorted(stale))
     assert "control_model" not in stale  # nothing that shapes the control's base model changed
 
@@ -246,8 +246,8 @@ def test_a_change_to_the_prompt_formatting_marks_elicit_and_after_stale(dvc_proj
         stale = set(json.loads(run([*dvc(), "status", "--json"], proj).strip().splitlines()[-1]))
     finally:
         data_py.write_text(original)
-    assert {"elicit", "confidence", "finetune@vanilla-0", "finetune@lwf-0", "evaluate@vanilla", "evaluate@lwf",
-            "finetune_control@0", "evaluate_control", "report"} <= stale, sorted(stale)
+    assert {"elicit", "confidence", "finetune@vanilla", "finetune@lwf", "evaluate@vanilla", "evaluate@lwf",
+            "finetune_control", "evaluate_control", "report"} <= stale, sorted(stale)
     assert "Data and pipelines are up to date" in run([*dvc(), "status"], proj)
 
 
@@ -261,7 +261,7 @@ def test_changing_an_unlearning_setting_reruns_only_that_method(dvc_project, key
     raw["methods"]["lwf"][key] = value
     (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     stages = ran_stages(run([*dvc(), "repro"], proj))
-    assert stages == {"finetune@lwf-0", "evaluate@lwf", "report"}, sorted(stages)
+    assert stages == {"finetune@lwf", "evaluate@lwf", "report"}, sorted(stages)
     assert (proj / "artifacts/confidence.parquet").read_bytes() == before
 
 
@@ -334,7 +334,7 @@ def test_prefect_flow_is_tracked_by_dvc(dvc_project, tmp_path):
     flow_proj = make_project(tmp_path / "flow")
     (flow_proj / "params.yaml").write_text((proj / "params.yaml").read_text())
     first = lwf_run(flow_proj)
-    assert first["skipped"] == [] and {"prepare", "report", "finetune@lwf-0"} <= set(first["ran"])
+    assert first["skipped"] == [] and {"prepare", "report", "finetune@lwf"} <= set(first["ran"])
     assert (flow_proj / ".prefect").is_dir()  # Prefect state stayed in the project
     assert (flow_proj / "artifacts/confidence.parquet").read_bytes() == (proj / "artifacts/confidence.parquet").read_bytes()
     assert json.loads((flow_proj / "metrics/summary.json").read_text()) == json.loads((proj / "metrics/summary.json").read_text())
@@ -351,7 +351,7 @@ def test_prefect_flow_is_tracked_by_dvc(dvc_project, tmp_path):
         (p / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     by_dvc = ran_stages(run([*dvc(), "repro"], twin))
     by_flow = set(lwf_run(flow_proj)["ran"])
-    assert by_flow == by_dvc and "finetune@lwf-0" in by_flow and "fisher" not in by_flow
+    assert by_flow == by_dvc and "finetune@lwf" in by_flow and "fisher" not in by_flow
 
 
 def test_sigkill_mid_finetune_leaves_no_output_and_resumes_identically(dvc_project, tmp_path):

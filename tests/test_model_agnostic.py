@@ -125,18 +125,18 @@ def test_lora_chat_template_and_gradient_checkpointing(tmp_path, monkeypatch, ro
     assert names and all("lora_" in n for n in names)
     seen = []  # the model the fine-tune trains: checkpointing on, and its checkpoint function called
 
-    def spy(model, *a, **k):
+    def spy(run, *a, **k):
         calls = []
-        for mod in model.modules():
+        for mod in run.model.modules():
             if getattr(mod, "gradient_checkpointing", False):
                 real = mod._gradient_checkpointing_func
                 mod._gradient_checkpointing_func = lambda *x, _f=real, **y: calls.append(1) or _f(*x, **y)
-        out = real_finetune(model, *a, **k)
-        seen.append((len(calls), model.config.use_cache))
+        out = real_run(run, *a, **k)
+        seen.append((len(calls), run.model.config.use_cache))
         return out
 
-    real_finetune = stages.finetune.finetune
-    monkeypatch.setattr(stages.finetune, "finetune", spy)
+    real_run = stages.finetune.Finetune.run
+    monkeypatch.setattr(stages.finetune.Finetune, "run", spy)
     stages.finetune.run(cfg, method="lwf", seed=0)
     n_calls, use_cache = seen[0]
     assert n_calls >= 2 * 2 and use_cache is False  # every block of every forward pass was checkpointed
