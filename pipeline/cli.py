@@ -9,6 +9,7 @@ import importlib
 import json
 import sys
 import time
+from pathlib import Path
 
 from .config import ConfigError, load_config
 from .stage import fail
@@ -120,6 +121,39 @@ def _preset(a) -> None:
           "next: dvc repro")
 
 
+def _tune(a) -> None:
+    from .io import setup_logging
+    from .tune import tune, write_choice
+
+    setup_logging()
+    try:
+        cfg = load_config(a.params)
+    except ConfigError as e:
+        fail(str(e))
+    ft, m = cfg.finetune, cfg.methods.get(a.method)
+    ulr = m.unlearn_lr if m is not None else 0.01
+    steps = a.steps or 2 * ft.max_steps
+
+    def around(x: float) -> list[float]:  # x / 3, x, 3 x, in 3 significant digits
+        return [float(f"{x * f:.3g}") for f in (1 / 3, 1, 3)]
+
+    try:
+        choice = tune(cfg, a.lrs or around(ft.lr), steps, a.at or [steps // 4, steps // 2, 3 * steps // 4],
+                      a.unlearn_lrs or around(ulr),
+                      a.seeds or cfg.run.seeds, a.n_val or cfg.optimum.n_validation, a.method, a.tolerance,
+                      Path(a.out))
+    except (ValueError, FileNotFoundError) as e:
+        fail(f"{e} (lwf tune needs `dvc repro confidence` first)" if isinstance(e, FileNotFoundError) else str(e))
+    print((Path(a.out) / "tune.md").read_text())
+    if a.write:
+        try:
+            write_choice(choice, a.params)
+        except ConfigError as e:
+            fail(str(e))
+        print(f"{a.params}: finetune.lr {choice['finetune.lr']:g}, finetune.max_steps {choice['finetune.max_steps']}, "
+              f"{a.method} unlearn_lr {choice[a.method + '.unlearn_lr']:g}; next: dvc repro")
+
+
 # name, one line for `lwf --help` (at most 64 characters: one line each on an 80-column terminal), a longer
 # description for `lwf NAME --help`, the function
 COMMANDS = [
@@ -139,6 +173,11 @@ COMMANDS = [
      "Write the full params.yaml that DVC reads: the defaults (pipeline/config.py) with the differences of "
      "presets/NAME.yaml laid over them, validated, every key written out with what it means. NAME `lab` writes "
      "the defaults. The file is replaced in one step, and only when the preset validates.", _preset),
+    ("tune", "choose steps and rates on the validation split: lwf tune",
+     "Choose the learning rate and steps (vanilla learning curve) and the unlearning step size of a method on "
+     "the learning task's validation split, never its test split (pipeline/tune.py: the rules). Needs `dvc repro "
+     "confidence`. Writes tune/ (curve.csv, curve.png, choice.json, tune.md); --write sets the choice in "
+     "params.yaml.", _tune),
     ("run", "run the pipeline as one Prefect flow (DVC decides what reruns)",
      "Run every stage of dvc.yaml as a task of one Prefect flow; each runs as `dvc repro --single-item`, so DVC "
      "decides what is stale. Prints the wall time and the stages that ran and were skipped, as JSON.", _run),
@@ -174,6 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["preset"].add_argument("--params", default="params.yaml", help="the file to write (default params.yaml)")
     parsers["run"].add_argument("--only", nargs="*", metavar="STAGE",
                                 help="only these stages (e.g. finetune evaluate report), as dvc repro --single-item")
+    t = parsers["tune"]
+    t.add_argument("--params", default="params.yaml")
+    t.add_argument("--lrs", type=float, nargs="+", help="learning rates (default: finetune.lr / 3, x 1, x 3)")
+    t.add_argument("--steps", type=int, help="learning steps of each curve (default: 2 x finetune.max_steps)")
+    t.add_argument("--at", type=int, nargs="+", help="steps scored on validation (default: quarters of --steps)")
+    t.add_argument("--unlearn-lrs", type=float, nargs="+", help="unlearning step sizes (default: the method's / 3, x 1, x 3)")
+    t.add_argument("--seeds", type=int, nargs="+", help="fine-tuning seeds (default: run.seeds)")
+    t.add_argument("--n-val", type=int, help="validation rows (default: optimum.n_validation)")
+    t.add_argument("--method", default="lwf", help="the unlearning method whose step is chosen (default lwf)")
+    t.add_argument("--tolerance", type=float, default=0.01,
+                   help="how far below vanilla's validation score an unlearning step may take it (default 0.01)")
+    t.add_argument("--out", default="tune", help="output folder (default tune/)")
+    t.add_argument("--write", action="store_true", help="set the chosen values in the params file")
     s = parsers["stage"]
     s.add_argument("name", help="a stage of dvc.yaml: prepare, base_model, fisher, elicit, confidence, finetune, "
                                 "evaluate, control, report")

@@ -14,11 +14,11 @@ import pandas as pd
 from pipeline import dist, paths
 from pipeline.checkpoint import Checkpoint, Finished, fingerprint, linked_copy
 from pipeline.config import control_skipped
-from pipeline.confidence import unlearn_set_with_references
 from pipeline.io import atomic_path, write_csv
 from pipeline.models import gather_whole, load_model, plain_model, trainable_model
+from pipeline.runs import run_rows
 from pipeline.schedule import learning_steps
-from pipeline.stage import UserError, load_rows, main, stage
+from pipeline.stage import UserError, main, stage
 from pipeline.train import Finetune
 
 log = logging.getLogger("lwf")
@@ -63,14 +63,11 @@ def train_seed(cfg, method: str, seed: int, keep: bool) -> None:
             prefix = serve_from_store(model, paths.prefix_store("train") if method != paths.CONTROL else None)
         except PrefixCacheError as e:
             raise UserError(str(e)) from None
-    learn = load_rows(paths.LEARN_DATA, "train")
-    d_u = unlearn_set_with_references(pd.read_parquet(paths.CONFIDENCE), m.selection) if m.unlearn != "none" else []
+    learn, d_u, guard_rows = run_rows(cfg, m)
     log.info("stage finetune: %s seed %d: %d learning rows, %d unlearning rows (objective %s, %s), %d learning steps",
              method, seed, len(learn), len(d_u), m.objective, m.unlearn_optimizer, learning_steps(cfg.finetune, m))
     ckpt = paths.checkpoint(method, seed)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    # the graceful guard watches learning rows and general-text training rows (never test rows)
-    guard_rows = learn[:m.guard_rows] + load_rows(paths.GENERAL_DATA, "train")[:m.guard_rows]
     run = Finetune(model, tok, learn, d_u, cfg.finetune, m, seed, cfg.data.max_length, cfg.model.add_bos,
                    cfg.launch.mixed_precision, f"{method}-seed{seed}", guard_rows)
     checkpoint = Checkpoint(ckpt, run, cfg.finetune.resume)

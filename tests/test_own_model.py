@@ -189,7 +189,8 @@ README_INIT = [sys.executable, "-m", "pipeline.cli", "init", "--model", f"{E}/mo
 
 
 @pytest.mark.e2e
-def test_own_model_example_runs_and_its_files_are_dvc_deps(tmp_path):
+def test_own_model_example_runs_tunes_and_its_files_are_dvc_deps(tmp_path):
+    from pipeline.config import load_config
     from test_e2e import dvc, run
 
     proj = tmp_path / "proj"
@@ -224,6 +225,16 @@ def test_own_model_example_runs_and_its_files_are_dvc_deps(tmp_path):
     assert stale() == ["base_model"]  # the stage that reads the model folder
     config.write_text(keep)
     assert stale() == []
+
+    # steps and rates chosen on the example task's validation split, written into params.yaml: the
+    # fine-tunes (and what follows them) are stale, nothing before them
+    run([sys.executable, "-m", "pipeline.cli", "tune", "--steps", "4", "--at", "2", "--seeds", "0", "--n-val", "8",
+         "--lrs", "0.001", "0.003", "--write"], proj)
+    choice = json.loads((proj / "tune/choice.json").read_text())
+    cfg = load_config(str(proj / "params.yaml"))
+    assert (cfg.finetune.lr, cfg.finetune.max_steps) == (choice["finetune.lr"], choice["finetune.max_steps"])
+    assert choice["finetune.lr"] in (0.001, 0.003) and choice["finetune.max_steps"] in (2, 4)
+    assert {"finetune@vanilla", "finetune@lwf", "report"} <= set(stale()) and "prepare" not in stale()
 
 
 # --- the Python API page ---------------------------------------------------------------------------

@@ -1,0 +1,20 @@
+"""What one fine-tuning run reads, built once for the finetune stage and for `lwf tune`: the learning
+rows, the method's D_U with the base model's reference NLLs (from the confidence table), and the rows
+the graceful guard watches (learning rows and general-text training rows, never test rows)."""
+from __future__ import annotations
+
+from . import paths
+
+
+def run_rows(cfg, m) -> tuple[list[dict], list[dict], list[dict]]:
+    """(learning rows, D_U, guard rows) of method `m` (a `MethodConfig`) under `cfg`, from the prepare
+    and confidence stages' outputs."""
+    import pandas as pd
+
+    from .confidence import unlearn_set_with_references
+    from .stage import load_rows
+
+    learn = load_rows(paths.LEARN_DATA, "train")
+    d_u = unlearn_set_with_references(pd.read_parquet(paths.CONFIDENCE), m.selection) if m.unlearn != "none" else []
+    guard_rows = learn[:m.guard_rows] + load_rows(paths.GENERAL_DATA, "train")[:m.guard_rows]
+    return learn, d_u, guard_rows
