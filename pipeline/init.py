@@ -5,7 +5,8 @@ depends on the model and the data: the three tasks as `custom` tasks in the file
 (a missing test or validation split carved from the training file, general text from a test file
 alone), `data.max_length` from the longest tokenized row (a forgetting prompt counted with its
 elicited answer), the generation lengths from the longest gold answer, the chat template when the
-tokenizer has one, budgets sized from the training split (the optimum stage its own, not the lab's),
+tokenizer has one, the dtype and the trainable parameters that fit the machine's memory (every
+parameter, else the top blocks), budgets sized from the training split (the optimum stage its own, not the lab's),
 the graceful guard, no lab-only method or control, and `data.files` / `model.files` so that DVC
 tracks the files. The file is written only when `lwf check` finds nothing wrong with it.
 """
@@ -118,6 +119,71 @@ def _context_length(model: str) -> int | None:
                  if getattr(c, k, None)), None)
 
 
+def machine_memory() -> tuple[str, int]:
+    """('cuda', the GPU's memory) when a GPU is visible, else ('cpu', the memory available now), in bytes."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.cuda.mem_get_info()[1]
+    try:
+        return "cpu", os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return "cpu", 8 * 2**30
+
+
+def training_bytes(n_total: int, n_trainable: int, width: int) -> int:
+    """Rough peak memory of a fine-tune: every weight, and per trainable weight its gradient, two AdamW
+    moments, the guard's copy and the optimum stage's float64 snapshot (activations not counted: the
+    budget below keeps 40% of the memory for them)."""
+    return n_total * width + n_trainable * (4 * width + 8)
+
+
+def fit_machine(model: str, budget_share: float = 0.6) -> tuple[dict, str]:
+    """`model.dtype` and `model.trainable` that fit this machine: bfloat16 on a GPU that has it, else
+    float32; every parameter trained when `training_bytes` fits `budget_share` of the memory, else the
+    top k blocks with the largest k that does (a regex over the parameter names). Returns the params
+    and the line that says why."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    device, memory = machine_memory()
+    dtype = "bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    width = 2 if dtype == "bfloat16" else 4
+    if model == "lab":
+        return {"dtype": dtype}, f"model.dtype: {dtype} (the embedded lab model)"
+    try:
+        with torch.device("meta"):  # shapes only: no weights read, no memory taken
+            net = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model))
+    except Exception as e:  # noqa: BLE001
+        return {"dtype": dtype}, f"model.dtype: {dtype}; model.trainable left as is (no config to size it: {e})"
+    sizes = {n: p.numel() for n, p in net.named_parameters()}
+    n_total, budget = sum(sizes.values()), budget_share * memory
+    where = f"{device}, {memory / 2**30:.1f} GiB, {budget_share:.0%} of it for the fine-tune"
+    if training_bytes(n_total, n_total, width) <= budget:
+        return {"dtype": dtype}, (f"model.dtype: {dtype}; model.trainable: every parameter ({n_total / 1e6:.2g}M, "
+                                  f"~{training_bytes(n_total, n_total, width) / 2**30:.2g} GiB fits: {where})")
+    blocks: dict[str, dict[int, int]] = {}  # the repeated blocks: 'model.layers.' -> index -> parameters
+    for n, k in sizes.items():
+        if m := re.match(r"^(.*?\.)(\d+)\.", n):
+            blocks.setdefault(m.group(1), {}).setdefault(int(m.group(2)), 0)
+            blocks[m.group(1)][int(m.group(2))] += k
+    if not blocks:
+        raise ConfigError(f"--model {model!r}: {n_total / 1e6:.0f}M parameters do not fit this machine ({where}) "
+                          "and it has no numbered blocks to train a subset of")
+    prefix, per = max(blocks.items(), key=lambda kv: len(kv[1]))
+    order = sorted(per)
+    for k in range(len(order) - 1, 0, -1):
+        top = order[-k:]
+        if training_bytes(n_total, sum(per[i] for i in top), width) <= budget:
+            regex = re.escape(prefix) + "(" + "|".join(map(str, top)) + r")\."
+            return {"dtype": dtype, "trainable": regex}, (
+                f"model.trainable: {regex} (the top {k} of {len(order)} blocks, "
+                f"{sum(per[i] for i in top) / 1e6:.1f}M of {n_total / 1e6:.1f}M parameters: every parameter would "
+                f"need ~{training_bytes(n_total, n_total, width) / 2**30:.1f} GiB; {where}); model.dtype: {dtype}; "
+                "model.prefix_cache: true would run the frozen blocks once per row (docs/speed.md)")
+    raise ConfigError(f"--model {model!r}: not even its top block fits this machine ({where})")
+
+
 def _rel(path: str | os.PathLike) -> str:
     p = Path(path).expanduser().resolve()
     try:
@@ -178,9 +244,11 @@ def derive(model: str, learn: dict, forget: list[dict], general: dict, seeds: li
     why.append(f"finetune.max_steps: {max_steps} ({'--steps' if steps else f'3 epochs of {n_train} rows at batch {batch}'}); "
                f"optimum.steps: {opt_steps}, early-stopped on {min(n_val, MAX_VALIDATION)} validation rows carved from train")
     n_forget = sum(e["n_train"] for e in forget)
+    fit, line = fit_machine(model)
+    why.append(line)
     raw = {
         "run": {"seeds": seeds, "methods": methods},
-        "model": {"name": model, "chat_template": chat,
+        "model": {"name": model, "chat_template": chat, **fit,
                   "files": _rel(model) if Path(model).expanduser().is_dir() else "pipeline/models.py"},
         "data": {"learn": learn, "forget": forget, "general": general, "max_length": max_length,
                  "files": _rel(os.path.commonpath([str(Path(f).expanduser().resolve()) for e in (learn, *forget, general)

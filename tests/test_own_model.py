@@ -251,3 +251,33 @@ def test_the_api_page_example_runs(monkeypatch, capsys):
     assert scope["stats"]["unlearn_steps_taken"] >= 1 and scope["after"] > scope["before"]
     assert set(scope["table"]["forget_task"]) == {"towns"} and len(scope["d_u"]) == 8
     assert "rows unlearned" in capsys.readouterr().out
+
+
+# --- lwf init: the dtype and trainable parameters that fit the machine ------------------------------
+
+def test_init_trains_every_parameter_when_it_fits_else_the_top_blocks_that_do(tmp_path, monkeypatch):
+    import re
+
+    import pipeline.init as init
+    from conftest import tiny_lab
+    from pipeline.config import ConfigError
+
+    model, tok = tiny_lab(layers=4)
+    model.save_pretrained(tmp_path / "m")
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    total = sum(sizes.values())
+
+    def memory_for(trainable: int) -> int:  # the machine on which exactly this many trainable weights fit
+        return int(init.training_bytes(total, trainable, 4) / 0.6) + 1
+
+    monkeypatch.setattr(init, "machine_memory", lambda: ("cpu", memory_for(total)))
+    fit, why = init.fit_machine(str(tmp_path / "m"))
+    assert fit == {"dtype": "float32"} and "every parameter" in why
+    top2 = [n for n in sizes if re.match(r"model\.layers\.[23]\.", n)]
+    monkeypatch.setattr(init, "machine_memory", lambda: ("cpu", memory_for(sum(sizes[n] for n in top2))))
+    fit, why = init.fit_machine(str(tmp_path / "m"))
+    assert [n for n in sizes if re.search(fit["trainable"], n)] == top2 and "top 2 of 4 blocks" in why
+    top1 = sum(sizes[n] for n in sizes if n.startswith("model.layers.3."))
+    monkeypatch.setattr(init, "machine_memory", lambda: ("cpu", memory_for(top1) - 2))
+    with pytest.raises(ConfigError, match="not even its top block fits"):
+        init.fit_machine(str(tmp_path / "m"))
