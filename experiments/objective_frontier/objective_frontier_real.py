@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from objective_frontier import VAL_SEED, ci_columns, items, write_frontier
 
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
@@ -44,14 +43,13 @@ from experiments._common import interval, machine, table  # noqa: E402
 
 from pipeline import paths  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.confidence import unlearn_set_with_references  # noqa: E402
 from pipeline.evaluate import evaluate_model  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 from pipeline.models import load_model, trainable_model  # noqa: E402
 from pipeline.objectives import check_args  # noqa: E402
 from pipeline.prefix_cache import enable_prefix_cache, load_store  # noqa: E402
 from pipeline.report import paired_bootstrap, perplexity_bootstrap  # noqa: E402
-from pipeline.stage import load_rows  # noqa: E402
+from pipeline.runs import run_rows  # noqa: E402
 from pipeline.tasks import get_task  # noqa: E402
 from pipeline.checkpoint import rows_digest, weights_digest  # noqa: E402
 from pipeline.train import finetune  # noqa: E402
@@ -74,15 +72,15 @@ class Runner:
     def __init__(self, cfg, n_learn: int, n_general: int, cache_dir: Path):
         self.cfg, self.cache_dir = cfg, cache_dir
         self.plain, self.tok = load_model(paths.BASE_MODEL, cfg.model)
-        self.learn = load_rows(paths.LEARN_DATA, "train")
         lwf = cfg.methods["lwf"]
-        self.d_u = unlearn_set_with_references(pd.read_parquet(paths.CONFIDENCE), lwf.selection)  # as finetune@lwf
+        self.learn, self.d_u, self.guard_rows = run_rows(cfg, lwf)  # what finetune@lwf reads
         self.sets = {"d_u": [{k: v for k, v in r.items() if k != "ref_nll"} for r in self.d_u]}
         self.val = validation_rows(cfg, n_learn, n_general)
         self.store = None
         # what a cached fine-tune's scores depend on: the rows, the recipe, the model and its base weights
         self.settings = {"n_learn": n_learn, "n_general": n_general, "learn": rows_digest(self.learn),
-                         "d_u": rows_digest(self.d_u), "base_model": weights_digest(self.plain),
+                         "d_u": rows_digest(self.d_u), "guard": rows_digest(self.guard_rows),
+                         "base_model": weights_digest(self.plain),
                          **{k: getattr(cfg, k).model_dump(mode="json") for k in ("model", "data", "finetune", "evaluate",
                                                                                    "launch")}}
         print(f"{cfg.model.name}: {len(self.learn)} learning rows, D_U {len(self.d_u)} rows ({lwf.selection}); "
@@ -116,7 +114,7 @@ class Runner:
             rows = self.d_u if method.unlearn != "none" else []
             _, stats = finetune(m, self.tok, self.learn, rows, self.cfg.finetune, method, seed,
                                 self.cfg.data.max_length, self.cfg.model.add_bos, run_id=f"{name}-seed{seed}",
-                                mixed_precision=self.cfg.launch.mixed_precision)
+                                mixed_precision=self.cfg.launch.mixed_precision, guard_rows=self.guard_rows)
         learn, forget, general = self.val
         res = evaluate_model(m, self.tok, self.cfg.data, learn, forget, general, self.cfg.evaluate,
                              self.cfg.model.add_bos, self.sets)
