@@ -25,6 +25,17 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def code_digest() -> str:
+    """Digest of the library's source (pipeline/, its tasks and the stages): a kept result made by
+    other code is not reused."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted([*root.rglob("*.py"), *(root.parent / "stages").glob("*.py")]):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def rows_digest(rows: list[dict]) -> str:
     """Content digest of training rows (a changed D_U of the same size changes it)."""
     return fingerprint(rows)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .config import ConfigError, load_config
-from .stage import fail
+from .stage import UserError, fail
 
 
 def _run(a) -> None:
@@ -142,16 +142,16 @@ def _tune(a) -> None:
                       a.unlearn_lrs or around(ulr),
                       a.seeds or cfg.run.seeds, a.n_val or cfg.optimum.n_validation, a.method, a.tolerance,
                       Path(a.out))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, UserError) as e:
         fail(f"{e} (lwf tune needs `dvc repro confidence` first)" if isinstance(e, FileNotFoundError) else str(e))
     print((Path(a.out) / "tune.md").read_text())
     if a.write:
         try:
-            write_choice(choice, a.params)
+            where = write_choice(choice, a.params)
         except ConfigError as e:
             fail(str(e))
         print(f"{a.params}: finetune.lr {choice['finetune.lr']:g}, finetune.max_steps {choice['finetune.max_steps']}, "
-              f"{a.method} unlearn_lr {choice[a.method + '.unlearn_lr']:g}; next: dvc repro")
+              f"{where} {choice[a.method + '.unlearn_lr']:g}; next: dvc repro")
 
 
 # name, one line for `lwf --help` (at most 64 characters: one line each on an 80-column terminal), a longer

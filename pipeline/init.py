@@ -120,13 +120,13 @@ def _context_length(model: str) -> int | None:
 
 
 def machine_memory() -> tuple[str, int]:
-    """('cuda', the GPU's memory) when a GPU is visible, else ('cpu', the memory available now), in bytes."""
+    """('cuda', the GPU's memory) when a GPU is visible, else ('cpu', the machine's memory), in bytes."""
     import torch
 
     if torch.cuda.is_available():
         return "cuda", torch.cuda.mem_get_info()[1]
     try:
-        return "cpu", os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return "cpu", os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         return "cpu", 8 * 2**30
 
@@ -139,16 +139,16 @@ def training_bytes(n_total: int, n_trainable: int, width: int) -> int:
 
 
 def fit_machine(model: str, budget_share: float = 0.6) -> tuple[dict, str]:
-    """`model.dtype` and `model.trainable` that fit this machine: bfloat16 on a GPU that has it, else
-    float32; every parameter trained when `training_bytes` fits `budget_share` of the memory, else the
-    top k blocks with the largest k that does (a regex over the parameter names). Returns the params
-    and the line that says why."""
+    """`model.dtype` and `model.trainable` that fit this machine: every parameter trained in float32
+    when `training_bytes` fits `budget_share` of the memory, else (on a GPU that has it) in bfloat16,
+    else the top k blocks with the largest k that fits (a regex over the parameter names). Returns
+    the params and the line that says why."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     device, memory = machine_memory()
-    dtype = "bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    width = 2 if dtype == "bfloat16" else 4
+    dtypes = ["float32"] + (["bfloat16"] if device == "cuda" and torch.cuda.is_bf16_supported() else [])
+    dtype, width = "float32", 4
     if model == "lab":
         return {"dtype": dtype}, f"model.dtype: {dtype} (the embedded lab model)"
     try:
@@ -159,9 +159,11 @@ def fit_machine(model: str, budget_share: float = 0.6) -> tuple[dict, str]:
     sizes = {n: p.numel() for n, p in net.named_parameters()}
     n_total, budget = sum(sizes.values()), budget_share * memory
     where = f"{device}, {memory / 2**30:.1f} GiB, {budget_share:.0%} of it for the fine-tune"
-    if training_bytes(n_total, n_total, width) <= budget:
-        return {"dtype": dtype}, (f"model.dtype: {dtype}; model.trainable: every parameter ({n_total / 1e6:.2g}M, "
-                                  f"~{training_bytes(n_total, n_total, width) / 2**30:.2g} GiB fits: {where})")
+    for dtype in dtypes:  # float32 where it fits (AdamW on bfloat16 weights rounds small updates away)
+        width = 2 if dtype == "bfloat16" else 4
+        if training_bytes(n_total, n_total, width) <= budget:
+            return {"dtype": dtype}, (f"model.dtype: {dtype}; model.trainable: every parameter ({n_total / 1e6:.2g}M, "
+                                      f"~{training_bytes(n_total, n_total, width) / 2**30:.2g} GiB fits: {where})")
     blocks: dict[str, dict[int, int]] = {}  # the repeated blocks: 'model.layers.' -> index -> parameters
     for n, k in sizes.items():
         if m := re.match(r"^(.*?\.)(\d+)\.", n):
@@ -172,7 +174,7 @@ def fit_machine(model: str, budget_share: float = 0.6) -> tuple[dict, str]:
                           "and it has no numbered blocks to train a subset of")
     prefix, per = max(blocks.items(), key=lambda kv: len(kv[1]))
     order = sorted(per)
-    for k in range(len(order) - 1, 0, -1):
+    for k in range(len(order), 0, -1):  # k = all: every block, the embeddings and the head frozen
         top = order[-k:]
         if training_bytes(n_total, sum(per[i] for i in top), width) <= budget:
             regex = re.escape(prefix) + "(" + "|".join(map(str, top)) + r")\."

@@ -221,8 +221,9 @@ def plot(df, path: Path) -> None:
     plt.close(fig)
 
 
-def write_choice(choice: dict, params: str | Path = "params.yaml") -> None:
-    """Set the chosen values in the params file, comments kept; replaced only if it still validates."""
+def write_choice(choice: dict, params: str | Path = "params.yaml") -> str:
+    """Set the chosen values in the params file, comments kept; replaced only if it still validates.
+    Returns the key that got the unlearning step."""
     import io
 
     from ruamel.yaml import YAML
@@ -232,11 +233,15 @@ def write_choice(choice: dict, params: str | Path = "params.yaml") -> None:
 
     yaml = YAML()
     raw = yaml.load(Path(params).read_text())
-    raw["finetune"]["lr"] = choice["finetune.lr"]
+    raw.setdefault("finetune", {})["lr"] = choice["finetune.lr"]
     raw["finetune"]["max_steps"] = choice["finetune.max_steps"]
     method = choice["method"]
-    own = raw.get("methods", {}).get(method) or {}
-    (own if "unlearn_lr" in own else raw["unlearning"])["unlearn_lr"] = choice[f"{method}.unlearn_lr"]
+    own = (raw.get("methods") or {}).get(method) or {}
+    if "unlearn_lr" in own:  # the method sets its own step
+        own["unlearn_lr"], where = choice[f"{method}.unlearn_lr"], f"methods.{method}.unlearn_lr"
+    else:  # it takes the recipe's, as every unlearning method that sets none does
+        raw.setdefault("unlearning", {})["unlearn_lr"] = choice[f"{method}.unlearn_lr"]
+        where = "unlearning.unlearn_lr (every unlearning method that sets no unlearn_lr of its own)"
     buf = io.StringIO()
     yaml.dump(raw, buf)
     tmp = Path(params).with_name(f".{Path(params).name}.tune-check")
@@ -246,3 +251,4 @@ def write_choice(choice: dict, params: str | Path = "params.yaml") -> None:
     finally:
         tmp.unlink()
     write_atomic(params, buf.getvalue())
+    return where

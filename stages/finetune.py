@@ -5,14 +5,16 @@ finetune_control (method=control): the vanilla recipe from the control's base mo
 One process per method, not per seed: a process start costs seconds (Python, torch, DVC's
 bookkeeping) where a lab fine-tune takes about as long. A seed finished before the stage was
 stopped is restored on the rerun, not trained again (pipeline.checkpoint.Finished)."""
+import gc
 import json
 import logging
 import shutil
 
 import pandas as pd
+import torch
 
 from pipeline import dist, paths
-from pipeline.checkpoint import Checkpoint, Finished, fingerprint, linked_copy
+from pipeline.checkpoint import Checkpoint, Finished, code_digest, fingerprint, linked_copy
 from pipeline.config import control_skipped
 from pipeline.io import atomic_path, write_csv
 from pipeline.models import gather_whole, load_model, plain_model, trainable_model
@@ -31,6 +33,7 @@ def run(cfg, method: str, seed: int | None = None):
     if method not in cfg.methods and method != paths.CONTROL:
         raise UserError(f"unknown method {method!r}; defined: {', '.join(cfg.methods)}")
     seeds = cfg.run.seeds if seed is None else [seed]
+    dist.init()  # (several processes: the barrier below needs the group even where no seed loads a model)
     for seed in seeds:
         if method == paths.CONTROL and (reason := control_skipped(cfg)):
             with atomic_path(paths.model_dir(method, seed), is_dir=True) as tmp:
@@ -40,6 +43,9 @@ def run(cfg, method: str, seed: int | None = None):
             write_base(method, seed)
         else:
             train_seed(cfg, method, seed, keep=len(seeds) > 1)
+            gc.collect()  # the seed's model (held in reference cycles) is gone before the next one loads
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     dist.barrier()
     if dist.is_main():  # every seed is in place: the kept copies have done their job
         for seed in seeds:
@@ -71,12 +77,20 @@ def train_seed(cfg, method: str, seed: int, keep: bool) -> None:
     run = Finetune(model, tok, learn, d_u, cfg.finetune, m, seed, cfg.data.max_length, cfg.model.add_bos,
                    cfg.launch.mixed_precision, f"{method}-seed{seed}", guard_rows)
     checkpoint = Checkpoint(ckpt, run, cfg.finetune.resume)
-    # kept seeds are reused only by the same run: the checkpoint's fingerprint + how rows are encoded
-    key = fingerprint(checkpoint.fingerprint, cfg.data.max_length, cfg.model.add_bos, cfg.model.dtype,
-                      str(cfg.model.lora), cfg.model.trainable, cfg.model.prefix_cache, cfg.model.chat_template)
+    # kept seeds are reused only by the same run: the checkpoint's fingerprint (settings, rows, weights),
+    # every model and launch setting the stage reads, the number of processes and the code
+    lora = cfg.model.lora.model_dump(mode="json") if cfg.model.lora is not None else None
+    key = fingerprint(checkpoint.fingerprint, cfg.data.max_length, cfg.model.add_bos, cfg.model.dtype, lora,
+                      cfg.model.trainable, cfg.model.prefix_cache, cfg.model.chat_template, cfg.model.device,
+                      cfg.model.attn_implementation, cfg.model.gradient_checkpointing,
+                      cfg.launch.model_dump(mode="json"), dist.world_size(), code_digest())
     finished = Finished(paths.finished(method, seed), key,
                         {"model": paths.model_dir(method, seed), "train.csv": paths.train_log(method, seed)})
     if cfg.finetune.resume and finished.restore():
+        if cfg.model.prefix_cache:
+            from pipeline.prefix_cache import disable_prefix_cache
+
+            disable_prefix_cache(model)
         log.info("stage finetune: %s seed %d: restored, finished before the stage was stopped", method, seed)
         return
     rows, stats = run.run(checkpoint)
@@ -103,7 +117,7 @@ def train_seed(cfg, method: str, seed: int, keep: bool) -> None:
 def write_base(method: str, seed: int) -> None:
     """A method with `train: false`: the base model's files unchanged (hard links where the file
     system allows, else copies), train_stats saying no fine-tuning ran, an empty training log."""
-    src, dst = paths.BASE_MODEL, paths.model_dir(method, seed)
+    src, dst = paths.base_model_dir(method), paths.model_dir(method, seed)
     log.info("stage finetune: %s seed %d: train false, the base model unchanged (no fine-tuning)", method, seed)
     with atomic_path(dst, is_dir=True) as tmp:
         linked_copy(src, tmp)

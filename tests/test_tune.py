@@ -118,9 +118,15 @@ def test_write_sets_the_choice_in_params_keeping_comments_and_refuses_an_invalid
     params = tmp_path / "params.yaml"
     write_params("lab", params)
     choice = {"finetune.lr": 0.002, "finetune.max_steps": 24, "method": "lwf", "lwf.unlearn_lr": 0.05}
-    write_choice(choice, params)
+    assert write_choice(choice, params).startswith("unlearning.unlearn_lr")  # lwf takes the recipe's step
     cfg = load_config(str(params))
     assert (cfg.finetune.lr, cfg.finetune.max_steps, cfg.methods["lwf"].unlearn_lr) == (0.002, 24, 0.05)
+    assert cfg.unlearning.unlearn_lr == 0.05 and cfg.methods["lwf_low"].unlearn_lr == 0.05
+    params.write_text(params.read_text().replace("lwf: {unlearn: periodic, selection: high}",
+                                                 "lwf: {unlearn: periodic, selection: high, unlearn_lr: 0.2}"))
+    assert write_choice({**choice, "lwf.unlearn_lr": 0.07}, params) == "methods.lwf.unlearn_lr"  # its own step
+    cfg = load_config(str(params))
+    assert cfg.methods["lwf"].unlearn_lr == 0.07 and cfg.unlearning.unlearn_lr == 0.05
     assert "# the learning recipe every method shares" in params.read_text()
     before = params.read_text()
     with pytest.raises(ConfigError, match="max_steps"):
