@@ -228,6 +228,41 @@ def test_unlearning_curve_rows(tmp_path):
     assert rows == [[1, 2, "0.40", "+0.300"]]
 
 
+def _lab_result(oracle_nll, control_nll, taken, share, oracle_ppl=1.0):
+    """A lab_robustness result with what ground_truth reads: 2 fine-tuning seeds, 3 test items."""
+    def method(nll, ppl=1.0, delta=0.0, steps=(0, 0)):
+        return {"nll": {"self/lab_conflict": nll}, "perplexity": ppl, "learn_score_delta": delta,
+                "learn_score_delta_ci95": [delta - 0.1, delta + 0.1], "unlearn_steps_taken": list(steps),
+                "unlearn_steps_scheduled": [5, 5]}
+    summ = {"vanilla": method(0.5), "lwf": method(0.6, delta=-0.05, steps=taken),
+            "vanilla_matched": method(0.5, delta=0.1), "lwf_oracle": method(oracle_nll, oracle_ppl),
+            "control": method(control_nll, delta=0.3)}
+    items = {"vanilla_matched": [1, 1, 0], "lwf": [1, 0, 0]}
+    return {"summary": summ, "seeds": [0, 1],
+            "confidence": {"positive_share_of_selection": {"high": share, "random": 0.3}},
+            "params": {"confidence": {"score": "cosine", "auroc_positive": ["lab_conflict"]},
+                       "methods": {"lwf": {"unlearn": "periodic", "selection": "high"}}},
+            "evals": {m: {"seeds": {str(k): {"items": {"learn": v}} for k in (0, 1)}} for m, v in items.items()}}
+
+
+def test_ground_truth_checks_each_component_against_what_the_lab_knows():
+    """Selection (AUROC >= 0.90, conflicting share of D_U >= 0.8), action (every scheduled step),
+    removal (the oracle's conflicting NLL at or above the control's; perplexity within +5%): each
+    check passes and fails on its own figure, and lwf − vanilla_matched is paired per item."""
+    from lab_robustness import GROUND_TRUTH, ground_truth
+
+    row, checks = ground_truth(_lab_result(1.2, 1.0, (5, 5), 0.9), (0.95, 0.9, 1.0))
+    assert list(checks) == list(GROUND_TRUTH) and all(checks.values())
+    assert row[:6] == ["cosine", "0.950 [0.90, 1.00]", "0.90", "10 / 10", "0.500 / 1.200 / 1.000", "+0.0%"]
+    assert row[7].startswith("-0.333 ")  # lwf − vanilla_matched: items (1,0,0) − (1,1,0) on both seeds
+    _, checks = ground_truth(_lab_result(0.9, 1.0, (5, 4), 0.7, oracle_ppl=1.06), (0.89, 0.8, 0.95))
+    assert not any(checks.values())
+    summ = _lab_result(1.2, 1.0, (5, 5), 0.9)
+    del summ["summary"]["control"]
+    row, checks = ground_truth(summ, (0.95, 0.9, 1.0))
+    assert checks[GROUND_TRUTH[3]] is None and row[4].endswith("/ —") and row[-1] == "—"
+
+
 def test_prepared_rows_are_the_rows_the_prepare_stage_writes(tmp_path, monkeypatch):
     """The studies draw the prepare stage's rows through pipeline.tasks.prepared_rows, the function
     the stage itself calls: the same rows for every dataset and split."""

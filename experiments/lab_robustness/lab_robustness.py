@@ -4,7 +4,12 @@ this project, one per (lab seed, threads), and for each `unlearn_optimizer` mode
 what that change touches. Prints one table per question.
 
     python experiments/lab_robustness/lab_robustness.py OUT_DIR [--lab-seeds 0 1 2] [--threads 2] \
-        [--modes separate joint shared] [--set key=value ...]
+        [--modes separate joint shared] [--set key=value ...] [--log FILE]
+
+Per mode it also checks each component against the lab's ground truth (`ground_truth`): selection
+(the default score's AUROC for the conflicting task, the conflicting share of lwf's D_U), action
+(lwf's unlearning steps taken), removal (lwf_oracle's conflicting NLL against the control's, its
+perplexity against vanilla's) and the end-to-end deltas. `--log` keeps the printout.
 
 OUT_DIR keeps every run: a (lab seed, threads, mode) whose params and code are unchanged is not rerun, and
 DVC reruns only what a mode change touches. Each cell is a
@@ -120,6 +125,74 @@ def unlearning_curve_rows(projects: list[Path], seeds: list[int], methods=("lwf"
     return rows
 
 
+GROUND_TRUTH = ("selection: AUROC >= 0.90", "selection: conflicting share of D_U >= 0.8",
+                "lwf took every scheduled unlearning step", "removal: oracle's conflicting NLL >= control's",
+                "removal: oracle's perplexity within +5% of vanilla's")
+
+
+def ground_truth(res: dict, auroc: tuple[float, float, float]) -> tuple[list, dict]:
+    """One run's components against what the lab knows: selection (the default score's AUROC for
+    the conflicting task, with its interval, and the conflicting share of lwf's D_U), action (lwf's
+    unlearning steps taken of those scheduled, summed over seeds), removal (the NLL of the
+    conflicting self-knowledge after vanilla, lwf_oracle and the control; the oracle's perplexity
+    against vanilla's) and the end-to-end deltas. Returns the table row and each check's outcome."""
+    summ, conf, p = res["summary"], res["confidence"], res["params"]
+    positive = p["confidence"]["auroc_positive"]
+    share = conf["positive_share_of_selection"][p["methods"]["lwf"].get("selection", "high")]
+
+    def nll(m):  # mean NLL of the conflicting self-knowledge after method m (None if m did not run)
+        return float(np.mean([summ[m]["nll"][f"self/{t}"] for t in positive])) if m in summ else None
+
+    taken, scheduled = sum(summ["lwf"]["unlearn_steps_taken"]), sum(summ["lwf"]["unlearn_steps_scheduled"])
+    van, orc, ctl = nll("vanilla"), nll("lwf_oracle"), nll("control")
+    ppl = summ["lwf_oracle"]["perplexity"] / summ["vanilla"]["perplexity"] - 1 if orc is not None else None
+    checks = dict(zip(GROUND_TRUTH, (auroc[0] >= 0.90, share >= 0.8, taken == scheduled,
+                                     None if orc is None or ctl is None else orc >= ctl,
+                                     None if ppl is None else ppl <= 0.05)))
+    delta = lambda m: fmt((summ[m]["learn_score_delta"], *summ[m]["learn_score_delta_ci95"])) if m in summ else "—"
+    row = [p["confidence"]["score"], f"{auroc[0]:.3f} [{auroc[1]:.2f}, {auroc[2]:.2f}]", f"{share:.2f}",
+           f"{taken} / {scheduled}", " / ".join("—" if v is None else f"{v:.3f}" for v in (van, orc, ctl)),
+           "—" if ppl is None else f"{100 * ppl:+.1f}%", delta("lwf"),
+           fmt(paired(res, "lwf", "vanilla_matched")) if "vanilla_matched" in res["evals"] else "—",
+           delta("control")]
+    return row, checks
+
+
+def ground_truth_tables(runs: dict, cis: dict, mode: str) -> None:
+    """The ground-truth table (one row per run) and how many runs pass each check."""
+    rows, passed = [], {}
+    for (s, t), by_mode in runs.items():
+        res = by_mode[mode]
+        row, checks = ground_truth(res, cis[s, t][res["params"]["confidence"]["score"]])
+        rows.append([s, t, *row])
+        for k, v in checks.items():
+            passed.setdefault(k, []).append(v)
+    table(f"unlearn_optimizer = {mode}: each component against the lab's ground truth, per run "
+          "(learning-score deltas paired over fine-tuning seeds and test items)",
+          ["lab seed", "threads", "default score", "its AUROC [95% CI]", "conflicting share of D_U",
+           "lwf unlearning steps taken / scheduled", "conflicting NLL: vanilla / lwf_oracle / control",
+           "lwf_oracle perplexity vs vanilla", "lwf − vanilla", "lwf − vanilla_matched", "control − vanilla"], rows)
+    table(f"unlearn_optimizer = {mode}: checks passed", ["check", "runs that pass"],
+          [[k, f"{sum(v is True for v in vals)} of {len(vals)}" + ("" if None not in vals else " (not measurable in "
+                                                                      f"{sum(v is None for v in vals)})")]
+           for k, vals in passed.items()])
+
+
+class Tee:
+    """stdout into a file as well (`--log`): the printed tables are the study's record."""
+
+    def __init__(self, path: Path):
+        self.file, self.out = open(path, "w"), sys.stdout
+
+    def write(self, text):
+        self.out.write(text)
+        self.file.write(text)
+
+    def flush(self):
+        self.out.flush()
+        self.file.flush()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -127,7 +200,11 @@ def main():
     ap.add_argument("--threads", type=int, nargs="+", default=[2])
     ap.add_argument("--modes", nargs="+", default=["separate", "joint", "shared"])
     ap.add_argument("--set", nargs="*", default=[], help="extra params overrides, key=value (YAML value)")
+    ap.add_argument("--log", help="also write the printed tables to this file (the study's record)")
     a = ap.parse_args()
+    if a.log:
+        Path(a.log).parent.mkdir(parents=True, exist_ok=True)
+        sys.stdout = Tee(Path(a.log))
     out = Path(a.out).resolve()
     runs = {(s, t): run(out, s, t, a.modes, a.set) for s in a.lab_seeds for t in a.threads}
 
@@ -191,6 +268,7 @@ def main():
                                  if len(set(vals)) == 1 else "differs between runs"])
         table(f"unlearn_optimizer = {mode}: conclusions per run", ["conclusion", "per run", "across these runs"],
               summary_rows)
+        ground_truth_tables(runs, cis, mode)
         table(f"unlearn_optimizer = {mode}: distribution over the {len(runs)} runs (point estimates; "
               "above / noise / below = runs whose 95% interval is above 0, contains 0, is below 0)",
               ["quantity", "mean", "sd", "min", "max", "above / noise / below"], distribution_rows(dist))
