@@ -73,6 +73,26 @@ def project_copy(proj: Path, threads: int) -> bool:
     return fresh
 
 
+class _Tee:
+    def __init__(self, path: Path):
+        self.file, self.out = open(path, "w"), sys.stdout
+
+    def write(self, text):
+        self.out.write(text)
+        self.file.write(text)
+
+    def flush(self):
+        self.out.flush()
+        self.file.flush()
+
+
+def log_to(path: str | None) -> None:
+    """Everything printed from here on also goes to `path` (a study's `--log`: the printout is its record)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        sys.stdout = _Tee(Path(path))
+
+
 def interval(d: float, lo: float, hi: float) -> str:
     """A point estimate with its 95% interval, as the lab tables print it."""
     return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"

@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
-from experiments._common import (ROOT, apply_overrides, auroc_ci, interval, project_copy, setdeep, sh,  # noqa: E402
+from experiments._common import (ROOT, apply_overrides, auroc_ci, interval, log_to, project_copy, setdeep, sh,  # noqa: E402
                                  side, table)
 
 from pipeline.report import paired_bootstrap  # noqa: E402
@@ -178,21 +178,6 @@ def ground_truth_tables(runs: dict, cis: dict, mode: str) -> None:
            for k, vals in passed.items()])
 
 
-class Tee:
-    """stdout into a file as well (`--log`): the printed tables are the study's record."""
-
-    def __init__(self, path: Path):
-        self.file, self.out = open(path, "w"), sys.stdout
-
-    def write(self, text):
-        self.out.write(text)
-        self.file.write(text)
-
-    def flush(self):
-        self.out.flush()
-        self.file.flush()
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -202,9 +187,7 @@ def main():
     ap.add_argument("--set", nargs="*", default=[], help="extra params overrides, key=value (YAML value)")
     ap.add_argument("--log", help="also write the printed tables to this file (the study's record)")
     a = ap.parse_args()
-    if a.log:
-        Path(a.log).parent.mkdir(parents=True, exist_ok=True)
-        sys.stdout = Tee(Path(a.log))
+    log_to(a.log)
     out = Path(a.out).resolve()
     runs = {(s, t): run(out, s, t, a.modes, a.set) for s in a.lab_seeds for t in a.threads}
 

@@ -5,9 +5,13 @@ Spearman correlation with the answer length (n_tokens), and the share of answers
 got wrong (`correct` < 1) in D_U (the top `confidence.forget_fraction`) vs in all of D_self.
 
     python experiments/real_confidence/real_confidence.py OUT_DIR [--preset presets/smollm2_cpu.yaml] [--threads 1] \
-        [--top 5] [--set key=value ...]
+        [--top 5] [--set key=value ...] [--log FILE]
+    python experiments/real_confidence/real_confidence.py RUN_DIR --no-repro [--top 4] [--log FILE]
 
-Prints each stage's wall time (from `dvc repro` and metrics/*.json) and the machine.
+Prints each stage's wall time (from `dvc repro` and metrics/*.json) and the machine. `--no-repro`
+reads a finished project's own params.yaml and confidence table instead (a run of the full
+pipeline, e.g. a preset's `dvc repro`); the text tables are those of its `confidence.score`, then
+of `optimum_distance` and `fisher_distance`.
 """
 import argparse
 import sys
@@ -18,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
-from experiments._common import ROOT, apply_overrides, machine, project_copy, sh, table  # noqa: E402
+from experiments._common import ROOT, apply_overrides, log_to, machine, project_copy, sh, table  # noqa: E402
 
 SCORES = ["optimum_distance", "fisher_distance", "fisher_conflict", "cosine", "probe", "loss_rise", "random"]
 
@@ -33,15 +37,8 @@ def short(text: str, n: int = 110) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out")
-    ap.add_argument("--preset", default="presets/smollm2_cpu.yaml")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--top", type=int, default=5)
-    ap.add_argument("--set", nargs="*", default=[], help="params overrides, key=value (YAML value)")
-    a = ap.parse_args()
-    proj = Path(a.out).resolve()
+def repro(proj: Path, a) -> dict:
+    """`dvc repro confidence` of the preset (+ --set) in a project copy at `proj`; its params."""
     project_copy(proj, a.threads)  # today's code, every time
     from pipeline.config import read_params
     from pipeline.presets import params_text
@@ -57,7 +54,28 @@ def main():
     print(f"machine: {machine()}; stages ran with {a.threads} thread(s); params: {a.preset}"
           + (f" + {' '.join(a.set)}" if a.set else ""))
     print(f"dvc repro confidence: {wall / 60:.1f} min wall; per stage: {', '.join(done) or 'all cached'}")
+    return raw
 
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--preset", default="presets/smollm2_cpu.yaml")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--top", type=int, default=5)
+    ap.add_argument("--set", nargs="*", default=[], help="params overrides, key=value (YAML value)")
+    ap.add_argument("--no-repro", action="store_true", help="OUT is a finished project: read it, run nothing")
+    ap.add_argument("--log", help="also write the printout to this file")
+    a = ap.parse_args()
+    log_to(a.log)
+    proj = Path(a.out).resolve()
+    if a.no_repro:
+        import yaml
+
+        raw = yaml.safe_load((proj / "params.yaml").read_text())
+        print(f"the finished run in {proj.name}: model {raw['model']['name']}")
+    else:
+        raw = repro(proj, a)
     df = pd.read_parquet(proj / "artifacts/confidence.parquet")
     c = raw["confidence"]
     k = int(df["selected"].sum())
@@ -77,7 +95,9 @@ def main():
           f"wrong share {wrong.mean():.3f}, mean n_tokens {df['n_tokens'].mean():.1f}",
           ["score", "Spearman with n_tokens", "Spearman with grad_norm", "share wrong in D_U", "mean n_tokens in D_U"],
           rows)
-    for sc in ("optimum_distance", "fisher_distance"):
+    for sc in dict.fromkeys([c["score"], "optimum_distance", "fisher_distance"]):
+        if df[f"score_{sc}"].isna().all():
+            continue
         order = df.sort_values(f"score_{sc}", ascending=False, kind="mergesort")
         for label, part in ((f"most confident {a.top}", order.head(a.top)), (f"least confident {a.top}",
                                                                            order.tail(a.top).iloc[::-1])):
