@@ -8,6 +8,7 @@ A study script makes the repository importable and imports from here:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -74,23 +75,36 @@ def project_copy(proj: Path, threads: int) -> bool:
 
 
 class _Tee:
-    def __init__(self, path: Path):
-        self.file, self.out = open(path, "w"), sys.stdout
+    """stdout that also keeps what it printed (`log_to`)."""
+
+    def __init__(self, out):
+        self.out, self.kept = out, []
 
     def write(self, text):
-        self.out.write(text)
-        self.file.write(text)
+        self.kept.append(text)
+        return self.out.write(text)
 
     def flush(self):
         self.out.flush()
-        self.file.flush()
 
 
-def log_to(path: str | None) -> None:
-    """Everything printed from here on also goes to `path` (a study's `--log`: the printout is its record)."""
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        sys.stdout = _Tee(Path(path))
+@contextlib.contextmanager
+def log_to(path: str | None):
+    """Inside it, everything printed also goes to `path` (a study's `--log`: the printout is its
+    record), written atomically when the block ends without an error: a failed run leaves the
+    previous record as it was."""
+    if not path:
+        yield
+        return
+    from pipeline.io import write_text
+
+    out, tee = sys.stdout, _Tee(sys.stdout)
+    sys.stdout = tee
+    try:
+        yield
+    finally:
+        sys.stdout = out
+    write_text(path, "".join(tee.kept))
 
 
 def interval(d: float, lo: float, hi: float) -> str:

@@ -228,6 +228,20 @@ def test_unlearning_curve_rows(tmp_path):
     assert rows == [[1, 2, "0.40", "+0.300"]]
 
 
+def test_log_to_keeps_the_printout_and_leaves_no_partial_record(tmp_path, capsys):
+    """A study's --log: what was printed, written when the block ends; a failed run keeps the old record."""
+    from experiments._common import log_to
+
+    log = tmp_path / "out" / "study.md.log"
+    with log_to(str(log)):
+        print("| a | 1 |")
+    assert log.read_text() == "| a | 1 |\n" and capsys.readouterr().out == "| a | 1 |\n"
+    with pytest.raises(RuntimeError), log_to(str(log)):
+        print("| b | 2 |")
+        raise RuntimeError("the run failed")
+    assert log.read_text() == "| a | 1 |\n" and sys.stdout is not None
+
+
 def _lab_result(oracle_nll, control_nll, taken, share, oracle_ppl=1.0):
     """A lab_robustness result with what ground_truth reads: 2 fine-tuning seeds, 3 test items."""
     def method(nll, ppl=1.0, delta=0.0, steps=(0, 0)):

@@ -187,7 +187,12 @@ def main():
     ap.add_argument("--set", nargs="*", default=[], help="extra params overrides, key=value (YAML value)")
     ap.add_argument("--log", help="also write the printed tables to this file (the study's record)")
     a = ap.parse_args()
-    log_to(a.log)
+    with log_to(a.log):
+        study(a)
+
+
+def study(a):
+    """The tables of the runs `main` parsed arguments for (printed, and kept by `--log`)."""
     out = Path(a.out).resolve()
     runs = {(s, t): run(out, s, t, a.modes, a.set) for s in a.lab_seeds for t in a.threads}
 

@@ -67,12 +67,17 @@ def main():
     ap.add_argument("--no-repro", action="store_true", help="OUT is a finished project: read it, run nothing")
     ap.add_argument("--log", help="also write the printout to this file")
     a = ap.parse_args()
-    log_to(a.log)
+    with log_to(a.log):
+        study(a)
+
+
+def study(a):
+    """The confidence tables of the run `main` parsed arguments for (printed, and kept by `--log`)."""
     proj = Path(a.out).resolve()
     if a.no_repro:
-        import yaml
+        from pipeline.config import read_params
 
-        raw = yaml.safe_load((proj / "params.yaml").read_text())
+        raw = read_params(proj / "params.yaml")
         print(f"the finished run in {proj.name}: model {raw['model']['name']}")
     else:
         raw = repro(proj, a)
