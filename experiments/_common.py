@@ -165,3 +165,26 @@ def lab_confidence_table(cfg, base, tok, learn: list[dict], score: str = LAB_STU
     sc = confidence_scores(base, tok, as_rows(sk), F, gL, cfg.data.max_length, seed=c.seed, learn_rows=learn,
                            probe=c.probe)
     return select(pd.concat([sk, sc], axis=1), score, c.forget_fraction, c.per_task, c.seed, c.auroc_positive)
+
+
+VAL_SEED = 5000  # offset of the validation draws' seeds (the prepare stage uses data.seed + 0..400)
+
+
+def held_out(cfg, split: str):
+    """(learning rows, {forgetting task: rows}, general rows) a study scores on. `validation` (every
+    choice is made on it): lab_learn's validation split, each forgetting task's training-pool prompts
+    and general text drawn with other seeds than the prepare stage's; `test`: the prepare stage's
+    test rows (the final table only)."""
+    from pipeline.tasks import get_task, prepared_rows, prepared_sets
+
+    d = cfg.data
+    if split == "test":
+        sets = prepared_sets(d)
+        learn, general = (prepared_rows(ref, seed, "test") for kind, ref, seed in (sets[0], sets[-1]))
+        forget = {ref.task: prepared_rows(ref, seed, "test") for kind, ref, seed in sets if kind == "forget"}
+        return learn, forget, general
+    learn = get_task(d.learn.task).load("validation", 200, d.seed + 1, d.learn.options)
+    forget = {ref.task: get_task(ref.task).load("train", ref.n_test, d.seed + VAL_SEED + i, ref.options)
+              for i, ref in enumerate(d.forget)}
+    general = get_task(d.general.task).load("train", d.general.n_test, d.seed + VAL_SEED + 99, d.general.options)
+    return learn, forget, general

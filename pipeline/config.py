@@ -332,10 +332,12 @@ class _Unlearning(_Strict):
     unlearn_optimizer: Literal[UNLEARN_OPTIMIZERS] = "separate"
     unlearn_lr: float = Field(0.1, gt=0)
     alpha: float = Field(0.1, gt=0)
-    # graceful: undo and stop when an unlearning step raises the guard rows' NLL by more than guard_max_rise
-    # (relative); absolute: stop when the D_U batch NLL passes unlearn_max_loss; none: only on a non-finite NLL
+    # graceful: undo and stop when an unlearning step raises the guard rows' perplexity by more than
+    # guard_max_rise (0.1 = +10%), or all steps taken together by more than guard_max_total_rise (null: no
+    # such bound); absolute: stop when the D_U batch NLL passes unlearn_max_loss; none: only on a non-finite NLL
     guard: Literal[GUARDS] = "graceful"
     guard_max_rise: float = Field(0.1, gt=0)
+    guard_max_total_rise: float | None = Field(None, gt=0)
     guard_rows: int = Field(16, gt=0)  # learning rows the graceful guard watches (the stage adds general text)
     unlearn_max_loss: float = Field(6.0, gt=0)  # the absolute guard's bound on the D_U batch NLL
 

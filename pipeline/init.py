@@ -267,7 +267,7 @@ def derive(model: str, learn: dict, forget: list[dict], general: dict, seeds: li
         "evaluate": {"max_new_tokens": eval_new, "batch_size": 32},
         "control": {"enabled": False},
     }
-    why.append("unlearning.guard: graceful (undo and stop when a step raises the guard rows' NLL by > 10%); "
+    why.append("unlearning.guard: graceful (undo and stop when a step raises the guard rows' perplexity by > 10%); "
                "confidence.auroc_*: [] and control.enabled: false (lab only)")
     return raw, why
 

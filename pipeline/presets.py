@@ -64,9 +64,10 @@ NOTES = {
                                     "joint (one AdamW step on l(learn) + alpha * objective) | shared (ablation)",
     "unlearning.unlearn_lr": "separate / adam: the step size",
     "unlearning.alpha": "joint / shared: the weight of the objective",
-    "unlearning.guard": "graceful (undo + stop when a step raises the guard rows' NLL by > guard_max_rise) | "
+    "unlearning.guard": "graceful (undo + stop when a step raises the guard rows' perplexity by > guard_max_rise) | "
                         "absolute (stop when the D_U batch NLL passes unlearn_max_loss) | none (pipeline/guard.py)",
-    "unlearning.guard_max_rise": "graceful: the largest relative rise one unlearning step may cause (0.1 = +10%)",
+    "unlearning.guard_max_rise": "graceful: the largest perplexity rise one unlearning step may cause (0.1 = +10%)",
+    "unlearning.guard_max_total_rise": "graceful: the largest rise all steps taken may cause together (null: no bound)",
     "unlearning.guard_rows": "graceful: learning rows + as many general-text training rows it watches",
     "unlearning.unlearn_max_loss": "absolute guard: stop unlearning when the NLL on the D_U batch passes this",
     "methods": "a method is data (pipeline/train.py): unlearn none | periodic | early, selection, bss, match_steps, "

@@ -140,7 +140,9 @@ def guard_lines(summary: dict, seeds: list[int]) -> list[str]:
         if not guards or not any(sched):
             continue
         g0 = guards[0]
-        bound = {"graceful": f"a rise of the guard rows' NLL above +{100 * (g0.get('max_rise') or 0):.0f}% per step",
+        what = "perplexity" if "largest_ppl_rise" in g0 else "NLL"  # (runs before 2026-12-07: the NLL's relative rise)
+        total = f" or +{100 * g0['max_total_rise']:.0f}% over all steps" if g0.get("max_total_rise") else ""
+        bound = {"graceful": f"a rise of the guard rows' {what} above +{100 * (g0.get('max_rise') or 0):.0f}% per step{total}",
                  "absolute": f"a D_U batch NLL above {g0.get('max_loss')}", "none": "a non-finite NLL only"}[g0["kind"]]
         n_stops = sum(1 for g in r["guard"] if g and g.get("stopped_at") is not None)
         verdict = f"stopped unlearning in {n_stops} of {len(guards)} seeds" if n_stops else "never stopped unlearning"
@@ -165,11 +167,14 @@ def _guard_sentence(method: str, seed: int, g: dict, taken, scheduled, learn_ste
         of = f" of {learn_steps}" if learn_steps is not None else ""
         return (f"{head} unlearning stopped at learning step {g['stopped_at']}{of}: {g.get('reason') or 'no reason recorded'}; "
                 f"{taken} of {scheduled} scheduled unlearning steps taken.")
-    rise = g.get("largest_rise")
+    what, rise = ("perplexity", g["largest_ppl_rise"]) if "largest_ppl_rise" in g else ("NLL", g.get("largest_rise"))
     why = ""
     if g.get("kind") == "graceful" and rise is not None:
-        why = (f" (the largest rise of the guard rows' NLL after one was {100 * rise:+.1f}%, "
-               f"bound +{100 * (g.get('max_rise') or 0):.0f}%)")
+        why = (f" (the largest rise of the guard rows' {what} after one was {100 * rise:+.1f}%, "
+               f"bound +{100 * (g.get('max_rise') or 0):.0f}%")
+        if g.get("total_ppl_rise") is not None:
+            why += f"; all steps together {100 * g['total_ppl_rise']:+.1f}%"
+        why += ")"
     if taken is not None and scheduled is not None and taken < scheduled:
         return f"{head} the guard never stopped unlearning; {taken} of {scheduled} scheduled unlearning steps taken{why}."
     return f"{head} took all {scheduled} scheduled unlearning steps{why}."

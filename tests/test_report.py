@@ -144,6 +144,21 @@ def test_report_says_in_words_when_and_why_the_guard_stopped_unlearning():
     assert "lwf seed 1: unlearning stopped at learning step 37 of 40" in text
 
 
+def test_guard_sentences_name_the_perplexity_bound_and_the_total():
+    """A record of today's guard (perplexity rises, an optional total bound) is worded as such; a record
+    of a run before it (the NLL's relative rise) keeps its own wording (test above)."""
+    from pipeline.report import guard_lines
+
+    g = {"kind": "graceful", "max_rise": 0.1, "max_total_rise": 0.5, "max_loss": None, "checks": 10,
+         "largest_ppl_rise": 0.078, "total_ppl_rise": 0.031, "stopped_at": None, "reason": None}
+    summary = {"lwf": {"unlearn_steps_scheduled": [10], "unlearn_steps_taken": [10], "learn_steps": [40], "guard": [g]}}
+    lines = guard_lines(summary, [0])
+    assert "- lwf: guard `graceful` (stops on a rise of the guard rows' perplexity above +10% per step or +50% over " \
+           "all steps) never stopped unlearning:" in lines
+    assert "  - lwf seed 0: took all 10 scheduled unlearning steps (the largest rise of the guard rows' perplexity " \
+           "after one was +7.8%, bound +10%; all steps together +3.1%)." in lines
+
+
 def test_summarize_carries_what_the_guard_sentences_need(eval_result):
     """`summarize` keeps per seed the learning steps, the unlearning steps taken and scheduled and the
     guard record (the report's guard sentences read them from metrics/summary.json)."""

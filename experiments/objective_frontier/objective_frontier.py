@@ -32,33 +32,15 @@ import numpy as np
 import pandas as pd
 
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
-from experiments._common import LAB_STUDY_SCORE, interval, lab_confidence_table, machine, table  # noqa: E402
+from experiments._common import LAB_STUDY_SCORE, held_out, interval, lab_confidence_table, machine, table  # noqa: E402
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.confidence import SCORES, unlearn_set_with_references  # noqa: E402
 from pipeline.evaluate import evaluate_model  # noqa: E402
 from pipeline.lab import pretrain_lab  # noqa: E402
 from pipeline.report import paired_bootstrap, perplexity_bootstrap  # noqa: E402
-from pipeline.tasks import get_task, prepared_rows, prepared_sets  # noqa: E402
+from pipeline.tasks import prepared_rows  # noqa: E402
 from pipeline.train import finetune  # noqa: E402
-
-VAL_SEED = 5000  # offset of the validation draws' seeds (the prepare stage uses data.seed + 0..400)
-
-
-def held_out(cfg, split: str):
-    """(learning rows, {forgetting task: rows}, general rows) of the split."""
-    d = cfg.data
-    if split == "test":  # the prepare stage's test rows
-        sets = prepared_sets(d)
-        learn, general = (prepared_rows(ref, seed, "test") for kind, ref, seed in (sets[0], sets[-1]))
-        forget = {ref.task: prepared_rows(ref, seed, "test") for kind, ref, seed in sets if kind == "forget"}
-        return learn, forget, general
-    learn = get_task(d.learn.task).load("validation", 200, d.seed + 1, d.learn.options)
-    forget = {ref.task: get_task(ref.task).load("train", ref.n_test, d.seed + VAL_SEED + i, ref.options)
-              for i, ref in enumerate(d.forget)}
-    general = get_task(d.general.task).load("train", d.general.n_test, d.seed + VAL_SEED + 99, d.general.options)
-    return learn, forget, general
-
 
 def items(res) -> dict:
     forget = [np.asarray(v, float) for k, v in res["items"].items() if k.startswith("forget/")]

@@ -36,10 +36,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from objective_frontier import VAL_SEED, ci_columns, items, write_frontier
+from objective_frontier import ci_columns, items, write_frontier
 
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
-from experiments._common import interval, machine, table  # noqa: E402
+from experiments._common import VAL_SEED, interval, machine, table  # noqa: E402
 
 from pipeline import paths  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
