@@ -77,8 +77,9 @@ def test_adamw_is_fused_on_plain_tensors_and_takes_the_same_steps():
 
 
 def test_unlearn_events_in_log_at_multiples(tiny, rows):
+    """The schedule, not the guard (a random model's GA steps at 0.1 raise the guard rows' perplexity >10%)."""
     model = copy.deepcopy(tiny[0])
-    log, stats = finetune(model, tiny[1], rows, _unlearn_rows(), _cfg(), _lwf(), 0, 48)
+    log, stats = finetune(model, tiny[1], rows, _unlearn_rows(), _cfg(), _lwf(guard="none"), 0, 48)
     assert [r["step"] for r in log if r["kind"] == "unlearn"] == [2, 4, 6, 8]
     assert stats["unlearn_steps_taken"] == 4 and stats["learn_steps"] == 8
 
