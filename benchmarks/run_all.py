@@ -18,7 +18,7 @@ from _common import machine
 
 # every benchmarks/*.py but this runner and _common.py (tests/test_benchmarks.py checks the list)
 BENCHMARKS = ["grads", "generation", "finetune_overhead", "confidence_scaling", "pipeline_overhead", "prefix_cache",
-              "real_step", "lm_eval_cpu", "paper_memory", "gpu_check", "dvc_repro"]
+              "real_step", "lm_eval_cpu", "paper_memory", "gpu_check", "dvc_repro", "stage_startup"]
 
 
 def main(argv=None) -> int:

@@ -379,13 +379,18 @@ class MethodConfig(_Unlearning):
     selection: Literal[tuple(SELECTIONS)] = "high"
     bss: bool = False
     match_steps: bool = False  # vanilla_matched: as many learning steps as LWF takes optimizer steps
+    # forget-then-learn (F-Learning, pipeline/negation.py): before learning, negate_steps AdamW steps at
+    # negate_lr on D_U, then theta <- theta_0 - negate_scale * (theta - theta_0); 0 = off
+    negate_steps: int = Field(0, ge=0)
+    negate_lr: float = Field(3e-4, gt=0)
+    negate_scale: float = Field(1.0, gt=0)
     _from_recipe: frozenset = PrivateAttr(default_factory=frozenset)  # keys taken from `unlearning` (params)
 
     @model_validator(mode="after")
     def _untrained_is_plain(self):
-        if not self.train and (self.unlearn != "none" or self.bss or self.match_steps):
-            raise ValueError("train: false (the base model, no fine-tuning) cannot unlearn, add bss or match steps; "
-                             "set unlearn: none, bss: false, match_steps: false")
+        if not self.train and (self.unlearn != "none" or self.bss or self.match_steps or self.negate_steps):
+            raise ValueError("train: false (the base model, no fine-tuning) cannot unlearn, add bss, match steps or "
+                             "negate; set unlearn: none, bss: false, match_steps: false, negate_steps: 0")
         return self
 
     @model_validator(mode="after")
@@ -410,6 +415,7 @@ DEFAULT_METHODS: dict[str, dict] = {
     "lwf_published": {"unlearn": "periodic", "selection": "published"},
     "lwf_oracle": {"unlearn": "periodic", "selection": "oracle"},
     "bss": {"bss": True},
+    "forget_then_learn": {"selection": "high", "negate_steps": 10},
 }
 
 

@@ -77,6 +77,7 @@ NOTES = {
     "methods.lwf_ga": "the paper's objective (gradient ascent) at the same step, side by side",
     "methods.lwf_early": "all unlearning steps before the first learning step",
     "methods.lwf_oracle": "D_U drawn from confidence.auroc_positive (lab)",
+    "methods.forget_then_learn": "F-Learning: negate_steps on D_U subtracted (x negate_scale) before vanilla",
     "finetune": "the learning recipe every method shares",
     "finetune.lr_schedule": "constant | linear | cosine",
     "finetune.grad_clip": "learning and unlearning steps",

@@ -15,6 +15,7 @@ def run_rows(cfg, m) -> tuple[list[dict], list[dict], list[dict]]:
     from .stage import load_rows
 
     learn = load_rows(paths.LEARN_DATA, "train")
-    d_u = unlearn_set_with_references(pd.read_parquet(paths.CONFIDENCE), m.selection) if m.unlearn != "none" else []
+    d_u = unlearn_set_with_references(pd.read_parquet(paths.CONFIDENCE), m.selection) \
+        if m.unlearn != "none" or m.negate_steps else []
     guard_rows = learn[:m.guard_rows] + load_rows(paths.GENERAL_DATA, "train")[:m.guard_rows]
     return learn, d_u, guard_rows

@@ -4,7 +4,8 @@ A method is data (`MethodConfig`): `unlearn` = none | periodic | early (the *sch
 `selection` = which rows of the confidence table form D_U, `objective` = what an unlearning step
 minimises on a D_U batch (`pipeline/objectives.py`), `unlearn_optimizer` = how the unlearning step
 is taken, `guard` = when unlearning stops (`pipeline/guard.py`), `bss` = add the Batch Spectral
-Shrinkage term, `match_steps` = vanilla with as many learning steps as LWF takes optimizer steps.
+Shrinkage term, `match_steps` = vanilla with as many learning steps as LWF takes optimizer steps,
+`negate_steps` = forget-then-learn: task negation on D_U before the first learning step (pipeline/negation.py).
 The loop walks a precomputed list of events:
 
     periodic  learn x N_u, unlearn, learn x N_u, unlearn, ...   (unlearn after learning step s
@@ -71,6 +72,7 @@ class RunState:
     unlearn_taken: int = 0
     skipped_nonfinite: int = 0
     log: list = field(default_factory=list)
+    negation: dict | None = None  # forget-then-learn's record, once it ran (pipeline/negation.py)
 
 
 class Finetune:
@@ -91,10 +93,10 @@ class Finetune:
         self.schedule = build_schedule(self.n_steps, method.unlearn_every, method.unlearn,
                                        joint=method.unlearn_optimizer == "joint")
         self.n_unlearn_scheduled = sum(e != "learn" for e in self.schedule)
-        if self.n_unlearn_scheduled and not unlearn_rows:
+        if (self.n_unlearn_scheduled or method.negate_steps) and not unlearn_rows:
             raise ValueError("this method unlearns but its selected set D_U is empty")
         self.learn_rows = learn_rows
-        self.unlearn_rows = unlearn_rows if self.n_unlearn_scheduled else []
+        self.unlearn_rows = unlearn_rows if self.n_unlearn_scheduled or method.negate_steps else []
         self.learn_encs = encode_rows(tok, learn_rows, max_length, add_bos)
         self.unlearn_encs = encode_rows(tok, self.unlearn_rows, max_length, add_bos)
         self.learn_batches = Stream(len(self.learn_encs), cfg.batch_size, seed)
@@ -104,7 +106,7 @@ class Finetune:
         self.guard = Guard(method, encode_rows(tok, guard_rows, max_length, add_bos), guard_rows,
                            tok.pad_token_id, run_id)
         self.device = next(model.parameters()).device
-        self.ref = self._reference() if self.objective.needs_ref and self.unlearn_encs else None
+        self.ref = self._reference() if self.objective.needs_ref and self.n_unlearn_scheduled else None
 
         torch.manual_seed(seed)
         model.train()
@@ -275,6 +277,10 @@ class Finetune:
         if checkpoint is not None:
             checkpoint.restore(self)
         state = self.state
+        if self.method.negate_steps and state.negation is None:  # forget-then-learn: forget first, once
+            from .negation import negate
+
+            state.negation = negate(self)
         bar = tqdm(total=len(self.schedule), initial=state.event, desc=f"finetune {self.run_id}", mininterval=5,
                    leave=False)
         between_events = True
@@ -322,6 +328,7 @@ class Finetune:
             "skipped_nonfinite": state.skipped_nonfinite,
             "weights_finite": bool(finite),
             "d_u_size": len(self.unlearn_rows),
+            **({"negation": state.negation} if state.negation else {}),
         }
 
 

@@ -99,6 +99,22 @@ def test_confidence_scaling_quick(capsys):
     assert [r[0] for r in rows] == ["w128", "w256"]
 
 
+def test_stage_startup_quick(capsys):
+    """One row per start-up command; a model load costs more than importing torch; the default
+    pipeline's model stages are counted from dvc.yaml and params.yaml: the six stages before the
+    fine-tunes that load one (base_model, control_model, elicit, optimum, fisher, confidence), the
+    control's fine-tune and evaluation, and one fine-tune and one evaluation per method."""
+    import yaml
+
+    _fresh("stage_startup").main(["--quick"])
+    out = capsys.readouterr().out
+    rows = {r[0]: float(r[1]) for r in _table(out, "Start-up of one process")}
+    assert len(rows) == 6 and rows["load_model(lab base model)"] > rows["import torch"] > rows["python -c pass"]
+    methods = yaml.safe_load((ROOT / "params.yaml").read_text())["run"]["methods"]
+    (n, each, together), = _table(out, "The default pipeline's model stages")
+    assert int(n) == 6 + 2 + 2 * len(methods) and abs(float(together) - int(n) * float(each)) <= 0.5 + int(n) * 0.005
+
+
 @pytest.mark.e2e
 def test_pipeline_overhead_quick_without_a_project(capsys):
     """Prefect's costs (a temporary server start); no `dvc repro` where no finished run is given."""

@@ -72,7 +72,7 @@ def test_a_trainer_unlearning_step_is_the_pipelines_step_on_the_same_batch(tiny,
 def test_resumed_from_a_trainer_checkpoint_the_run_ends_where_the_whole_run_ends(tiny, rows, tmp_path):
     model, tok = tiny
     method = MethodConfig(unlearn="periodic", objective="npo", unlearn_every=2, unlearn_batch_size=4,
-                          unlearn_lr=0.01, unlearn_optimizer="adam")
+                          unlearn_lr=0.01, unlearn_optimizer="adam", guard="none")  # resume, not the guard
     whole = copy.deepcopy(model)
     t = _trainer(whole, tok, rows, tmp_path / "a", method, save_strategy="steps", save_steps=4)
     t.train()

@@ -21,7 +21,9 @@ says how far each got (share of the control's NLL gap closed, min over projects)
         [--settings separate:npo:0.03 adam:npo:0.003 joint:npo:1.0 ...] [--log FILE]
 
 A setting is `unlearn_optimizer:objective:size[:unlearn_every[:key=value...]]`, size = `unlearn_lr`
-(separate, adam) or `alpha` (joint, shared), e.g. `adam:npo:0.0001:1:unlearn_batch_size=48`.
+(separate, adam) or `alpha` (joint, shared), e.g. `adam:npo:0.0001:1:unlearn_batch_size=48`;
+`negate:steps:lr:scale` is forget-then-learn (task negation on D_U before vanilla, no unlearning
+steps; pipeline/negation.py).
 """
 import argparse
 import contextlib
@@ -51,6 +53,9 @@ def parse_setting(s: str) -> dict:
     """'adam:npo:0.003' -> the method keys it sets; the number is `unlearn_lr` for separate / adam steps
     and `alpha` (the objective's weight in the learning step) for joint / shared; a fourth field sets
     `unlearn_every`, any further `key=value` field that method key (e.g. `unlearn_batch_size=48`)."""
+    if s.startswith("negate:"):  # forget-then-learn: negate:steps:lr:scale (pipeline/negation.py), no unlearning steps
+        _, steps, lr, scale = s.split(":")
+        return {"unlearn": "none", "negate_steps": int(steps), "negate_lr": float(lr), "negate_scale": float(scale)}
     optimizer, objective, x, *rest = s.split(":")
     size = "alpha" if optimizer in ("joint", "shared") else "unlearn_lr"
     keys = {"unlearn_optimizer": optimizer, "objective": objective, size: float(x)}
@@ -72,8 +77,8 @@ def one_project(proj: Path, settings: list[str], seeds: list[int]) -> dict:
         base, tok = load_model(str(paths.BASE_MODEL), cfg.model, device="cpu")
         control, _ = load_model(str(paths.CONTROL_BASE_MODEL), cfg.model, device="cpu")
         oracle = cfg.methods["lwf_oracle"]
-        oracles = {s: oracle.model_copy(update={**parse_setting(s), **({} if parse_setting(s)["objective"] == oracle.objective
-                                                                        else {"objective_args": {}})})
+        oracles = {s: oracle.model_copy(update={**parse_setting(s), **({} if parse_setting(s).get("objective", oracle.objective)
+                                                                        == oracle.objective else {"objective_args": {}})})
                    for s in settings}  # another objective: its own default arguments
         d_u = run_rows(cfg, cfg.methods["lwf_oracle"])[1]
     learn_val, _, general = held_out(cfg, "validation")

@@ -59,7 +59,7 @@ def main(project: str | None):
         for v in values:
             cfg = FinetuneConfig(max_steps=N, warmup_steps=0)
             lwf = MethodConfig(unlearn="periodic", unlearn_every=N, unlearn_batch_size=16, unlearn_optimizer=mode,
-                               **{knob: v})
+                               guard="none", **{knob: v})  # the step itself: no guard to undo it
             if mode == "joint":
                 ref = trained(model, tok, learn, d_u, cfg, MethodConfig())
                 done = trained(model, tok, learn, d_u, cfg, lwf)
