@@ -625,7 +625,9 @@ def test_every_rendered_block_matches_its_source():
 def test_a_figure_edited_by_hand_in_a_rendered_block_is_caught():
     text = (ROOT / "README.md").read_text()
     block = BLOCK.search(text)
-    edited = text[:block.start(3)] + block.group(3).replace("-0.047", "+0.047", 1) + text[block.end(3):]
+    figure = re.search(r"[-+]\d\.\d{3}", block.group(3)).group(0)  # the first signed figure, its sign flipped
+    flipped = ("+" if figure[0] == "-" else "-") + figure[1:]
+    edited = text[:block.start(3)] + block.group(3).replace(figure, flipped, 1) + text[block.end(3):]
     assert edited != text and render_text(edited, ROOT) != edited
 
 
