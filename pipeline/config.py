@@ -506,12 +506,24 @@ class ReportConfig(_Strict):
 
 
 class ControlConfig(_Strict):
-    """Negative-transfer check: the same fine-tune from a base model pretrained without the conflict."""
+    """Negative-transfer check: the vanilla fine-tune of a task without the conflict. In the lab, the
+    same task from a base model pretrained without the conflicting rule (`corpus`); on any model,
+    with `learn_options`, the same base model learning the task with these options merged into
+    data.learn.options (e.g. sst5 `labels` the model has no prior for)."""
 
     enabled: bool = True
     # the control's pretraining corpus: random_cities = the lab's "X lives in <city>" facts with every
     # city drawn at random (the format without the conflicting rule); without_facts = no such facts
     corpus: Literal[CONTROL_CORPORA] = "random_cities"
+    learn_options: dict[str, Any] | None = None
+
+    @field_validator("learn_options")
+    @classmethod
+    def _changes_something(cls, v):
+        if v is not None and (not v or "name" in v):
+            raise ValueError("must name at least one option of data.learn to change (not `name`: the control is "
+                             "reported as `control`)")
+        return v
 
 
 class LaunchConfig(_Strict):
@@ -623,11 +635,19 @@ def control_skipped(cfg) -> str | None:
     it needs the lab (a control corpus exists only there) and `control.enabled`. Its stages
     (control_model, finetune_control, evaluate_control) then write only this reason. A function,
     not a `Config` method, so that `LWF_RECORD_PARAMS` records the two keys it reads."""
-    if cfg.model.name != "lab":
-        return "the control needs model.name: lab"
     if not cfg.control.enabled:
         return "control.enabled is false"
+    if cfg.model.name != "lab" and cfg.control.learn_options is None:
+        return "the control needs model.name: lab or control.learn_options"
     return None
+
+
+def control_learn(cfg) -> TaskRef | None:
+    """The learning task of the relabelled control (`control.learn_options` merged into data.learn's
+    options), or None where the control learns data.learn itself (the lab's pretrained control)."""
+    if cfg.control.learn_options is None:
+        return None
+    return cfg.data.learn.model_copy(update={"options": {**cfg.data.learn.options, **cfg.control.learn_options}})
 
 
 def _loc(err: dict) -> str:

@@ -238,12 +238,13 @@ def generations_table(rows: list[dict]):
     return df.astype({"seed": "int64", "row": "int64", "chosen": "Int64", "score": "float64"})
 
 
-def held_out(cfg) -> tuple[list[dict], dict[str, list[dict]], list[dict]]:
-    """The test splits the `prepare` stage wrote: learning task, each forgetting task, general text."""
+def held_out(cfg, method: str | None = None) -> tuple[list[dict], dict[str, list[dict]], list[dict]]:
+    """The test splits the `prepare` stage wrote: learning task (the relabelled control's own for
+    `control` under control.learn_options), each forgetting task, general text."""
     from . import paths
     from .stage import load_rows
 
-    return (load_rows(paths.LEARN_DATA, "test"),
+    return (load_rows(paths.learn_data(method, cfg.control.learn_options is not None), "test"),
             {ref.key: load_rows(paths.FORGET_DATA / ref.key, "test") for ref in cfg.data.forget},
             load_rows(paths.GENERAL_DATA, "test"))
 

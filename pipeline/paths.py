@@ -6,6 +6,7 @@ DATA = Path("data")
 LEARN_DATA = DATA / "learn"
 FORGET_DATA = DATA / "forget"
 GENERAL_DATA = DATA / "general"
+LEARN_CONTROL_DATA = DATA / "learn_control"  # the relabelled control's learning task (control.learn_options)
 BASE_MODEL = Path("artifacts/base_model")
 CONTROL = "control"  # the run name of the negative-transfer control (the vanilla recipe from its own base model)
 CONTROL_BASE_MODEL = Path("artifacts/control_base_model")
@@ -26,6 +27,12 @@ CHECKPOINTS = Path(".lwf/checkpoints")
 def base_model_dir(method: str) -> Path:
     """The base model a run fine-tunes: the control's own for `control`, else the pipeline's."""
     return CONTROL_BASE_MODEL if method == CONTROL else BASE_MODEL
+
+
+def learn_data(method: str, relabelled: bool) -> Path:
+    """The learning rows a run reads: the relabelled control's own for `control` under
+    control.learn_options (`relabelled`), else the learning task's."""
+    return LEARN_CONTROL_DATA if method == CONTROL and relabelled else LEARN_DATA
 
 
 def model_dir(method: str, seed: int) -> Path:

@@ -6,15 +6,16 @@ from __future__ import annotations
 from . import paths
 
 
-def run_rows(cfg, m) -> tuple[list[dict], list[dict], list[dict]]:
+def run_rows(cfg, m, learn_data=paths.LEARN_DATA) -> tuple[list[dict], list[dict], list[dict]]:
     """(learning rows, D_U, guard rows) of method `m` (a `MethodConfig`) under `cfg`, from the prepare
-    and confidence stages' outputs."""
+    and confidence stages' outputs; `learn_data`: where the learning rows are (the relabelled
+    control's own: paths.learn_data)."""
     import pandas as pd
 
     from .confidence import unlearn_set_with_references
     from .stage import load_rows
 
-    learn = load_rows(paths.LEARN_DATA, "train")
+    learn = load_rows(learn_data, "train")
     d_u = unlearn_set_with_references(pd.read_parquet(paths.CONFIDENCE), m.selection) \
         if m.unlearn != "none" or m.negate_steps else []
     guard_rows = learn[:m.guard_rows] + load_rows(paths.GENERAL_DATA, "train")[:m.guard_rows]

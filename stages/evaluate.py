@@ -1,10 +1,11 @@
 """evaluate@<method>: score every seed's model of one method on held-out data (evaluate_control:
-method=control, the negative-transfer control's fine-tunes)."""
+method=control, the negative-transfer control's fine-tunes; with control.learn_options on the
+relabelled task's test rows, the same rows with the control's options)."""
 import json
 import logging
 
 from pipeline import paths
-from pipeline.config import control_skipped
+from pipeline.config import control_learn, control_skipped
 from pipeline.evaluate import evaluate_model, generations_table, held_out, nll_sets
 from pipeline.io import rounded, write_json, write_parquet
 from pipeline.models import describe, load_model
@@ -21,7 +22,10 @@ def run(cfg, method: str):
         write_parquet(paths.generations_file(method), generations_table([]))
         write_json(paths.eval_file(method), {"method": method, "skipped": reason})
         return
-    learn_test, forget_tests, general = held_out(cfg)
+    learn_test, forget_tests, general = held_out(cfg, method)
+    data = cfg.data  # the relabelled control is scored on its own task (its label words)
+    if method == paths.CONTROL and (ref := control_learn(cfg)) is not None:
+        data = cfg.data.model_copy(update={"learn": ref})
     sets = nll_sets(cfg, method)
     log.info("stage evaluate: %s, %d seeds, per model: %d learn test rows, forget %s, %d general-text rows, "
              "%d NLL-set rows", method, len(cfg.run.seeds), len(learn_test), {k: len(v) for k, v in forget_tests.items()},
@@ -39,7 +43,7 @@ def run(cfg, method: str):
         log.info("stage evaluate: %s seed %d: scoring %s", method, seed, describe(model))
         prefix = _prefix_cache(cfg, model, method)
         kept = []
-        res = evaluate_model(model, tok, cfg.data, learn_test, forget_tests, general, cfg.evaluate, cfg.model.add_bos,
+        res = evaluate_model(model, tok, data, learn_test, forget_tests, general, cfg.evaluate, cfg.model.add_bos,
                              sets, generations=kept)
         kept = [{"method": method, **r} for r in kept]
         generations += [{**r, "seed": seed} for r in kept]

@@ -1,6 +1,7 @@
 """finetune@<method>: fine-tune the base model on the learning task with the method's unlearning
 schedule, once per seed of `run.seeds`; save each seed's model, per-step log and statistics.
-finetune_control (method=control): the vanilla recipe from the control's base model, every seed.
+finetune_control (method=control): the vanilla recipe from the control's base model, every seed
+(with control.learn_options: from the base model, on data/learn_control).
 
 One process per method, not per seed: a process start costs seconds (Python, torch, DVC's
 bookkeeping) where a lab fine-tune takes about as long. A seed finished before the stage was
@@ -69,7 +70,7 @@ def train_seed(cfg, method: str, seed: int, keep: bool) -> None:
             prefix = serve_from_store(model, paths.prefix_store("train") if method != paths.CONTROL else None)
         except PrefixCacheError as e:
             raise UserError(str(e)) from None
-    learn, d_u, guard_rows = run_rows(cfg, m)
+    learn, d_u, guard_rows = run_rows(cfg, m, paths.learn_data(method, cfg.control.learn_options is not None))
     log.info("stage finetune: %s seed %d: %d learning rows, %d unlearning rows (objective %s, %s), %d learning steps",
              method, seed, len(learn), len(d_u), m.objective, m.unlearn_optimizer, learning_steps(cfg.finetune, m))
     ckpt = paths.checkpoint(method, seed)

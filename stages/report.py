@@ -21,8 +21,14 @@ def run(cfg):
     control = read_json(paths.eval_file(paths.CONTROL)) if paths.eval_file(paths.CONTROL).exists() else {}
     if "seeds" in control:
         evals["control"] = control
-        notes.append("`control`: the vanilla recipe from a base model pretrained WITHOUT the conflicting task. "
-                     "control above vanilla = negative transfer from the conflicting knowledge.")
+        if cfg.control.learn_options is not None:
+            notes.append(f"`control`: the vanilla recipe from the same base model on the learning task with "
+                         f"{cfg.control.learn_options} (control.learn_options), a task its knowledge does not "
+                         "conflict with; its learn score is on those rows. control above vanilla = negative "
+                         "transfer from the conflicting knowledge.")
+        else:
+            notes.append("`control`: the vanilla recipe from a base model pretrained WITHOUT the conflicting task. "
+                         "control above vanilla = negative transfer from the conflicting knowledge.")
     base = [m for m, ev in evals.items()  # not fine-tuned (train: false), read from its train_stats
             if all(r.get("train", {}).get("trained") is False for r in ev["seeds"].values())]
     if base:

@@ -120,3 +120,20 @@ class Scripted(torch.nn.Module):
             for proc in logits_processor or ():
                 proc(seq[:, :prompts.shape[1] + k], self.logits[k].repeat(rows, 1))
         return SimpleNamespace(sequences=seq, logits=tuple(self.logits[:n].repeat(rows, 1, 1).unbind(1)))
+
+
+@pytest.fixture
+def gpt2_dir(tmp_path):
+    """A tiny GPT-2-style model (byte tokenizer) saved with save_pretrained, for model.name as a path."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pipeline.models import build_byte_tokenizer
+
+    tok = build_byte_tokenizer()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=512,
+                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    d = tmp_path / "tiny-gpt2"
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

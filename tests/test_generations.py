@@ -48,7 +48,7 @@ def evaluated(tmp_path, monkeypatch):
              for i, (r, g) in enumerate(zip(learn, own))]
     forget = {"lab_conflict": get_task("lab_conflict").load("test", 5, 0, {}), "psychol": MC}
     general = get_task("lab_general").load("test", 4, 0, {})
-    monkeypatch.setattr(stages.evaluate, "held_out", lambda cfg: (learn, forget, general))
+    monkeypatch.setattr(stages.evaluate, "held_out", lambda cfg, method=None: (learn, forget, general))
     monkeypatch.setattr(stages.evaluate, "nll_sets", lambda cfg, m: {"d_u": learn[:2]})
     stages.evaluate.run(cfg, method="vanilla")
     return cfg, json.loads(paths.eval_file("vanilla").read_text()), pd.read_parquet(paths.generations_file("vanilla"))

@@ -226,6 +226,21 @@ def test_vendored_source_errors_and_precedence(fixture_files):
         get_task("gsm8k").load("train", 4, 0, {})  # offline (conftest): the hub fails, the message points here
 
 
+def test_split_slices_draw_disjoint_rows_from_one_split():
+    """`options.train_slice`: two references to SST-5's train split (the learning rows and the
+    forgetting task's prompts of the conflict preset) draw from disjoint records, whatever the seeds."""
+    learn = {"source": "vendored", "train_slice": [0, 1600]}
+    forget = {"source": "vendored", "train_slice": [1600, 2000]}
+    a = get_task("sst5", learn).load("train", 10**6, 0, learn)
+    b = get_task("sst5", forget).load("train", 10**6, 0, forget)
+    whole = get_task("sst5", {"source": "vendored"}).load("train", 10**6, 0, {"source": "vendored"})
+    assert (len(a), len(b)) == (1600, 400) and not {r["prompt"] for r in a} & {r["prompt"] for r in b}
+    assert {r["prompt"] for r in a} | {r["prompt"] for r in b} == {r["prompt"] for r in whole}
+    for bad in ([5, 5], [0, 2001], [-1, 3], "0:10"):
+        with pytest.raises(ValueError, match=r"options.train_slice .* must be \[start, stop\]"):
+            get_task("sst5").load("train", 4, 0, {"source": "vendored", "train_slice": bad})
+
+
 def test_vendored_files_match_their_provenance():
     """Every vendored dataset has a LICENSE and a PROVENANCE.md that lists each of its files with
     its row count and sha256."""

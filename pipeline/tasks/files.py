@@ -5,6 +5,9 @@ Where a split's rows come from, first match wins: the user's file `options.data_
 with `options.source: vendored`, the vendored copy `vendored/<hub id>/<config or "default">/
 <hub split>.jsonl` (the hub's own fields, so the same task code reads it; see each dataset's
 PROVENANCE.md); else (`source: hub`, the default) the hub dataset through `load_dataset`.
+`options.<split>_slice: [start, stop]` keeps those records only (before the seeded draw): two
+task references then draw disjoint rows from one split (e.g. the learning rows and the
+forgetting task's prompts from SST-5's train split).
 """
 from __future__ import annotations
 
@@ -74,6 +77,13 @@ def load_records(options: dict, split: str, hub_id: str | None = None, hub_confi
     missing = [f for f in required if f not in ds.column_names]
     if missing:
         raise ValueError(f"dataset for split {split!r} lacks required field {missing[0]!r} (has: {ds.column_names})")
+    cut = options.get(f"{split}_slice")
+    if cut is not None:
+        if not (isinstance(cut, (list, tuple)) and len(cut) == 2 and all(isinstance(i, int) and i >= 0 for i in cut)
+                and cut[0] < cut[1] <= len(ds)):
+            raise ValueError(f"options.{split}_slice {cut!r} must be [start, stop] with 0 <= start < stop <= "
+                             f"{len(ds)} (the split's records)")
+        ds = ds.select(range(*cut))
     return ds.to_list()
 
 
