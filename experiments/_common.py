@@ -170,21 +170,23 @@ def lab_confidence_table(cfg, base, tok, learn: list[dict], score: str = LAB_STU
 VAL_SEED = 5000  # offset of the validation draws' seeds (the prepare stage uses data.seed + 0..400)
 
 
-def held_out(cfg, split: str):
+def held_out(cfg, split: str, n_learn: int = 200, n_general: int | None = None, forget_size: str = "n_test"):
     """(learning rows, {forgetting task: rows}, general rows) a study scores on. `validation` (every
-    choice is made on it): lab_learn's validation split, each forgetting task's training-pool prompts
-    and general text drawn with other seeds than the prepare stage's; `test`: the prepare stage's
-    test rows (the final table only)."""
+    choice is made on it): `n_learn` rows of the learning task's validation split, each forgetting
+    task's training-pool prompts (as many as its `forget_size` field: n_test or n_train) and
+    `n_general` general-text rows (default its n_test), drawn with other seeds than the prepare
+    stage's; `test`: the prepare stage's test rows (the final table only)."""
     from pipeline.tasks import get_task, prepared_rows, prepared_sets
 
     d = cfg.data
     if split == "test":
         sets = prepared_sets(d)
         learn, general = (prepared_rows(ref, seed, "test") for kind, ref, seed in (sets[0], sets[-1]))
-        forget = {ref.task: prepared_rows(ref, seed, "test") for kind, ref, seed in sets if kind == "forget"}
+        forget = {ref.key: prepared_rows(ref, seed, "test") for kind, ref, seed in sets if kind == "forget"}
         return learn, forget, general
-    learn = get_task(d.learn.task).load("validation", 200, d.seed + 1, d.learn.options)
-    forget = {ref.task: get_task(ref.task).load("train", ref.n_test, d.seed + VAL_SEED + i, ref.options)
+    learn = get_task(d.learn.task).load("validation", n_learn, d.seed + 1, d.learn.options)
+    forget = {ref.key: get_task(ref.task).load("train", getattr(ref, forget_size), d.seed + VAL_SEED + i, ref.options)
               for i, ref in enumerate(d.forget)}
-    general = get_task(d.general.task).load("train", d.general.n_test, d.seed + VAL_SEED + 99, d.general.options)
+    general = get_task(d.general.task).load("train", n_general or d.general.n_test, d.seed + VAL_SEED + 99,
+                                            d.general.options)
     return learn, forget, general

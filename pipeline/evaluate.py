@@ -244,7 +244,7 @@ def held_out(cfg, method: str | None = None) -> tuple[list[dict], dict[str, list
     from . import paths
     from .stage import load_rows
 
-    return (load_rows(paths.learn_data(method, cfg.control.learn_options is not None), "test"),
+    return (load_rows(paths.learn_data(method, cfg), "test"),
             {ref.key: load_rows(paths.FORGET_DATA / ref.key, "test") for ref in cfg.data.forget},
             load_rows(paths.GENERAL_DATA, "test"))
 

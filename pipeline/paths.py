@@ -29,10 +29,11 @@ def base_model_dir(method: str) -> Path:
     return CONTROL_BASE_MODEL if method == CONTROL else BASE_MODEL
 
 
-def learn_data(method: str, relabelled: bool) -> Path:
+def learn_data(method: str | None, cfg) -> Path:
     """The learning rows a run reads: the relabelled control's own for `control` under
-    control.learn_options (`relabelled`), else the learning task's."""
-    return LEARN_CONTROL_DATA if method == CONTROL and relabelled else LEARN_DATA
+    control.learn_options, else the learning task's (only the control reads that key: a stage
+    declares in dvc.yaml the params it reads)."""
+    return LEARN_CONTROL_DATA if method == CONTROL and cfg.control.learn_options is not None else LEARN_DATA
 
 
 def model_dir(method: str, seed: int) -> Path:

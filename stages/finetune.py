@@ -70,7 +70,7 @@ def train_seed(cfg, method: str, seed: int, keep: bool) -> None:
             prefix = serve_from_store(model, paths.prefix_store("train") if method != paths.CONTROL else None)
         except PrefixCacheError as e:
             raise UserError(str(e)) from None
-    learn, d_u, guard_rows = run_rows(cfg, m, paths.learn_data(method, cfg.control.learn_options is not None))
+    learn, d_u, guard_rows = run_rows(cfg, m, paths.learn_data(method, cfg))
     log.info("stage finetune: %s seed %d: %d learning rows, %d unlearning rows (objective %s, %s), %d learning steps",
              method, seed, len(learn), len(d_u), m.objective, m.unlearn_optimizer, learning_steps(cfg.finetune, m))
     ckpt = paths.checkpoint(method, seed)

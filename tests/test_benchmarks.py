@@ -161,6 +161,31 @@ def test_paper_memory_quick(capsys, tmp_path):
 
 # studies
 
+def test_conflict_validation_scores_on_validation_and_applies_its_rule():
+    """The conflict preset's validation study: SST-5's validation split in place of the test split
+    (learning and sentiment rows; no test row is scored), the larger candidate step one more
+    method; its rule takes the larger step only where the oracle takes >= 90% of its steps in
+    every seed within +5% perplexity."""
+    from pipeline.presets import params_text
+
+    mod = _fresh("conflict_validation")
+    cfg, _ = params_text(mod.PRESET, mod.validation_params([0, 1]))
+    assert cfg.data.learn.options["test_split"] == "validation" and cfg.data.learn.n_test == 300
+    forget = {t.key: t for t in cfg.data.forget}
+    assert forget["sentiment"].options["test_split"] == "validation" and "test_split" not in forget["psychol"].options
+    assert cfg.run.seeds == [0, 1] and cfg.run.methods == mod.METHODS and cfg.control.learn_options
+    big, small = cfg.methods["lwf_oracle_large"], cfg.methods["lwf_oracle"]
+    assert (small.unlearn_lr, big.unlearn_lr) == (0.01, 0.03) and {**big.model_dump(), "unlearn_lr": 0.01} == small.model_dump()
+
+    def summary(steps, ppl):
+        run = {"unlearn_steps_taken": steps, "unlearn_steps_scheduled": [15] * len(steps), "perplexity": ppl}
+        return {"vanilla": {"perplexity": 10.0}, "lwf_oracle": {**run, "unlearn_steps_taken": [15, 15], "perplexity": 10.2},
+                "lwf_oracle_large": run}
+    assert mod.pick_step(summary([15, 14], 10.4)) == (0.03, {0.01: True, 0.03: True})
+    assert mod.pick_step(summary([15, 13], 10.4))[0] == 0.01  # 13 of 15 < 90% in one seed
+    assert mod.pick_step(summary([15, 15], 10.6))[0] == 0.01  # +6% perplexity
+
+
 NOT_RUN = {  # study scripts whose cheapest real path is a whole pipeline run or the real model: too slow here
     "lab_robustness": "a full `dvc repro` per lab seed",
     "objective_frontier": "a 1000-step lab pretraining and the confidence stage per lab seed before any fine-tune (~4 min)",

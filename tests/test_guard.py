@@ -162,3 +162,31 @@ def test_adam_unlearning_moves_firmly_held_knowledge_where_sgd_hardly_does(knows
         assert stats["unlearn_steps_taken"] == 10
         rise[opt] = _nll(m, tok, _d_u()) - before
     assert rise["adam"] > before and rise["adam"] > 10 * max(rise["separate"], 1e-6)
+
+
+def test_the_guard_says_when_it_watches_too_few_general_text_rows(monkeypatch, caplog):
+    """data.general.n_train below guard_rows leaves the graceful guard nearly blind to fluency
+    (every shipped preset had n_train 1: 16 learning rows and one general-text row): the run says so."""
+    import pandas as pd
+
+    import pipeline.confidence
+    import pipeline.stage
+    from pipeline import paths
+    from pipeline.config import parse_config
+    from pipeline.runs import run_rows
+
+    general_rows = {"n": 1}
+    monkeypatch.setattr(pipeline.stage, "load_rows", lambda path, split: [{"prompt": f"{path} {i}"} for i in range(
+        general_rows["n"] if path == paths.GENERAL_DATA else 40)])
+    monkeypatch.setattr(pd, "read_parquet", lambda path: None)
+    monkeypatch.setattr(pipeline.confidence, "unlearn_set_with_references", lambda table, selection: [])
+    cfg = parse_config({})
+    with caplog.at_level("WARNING", logger="lwf"):
+        _, _, guard = run_rows(cfg, cfg.methods["lwf"])
+    assert len(guard) == 17 and "only 1 general-text row(s)" in caplog.text
+    caplog.clear()
+    general_rows["n"] = 16
+    with caplog.at_level("WARNING", logger="lwf"):
+        _, _, guard = run_rows(cfg, cfg.methods["lwf"])
+        run_rows(cfg, cfg.methods["vanilla"])  # no guard: nothing to say
+    assert len(guard) == 32 and "general-text" not in caplog.text

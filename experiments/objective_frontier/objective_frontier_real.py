@@ -39,7 +39,7 @@ import numpy as np
 from objective_frontier import ci_columns, items, write_frontier
 
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
-from experiments._common import VAL_SEED, interval, machine, table  # noqa: E402
+from experiments._common import held_out, interval, machine, table  # noqa: E402
 
 from pipeline import paths  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
@@ -50,19 +50,8 @@ from pipeline.objectives import check_args  # noqa: E402
 from pipeline.prefix_cache import enable_prefix_cache, load_store  # noqa: E402
 from pipeline.report import paired_bootstrap, perplexity_bootstrap  # noqa: E402
 from pipeline.runs import run_rows  # noqa: E402
-from pipeline.tasks import get_task  # noqa: E402
 from pipeline.checkpoint import rows_digest, weights_digest  # noqa: E402
 from pipeline.train import finetune  # noqa: E402
-
-
-def validation_rows(cfg, n_learn: int, n_general: int):
-    """(learning rows, {forgetting task: rows}, general rows): validation data, see the docstring."""
-    d = cfg.data
-    learn = get_task(d.learn.task).load("validation", n_learn, d.seed + 1, d.learn.options)
-    forget = {ref.task: get_task(ref.task).load("train", ref.n_train, d.seed + VAL_SEED + i, ref.options)
-              for i, ref in enumerate(d.forget)}
-    general = get_task(d.general.task).load("train", n_general, d.seed + VAL_SEED + 99, d.general.options)
-    return learn, forget, general
 
 
 class Runner:
@@ -75,7 +64,7 @@ class Runner:
         lwf = cfg.methods["lwf"]
         self.learn, self.d_u, self.guard_rows = run_rows(cfg, lwf)  # what finetune@lwf reads
         self.sets = {"d_u": [{k: v for k, v in r.items() if k != "ref_nll"} for r in self.d_u]}
-        self.val = validation_rows(cfg, n_learn, n_general)
+        self.val = held_out(cfg, "validation", n_learn, n_general, forget_size="n_train")
         self.store = None
         # what a cached fine-tune's scores depend on: the rows, the recipe, the model and its base weights
         self.settings = {"n_learn": n_learn, "n_general": n_general, "learn": rows_digest(self.learn),

@@ -45,6 +45,16 @@ def validation_params(seeds: list[int]) -> dict:
     return raw
 
 
+def pick_step(summary: dict) -> tuple[float, dict[float, bool]]:
+    """The rule of the docstring on the report's summary: (the pick, whether each candidate qualifies)."""
+    ok = {}
+    for m, lr in CANDIDATES.items():
+        r = summary[m]
+        full = all(t >= 0.9 * s for t, s in zip(r["unlearn_steps_taken"], r["unlearn_steps_scheduled"]))
+        ok[lr] = full and r["perplexity"] / summary["vanilla"]["perplexity"] - 1 <= 0.05
+    return max([lr for lr, q in ok.items() if q], default=min(CANDIDATES.values())), ok
+
+
 def per_seed_nll(proj: Path, method: str, key: str) -> list[float]:
     ev = json.loads((proj / "artifacts/eval" / f"{method}.json").read_text())
     return [ev["seeds"][s]["nll"][key] for s in sorted(ev["seeds"], key=int)]
@@ -73,7 +83,7 @@ def main(argv=None):
 
     with log_to(a.log):
         print(f"## {PRESET} on SST-5 validation (300 rows), seeds {a.seeds}: dvc repro {wall:.0f} s ({machine()}, "
-              f"{a.threads} threads)\n")
+              "dvc repro)\n")
         v = summary["vanilla"]
         rows = []
         for m in ["base", "vanilla", "control", *METHODS[2:]]:
@@ -87,30 +97,27 @@ def main(argv=None):
             rows.append([m, f"{r['learn_score']:.3f} ± {r['learn_score_std']:.3f}", d,
                          f"{r['forget_scores']['sentiment']:.3f}", f"{r['forget_scores']['psychol']:.3f}",
                          f"{sent:.3f}", f"{r['perplexity']:.2f} ({ppl:+.1%})", steps])
-        print(table(f"Per method, mean ± sd over {len(a.seeds)} seeds (Δ: paired with vanilla over seeds and rows; "
+        table(f"Per method, mean ± sd over {len(a.seeds)} seeds (Δ: paired with vanilla over seeds and rows; "
                     "control's learn score is on the nonce words)",
                     ["method", "learn acc", "Δ learn vs vanilla [95% CI]", "sentiment acc", "psychol acc",
-                     "self/sentiment NLL", "perplexity (vs vanilla)", "unlearning steps taken"], rows))
+                     "self/sentiment NLL", "perplexity (vs vanilla)", "unlearning steps taken"], rows)
         c = summary["control"]
         print(f"\nNegative transfer (control - vanilla, learn accuracy): "
               f"{interval(c['learn_score_delta'], *c['learn_score_delta_ci95'])}: "
               f"{'above 0' if side(*c['learn_score_delta_ci95']) == '+' else 'not above 0'}\n")
-        print(table(f"AUROC of each confidence score, sentiment vs psychology self-knowledge ({conf['n_samples']} samples; "
+        table(f"AUROC of each confidence score, sentiment vs psychology self-knowledge ({conf['n_samples']} samples; "
                     f"default score {conf['score']})", ["score", "AUROC"],
-                    [[k, f"{x:.3f}"] for k, x in sorted(conf["auroc"].items(), key=lambda kv: -kv[1])]))
+                    [[k, f"{x:.3f}"] for k, x in sorted(conf["auroc"].items(), key=lambda kv: -kv[1])])
         print(f"\nShare of sentiment samples in D_U by selection: "
               f"{', '.join(f'{k} {x:.2f}' for k, x in conf['positive_share_of_selection'].items())}\n")
-        ok = {}
+        pick, ok = pick_step(summary)
         for m, lr in CANDIDATES.items():
             r = summary[m]
-            full = all(t >= 0.9 * s for t, s in zip(r["unlearn_steps_taken"], r["unlearn_steps_scheduled"]))
             ppl = r["perplexity"] / v["perplexity"] - 1
             rise = np.mean(per_seed_nll(proj, m, "self/sentiment")) - np.mean(per_seed_nll(proj, "vanilla", "self/sentiment"))
-            ok[lr] = full and ppl <= 0.05
             print(f"- unlearn_lr {lr} ({m}): steps {r['unlearn_steps_taken']} of {r['unlearn_steps_scheduled']}, "
                   f"perplexity {ppl:+.1%} vs vanilla, conflicting self-knowledge NLL {rise:+.3f} vs vanilla: "
                   f"{'qualifies' if ok[lr] else 'does not qualify'}")
-        pick = max([lr for lr, q in ok.items() if q], default=min(CANDIDATES.values()))
         print(f"\nThe rule's pick for the preset's unlearning.unlearn_lr: {pick}")
 
 

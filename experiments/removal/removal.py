@@ -49,6 +49,12 @@ SETTINGS = ["separate:npo:0.03", "separate:npo:0.1", "separate:npo:0.3",
             "adam:npo:0.001", "adam:npo:0.003", "adam:npo:0.01"]
 
 
+def oracle_at(oracle, setting: dict):
+    """lwf_oracle's method config with a setting's keys; another objective takes its own default arguments."""
+    other = setting.get("objective", oracle.objective) != oracle.objective
+    return oracle.model_copy(update={**setting, **({"objective_args": {}} if other else {})})
+
+
 def parse_setting(s: str) -> dict:
     """'adam:npo:0.003' -> the method keys it sets; the number is `unlearn_lr` for separate / adam steps
     and `alpha` (the objective's weight in the learning step) for joint / shared; a fourth field sets
@@ -77,9 +83,7 @@ def one_project(proj: Path, settings: list[str], seeds: list[int]) -> dict:
         base, tok = load_model(str(paths.BASE_MODEL), cfg.model, device="cpu")
         control, _ = load_model(str(paths.CONTROL_BASE_MODEL), cfg.model, device="cpu")
         oracle = cfg.methods["lwf_oracle"]
-        oracles = {s: oracle.model_copy(update={**parse_setting(s), **({} if parse_setting(s).get("objective", oracle.objective)
-                                                                        == oracle.objective else {"objective_args": {}})})
-                   for s in settings}  # another objective: its own default arguments
+        oracles = {s: oracle_at(oracle, parse_setting(s)) for s in settings}
         d_u = run_rows(cfg, cfg.methods["lwf_oracle"])[1]
     learn_val, _, general = held_out(cfg, "validation")
     data = cfg.data.model_copy(update={"forget": []})  # forgetting scores are not this study's question
