@@ -33,7 +33,14 @@ def learn_data(method: str | None, cfg) -> Path:
     """The learning rows a run reads: the relabelled control's own for `control` under
     control.learn_options, else the learning task's (only the control reads that key: a stage
     declares in dvc.yaml the params it reads)."""
-    return LEARN_CONTROL_DATA if method == CONTROL and cfg.control.learn_options is not None else LEARN_DATA
+    return LEARN_DATA if method != CONTROL or own_base_model(method, cfg) else LEARN_CONTROL_DATA
+
+
+def own_base_model(method: str | None, cfg) -> bool:
+    """Whether the run starts from a base model of its own, one the prefix stores were not made from:
+    the lab's pretrained control (the relabelled control, control.learn_options, starts from the
+    base model itself)."""
+    return method == CONTROL and cfg.control.learn_options is None
 
 
 def model_dir(method: str, seed: int) -> Path:

@@ -63,7 +63,7 @@ def run(cfg, method: str):
 def _prefix_cache(cfg, model, method: str):
     """With `model.prefix_cache`: the base model's stored frozen-block states (prefix_eval) serve this
     model's forwards, which then run only the top blocks; refused if its frozen blocks differ."""
-    if not cfg.model.prefix_cache or method == paths.CONTROL:  # the control has another base model
+    if not cfg.model.prefix_cache or paths.own_base_model(method, cfg):  # another base model: another store
         return None
     from pipeline.models import trainable_model
     from pipeline.prefix_cache import PrefixCacheError, serve_from_store

@@ -66,8 +66,8 @@ def train_seed(cfg, method: str, seed: int, keep: bool) -> None:
     if cfg.model.prefix_cache:  # the frozen blocks run once per row (pipeline/prefix_cache.py)
         from pipeline.prefix_cache import PrefixCacheError, serve_from_store
 
-        try:  # the control has its own base model: its rows are stored as they come
-            prefix = serve_from_store(model, paths.prefix_store("train") if method != paths.CONTROL else None)
+        try:  # the lab's pretrained control has its own base model: its rows are stored as they come
+            prefix = serve_from_store(model, None if paths.own_base_model(method, cfg) else paths.prefix_store("train"))
         except PrefixCacheError as e:
             raise UserError(str(e)) from None
     learn, d_u, guard_rows = run_rows(cfg, m, paths.learn_data(method, cfg))

@@ -5,6 +5,8 @@ once over every row the later stages feed (`model.prefix_cache`, pipeline/prefix
   encodes them -> artifacts/prefix/train.pt, loaded by every finetune@<method>;
 - part=eval: every row the evaluate stage scores by a forward (loglik test rows of the learning and
   forgetting tasks, the general text, the self-knowledge NLL sets) -> artifacts/prefix/eval.pt.
+The relabelled control (control.learn_options) learns from the base model itself, so its rows (the
+same reviews, other label words) are stored too and finetune_control / evaluate_control read them.
 Two files, so that what only the evaluations read (general text, evaluate.batch_size) never reruns
 the fine-tunes through the store."""
 import logging
@@ -33,6 +35,7 @@ def run(cfg, part: str):
     # imported here: the placeholder above needs none of them (a process start-up, not work)
     import pandas as pd
 
+    from pipeline.config import control_learn, control_skipped
     from pipeline.confidence import as_rows
     from pipeline.data import encode_rows, sequence_nlls
     from pipeline.evaluate import choice_logliks, held_out, perplexity, set_nlls
@@ -50,20 +53,27 @@ def run(cfg, part: str):
     t0 = time.time()
     self_rows = as_rows(pd.read_parquet(paths.SELF_KNOWLEDGE))
     max_length, add_bos = cfg.data.max_length, cfg.model.add_bos
+    control = control_learn(cfg) if control_skipped(cfg) is None else None  # the relabelled control's task
     if part == "train":  # batched like the fine-tune (finetune.batch_size: a setting its stages already depend on)
         bs = cfg.finetune.batch_size
-        rows = load_rows(paths.LEARN_DATA, "train") + self_rows
-        log.info("stage prefix: train: %s, %d learning + %d self-knowledge rows through blocks 0-%d", cfg.model.name,
-                 len(rows) - len(self_rows), len(self_rows), state.cut - 1)
+        learn = load_rows(paths.LEARN_DATA, "train")
+        if control is not None:
+            learn += load_rows(paths.LEARN_CONTROL_DATA, "train")
+        rows = learn + self_rows
+        log.info("stage prefix: train: %s, %d learning%s + %d self-knowledge rows through blocks 0-%d", cfg.model.name,
+                 len(learn), " (with the control's)" if control is not None else "", len(self_rows), state.cut - 1)
         sequence_nlls(model, encode_rows(tok, rows, max_length, add_bos), tok.pad_token_id, bs, desc="prefix train")
     else:
         bs = cfg.evaluate.batch_size
         learn_test, forget_tests, general = held_out(cfg)
         scored = [(cfg.data.learn, learn_test)] + [(ref, forget_tests[ref.key]) for ref in cfg.data.forget]
+        if control is not None:
+            scored.append((control, held_out(cfg, paths.CONTROL)[0]))
         for ref, rows in scored:
             task = get_task(ref.task, ref.options)
             if task.has_gold and task.scoring == "loglik":  # generation runs the whole model anyway
-                log.info("stage prefix: eval: %s, %d %s test rows (loglik)", cfg.model.name, len(rows), ref.key)
+                log.info("stage prefix: eval: %s, %d %s test rows (loglik%s)", cfg.model.name, len(rows), ref.key,
+                         ", the control's label words" if ref is control else "")
                 choice_logliks(model, tok, task, rows, bs, add_bos, desc=f"prefix eval {ref.key}")
         log.info("stage prefix: eval: %s, %d general-text rows, %d self-knowledge rows", cfg.model.name, len(general),
                  len(self_rows))

@@ -95,3 +95,57 @@ def test_the_control_runs_on_any_model_only_with_learn_options(tmp_path, fixture
         == "control.enabled is false"
     with pytest.raises(ValueError, match="control.learn_options"):
         relabelled_cfg(tmp_path, fixture_files, learn_options={})
+
+
+@pytest.mark.slow  # the pipeline's stages twice in process on a tiny Llama: about 20 s on 2 cores
+def test_the_relabelled_control_reads_the_prefix_stores_and_scores_as_without_them(tmp_path, monkeypatch,
+                                                                                  fixture_files):
+    """Its base model is the base model, so prefix_train / prefix_eval hold its rows too: its
+    fine-tune and evaluation run only the top blocks (no row misses the stores) and score what
+    the plain path scores."""
+    import torch
+
+    import stages.base_model
+    import stages.confidence
+    import stages.control_model
+    import stages.elicit
+    import stages.evaluate
+    import stages.finetune
+    import stages.fisher
+    import stages.optimum
+    import stages.prefix
+    import stages.prepare
+    from pipeline.config import LabConfig
+    from pipeline.models import build_byte_tokenizer, tiny_llama
+
+    tok = build_byte_tokenizer()
+    torch.manual_seed(0)
+    llama = tiny_llama(len(tok), LabConfig(hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64), max_len=512)
+    model_dir = tmp_path / "tiny-llama"
+    llama.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    out = {}
+    for cached in (False, True):
+        cfg = relabelled_cfg(model_dir, fixture_files, learn_options={"labels": NONCE})
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={
+            "trainable": r"model\.layers\.(2|3)\.|model\.norm\.", "prefix_cache": cached})})
+        work = tmp_path / ("cached" if cached else "plain")
+        work.mkdir()
+        monkeypatch.chdir(work)
+        for stage in (stages.prepare, stages.base_model, stages.elicit):
+            stage.run(cfg)
+        for part in ("train", "eval"):
+            stages.prefix.run(cfg, part=part)
+        for stage in (stages.optimum, stages.fisher, stages.confidence, stages.control_model):
+            stage.run(cfg)
+        stages.finetune.run(cfg, method="control")
+        stages.evaluate.run(cfg, method="control")
+        out[cached] = read_json(work / "artifacts/eval/control.json")["seeds"]["0"]
+    plain, cached = out[False], out[True]
+    assert cached["train"]["prefix_cache"]["misses"] == 0 and cached["train"]["prefix_cache"]["hits"] > 0
+    assert cached["prefix_cache"]["misses"] == 0 and cached["prefix_cache"]["hits"] > 0
+    assert "prefix_cache" not in plain
+    assert cached["learn_score"] == pytest.approx(plain["learn_score"], abs=1e-9)  # accuracy over the same 5 rows
+    assert cached["items"]["learn"] == plain["items"]["learn"]
+    assert cached["nll"] == pytest.approx(plain["nll"], rel=1e-4)
+    assert cached["perplexity"] == pytest.approx(plain["perplexity"], rel=1e-4)
