@@ -186,6 +186,26 @@ def test_conflict_validation_scores_on_validation_and_applies_its_rule():
     assert mod.pick_step(summary([15, 15], 10.6))[0] == 0.01  # +6% perplexity
 
 
+def test_conflict_test_credits_each_stage_timer_to_the_stage_dvc_ran():
+    """The test run's time table: each 'stage NAME: done in S s' line belongs to the stage DVC
+    announced last (finetune@lwf, not finetune), and /usr/bin/time's wall clock is read with and
+    without hours."""
+    mod = _fresh("conflict_test")
+    log = """Running stage 'prepare':
+> python -m stages.prepare
+lwf INFO stage prepare: done in 1.5s
+Running stage 'finetune@vanilla':
+lwf INFO stage finetune: done in 100.0s
+Running stage 'finetune@lwf':
+lwf INFO stage finetune: something else: done in 5.0s (not a timer)
+lwf INFO stage finetune: done in 150.5s
+"""
+    assert mod.stage_timers(log) == {"prepare": 1.5, "finetune@vanilla": 100.0, "finetune@lwf": 150.5}
+    assert mod.wall_seconds("\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:03.50\n") == 3723.5
+    assert mod.wall_seconds("\tElapsed (wall clock) time (h:mm:ss or m:ss): 57:28.99\n") == pytest.approx(3448.99)
+    assert mod.wall_seconds("no report") is None
+
+
 NOT_RUN = {  # study scripts whose cheapest real path is a whole pipeline run or the real model: too slow here
     "lab_robustness": "a full `dvc repro` per lab seed",
     "objective_frontier": "a 1000-step lab pretraining and the confidence stage per lab seed before any fine-tune (~4 min)",
