@@ -184,6 +184,10 @@ def test_conflict_validation_scores_on_validation_and_applies_its_rule():
     assert mod.pick_step(summary([15, 14], 10.4)) == (0.03, {0.01: True, 0.03: True})
     assert mod.pick_step(summary([15, 13], 10.4))[0] == 0.01  # 13 of 15 < 90% in one seed
     assert mod.pick_step(summary([15, 15], 10.6))[0] == 0.01  # +6% perplexity
+    timing, _ = params_text(mod.PRESET, mod.validation_params([0], preset_methods=True))  # the preset on validation
+    preset, _ = params_text(mod.PRESET, None)
+    assert timing.run.seeds == [0] and timing.run.methods == preset.run.methods and "lwf_oracle_large" not in timing.methods
+    assert timing.data.learn.options["test_split"] == "validation" and timing.finetune == preset.finetune
 
 
 def test_conflict_test_credits_each_stage_timer_to_the_stage_dvc_ran():
@@ -204,6 +208,9 @@ lwf INFO stage finetune: done in 150.5s
     assert mod.wall_seconds("\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:03.50\n") == 3723.5
     assert mod.wall_seconds("\tElapsed (wall clock) time (h:mm:ss or m:ss): 57:28.99\n") == pytest.approx(3448.99)
     assert mod.wall_seconds("no report") is None
+    timers = {"prepare": 10.0, "finetune@base": 1.0, "evaluate@base": 30.0, "finetune@vanilla": 100.0,
+              "evaluate@vanilla": 50.0, "finetune_control": 80.0}
+    assert "Projected for 5 seeds from these 1: 1500 s" in mod.projection(timers, 580.0, 1, 5)  # 580 + 230 * 4
 
 
 NOT_RUN = {  # study scripts whose cheapest real path is a whole pipeline run or the real model: too slow here

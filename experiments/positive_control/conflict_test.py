@@ -1,6 +1,8 @@
-"""The conflict preset's results on the TEST split: the tables of a finished `dvc repro` of
-presets/smollm2_cpu_conflict.yaml (run as the README says, in a fresh clone), read from that
-project, with the wall time and each stage's own timer from the run's log.
+"""The conflict preset's tables from a finished `dvc repro` of presets/smollm2_cpu_conflict.yaml
+(run as the README says, in a fresh clone), read from that project, with the wall time and each
+stage's own timer from the run's log; `--seeds-for N` projects the wall time of N seeds from a run
+of fewer. The test run is scored on SST-5's test split; a run whose params.yaml holds the
+validation split (conflict_validation.py --write-params) says so in its title.
 
 The run (nothing here chooses anything: every size and rate was chosen on validation,
 conflict_validation.py and negative_transfer.py):
@@ -23,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
 from experiments._common import interval, log_to, side, table  # noqa: E402
@@ -57,6 +60,21 @@ def wall_seconds(time_log: str) -> float | None:
     return int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
 
 
+def per_seed_stage(name: str) -> bool:
+    """Stages whose work is one model per seed: the fine-tunes and evaluations (base's are free or
+    scored once)."""
+    return name.startswith(("finetune", "evaluate")) and not name.endswith("@base")
+
+
+def projection(timers: dict[str, float], wall: float, seeds: int, target: int) -> str:
+    """The wall time of `target` seeds from a run of `seeds`: the per-seed stages' timers scaled by
+    target/seeds, everything else (the fixed stages, DVC and process start-up) as measured."""
+    scaled = sum(v for k, v in timers.items() if per_seed_stage(k))
+    est = wall + scaled * (target / seeds - 1)
+    return (f"Projected for {target} seeds from these {seeds}: {est:.0f} s ({est / 60:.0f} min): the fine-tunes and "
+            f"evaluations ({scaled:.0f} s here) x{target / seeds:g}, the rest ({wall - scaled:.0f} s) as measured")
+
+
 def mean_sd(xs: list[float]) -> str:
     return f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1) if len(xs) > 1 else 0.0:.3f}"
 
@@ -72,6 +90,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--project", required=True, help="the finished project (a fresh clone after `dvc repro`)")
     ap.add_argument("--out", help="copy report.md, summary.json and confidence.json here")
+    ap.add_argument("--seeds-for", type=int, help="also project the wall time of this many seeds from the timers "
+                    "(a run with fewer seeds: each stage that loops over the seeds scaled, the rest as measured)")
     ap.add_argument("--log")
     a = ap.parse_args(argv)
     proj = Path(a.project)
@@ -90,7 +110,10 @@ def main(argv=None):
     with log_to(a.log):
         commit = subprocess.run(["git", "-C", str(proj), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True).stdout.strip() or "(not a git clone)"
-        print(f"## presets/smollm2_cpu_conflict.yaml on the TEST split, {seeds} seeds, a fresh clone at {commit}\n")
+        split = yaml.safe_load((proj / "params.yaml").read_text())["data"]["learn"].get("options", {}).get(
+            "test_split", "test")
+        print(f"## presets/smollm2_cpu_conflict.yaml scored on SST-5's {split.upper()} split, {seeds} seed(s), "
+              f"a fresh clone at {commit}\n")
         wall = wall_seconds((proj / "time.log").read_text()) if (proj / "time.log").exists() else None
         print(f"dvc repro wall time: {wall:.0f} s ({wall / 60:.1f} min)" if wall else "dvc repro wall time: not recorded")
         print(f"learning steps per seed (vanilla): {summary['vanilla']['learn_steps']}\n")
@@ -139,6 +162,8 @@ def main(argv=None):
                 rows.append(["(DVC, process start-up, imports, model loading)", f"{wall - total:.0f}",
                              f"{(wall - total) / wall:.1%}"])
             table("Where the time went: each stage's own timer", ["stage", "seconds", "share of wall"], rows)
+            if a.seeds_for and wall:
+                print(f"\n{projection(timers, wall, seeds, a.seeds_for)}")
 
 
 if __name__ == "__main__":

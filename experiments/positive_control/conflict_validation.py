@@ -13,6 +13,8 @@ raises the conflicting self-knowledge's NLL above vanilla's is reported beside i
 
     python experiments/positive_control/conflict_validation.py --project /tmp/conflict_val \
         --log docs/results/positive_control/conflict_validation.md.log
+    python experiments/positive_control/conflict_validation.py --write-params /tmp/fresh/params.yaml --seeds 0
+                                          # the preset itself on validation, seed 0: its time per stage
 """
 import argparse
 import json
@@ -32,14 +34,18 @@ CANDIDATES = {"lwf_oracle": 0.01, "lwf_oracle_large": 0.03}
 METHODS = ["base", "vanilla", "lwf", "lwf_oracle", "lwf_oracle_large", "forget_then_learn"]
 
 
-def validation_params(seeds: list[int]) -> dict:
+def validation_params(seeds: list[int], preset_methods: bool = False) -> dict:
     """The preset with SST-5's validation split in place of its test split (learning and sentiment
-    rows), the study's seeds and methods, and the larger candidate step as one more method."""
+    rows), the study's seeds and methods, and the larger candidate step as one more method
+    (`preset_methods`: the preset's own methods instead, e.g. to time the preset on validation)."""
     raw = read_params(ROOT / "presets" / f"{PRESET}.yaml")
     raw["data"]["learn"]["options"]["test_split"] = "validation"
     raw["data"]["learn"]["n_test"] = 300  # all of SST-5's validation rows
     sentiment = next(t for t in raw["data"]["forget"] if t["options"].get("name") == "sentiment")
     sentiment["options"]["test_split"] = "validation"
+    if preset_methods:
+        raw["run"]["seeds"] = seeds
+        return raw
     raw["run"] = {"seeds": seeds, "methods": METHODS}
     raw["methods"]["lwf_oracle_large"] = {**raw["methods"]["lwf_oracle"], "unlearn_lr": CANDIDATES["lwf_oracle_large"]}
     return raw
@@ -62,11 +68,18 @@ def per_seed_nll(proj: Path, method: str, key: str) -> list[float]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--project", required=True, help="the project copy to run in (made on first use)")
+    ap.add_argument("--project", help="the project copy to run in (made on first use)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log")
+    ap.add_argument("--write-params", metavar="FILE", help="only write the validation params with the preset's own "
+                    "methods and --seeds to FILE (a project's params.yaml, e.g. to time the preset), run nothing")
     a = ap.parse_args(argv)
+    if a.write_params:
+        write_atomic(Path(a.write_params), params_text(PRESET, validation_params(a.seeds, preset_methods=True))[1])
+        return
+    if not a.project:
+        ap.error("--project is required (or --write-params)")
     proj = Path(a.project)
     project_copy(proj, a.threads)
     raw = validation_params(a.seeds)
