@@ -71,7 +71,9 @@ def env(pythonpath=None):
 
 def run(cmd, cwd, timeout=900, pythonpath=None):
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env(pythonpath), timeout=timeout)
-    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    if r.returncode:  # every process's own error lines too (a launched worker's cause sits above the launcher's)
+        cause = "\n".join(line for line in r.stderr.splitlines() if "Error" in line or "rank0" in line)[-4000:]
+        raise AssertionError(f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}\nerror lines:\n{cause}")
     return r.stdout + r.stderr
 
 
