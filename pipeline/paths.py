@@ -33,7 +33,7 @@ def learn_data(method: str | None, cfg) -> Path:
     """The learning rows a run reads: the relabelled control's own for `control` under
     control.learn_options, else the learning task's (only the control reads that key: a stage
     declares in dvc.yaml the params it reads)."""
-    return LEARN_DATA if method != CONTROL or own_base_model(method, cfg) else LEARN_CONTROL_DATA
+    return LEARN_CONTROL_DATA if method == CONTROL and not own_base_model(method, cfg) else LEARN_DATA
 
 
 def own_base_model(method: str | None, cfg) -> bool:

@@ -68,7 +68,7 @@ def run(cfg, part: str):
         learn_test, forget_tests, general = held_out(cfg)
         scored = [(cfg.data.learn, learn_test)] + [(ref, forget_tests[ref.key]) for ref in cfg.data.forget]
         if control is not None:
-            scored.append((control, held_out(cfg, paths.CONTROL)[0]))
+            scored.append((control, load_rows(paths.LEARN_CONTROL_DATA, "test")))
         for ref, rows in scored:
             task = get_task(ref.task, ref.options)
             if task.has_gold and task.scoring == "loglik":  # generation runs the whole model anyway

@@ -28,15 +28,10 @@ import numpy as np
 import yaml
 
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: experiments._common
+from conflict_validation import per_seed  # noqa: E402  (this folder: sys.path[0] of a script)
 from experiments._common import interval, log_to, side, table  # noqa: E402
 
 CONTROL = "control"
-
-
-def per_seed(proj: Path, method: str, get) -> list[float]:
-    """`get(seed result)` for every seed of one method's evaluation, in seed order."""
-    ev = json.loads((proj / "artifacts/eval" / f"{method}.json").read_text())
-    return [get(ev["seeds"][s]) for s in sorted(ev["seeds"], key=int)]
 
 
 def stage_timers(log: str) -> dict[str, float]:

@@ -61,9 +61,14 @@ def pick_step(summary: dict) -> tuple[float, dict[float, bool]]:
     return max([lr for lr, q in ok.items() if q], default=min(CANDIDATES.values())), ok
 
 
-def per_seed_nll(proj: Path, method: str, key: str) -> list[float]:
+def per_seed(proj: Path, method: str, get) -> list:
+    """`get(one seed's result)` for every seed of one method's evaluation (artifacts/eval), in seed order."""
     ev = json.loads((proj / "artifacts/eval" / f"{method}.json").read_text())
-    return [ev["seeds"][s]["nll"][key] for s in sorted(ev["seeds"], key=int)]
+    return [get(ev["seeds"][s]) for s in sorted(ev["seeds"], key=int)]
+
+
+def per_seed_nll(proj: Path, method: str, key: str) -> list[float]:
+    return per_seed(proj, method, lambda seed: seed["nll"][key])
 
 
 def main(argv=None):
