@@ -190,3 +190,39 @@ def test_the_guard_says_when_it_watches_too_few_general_text_rows(monkeypatch, c
         _, _, guard = run_rows(cfg, cfg.methods["lwf"])
         run_rows(cfg, cfg.methods["vanilla"])  # no guard: nothing to say
     assert len(guard) == 32 and "general-text" not in caplog.text
+
+
+def test_a_guard_check_scores_each_row_as_alone_and_pads_label_rows_apart_from_text_rows(tiny):
+    """The guard's NLL is the mean of each row's own NLL (a row scored alone: the brute-force
+    reference), and rows that score one short answer are batched apart from rows that score a whole
+    text, so the output layer runs at (nearly) only real target positions."""
+    from pipeline.data import collate, encode_rows, forward_token_nll
+    from pipeline.guard import GUARD_BATCH, Guard
+
+    model, tok = tiny
+    short = [{"prompt": f"{a} + {a} =", "target": f" {2 * a}"} for a in range(GUARD_BATCH)]
+    text = [{"prompt": "", "target": "the quick brown fox jumps" * (1 + a % 2)}
+            for a in range(GUARD_BATCH)]
+    rows = [r for pair in zip(short, text) for r in pair]  # interleaved: list order would mix them
+    encs = encode_rows(tok, rows, 64)
+    guard = Guard(MethodConfig(unlearn="periodic"), encs, rows, tok.pad_token_id)
+    kept = []
+    forward = model.forward
+
+    def spy(input_ids=None, attention_mask=None, logits_to_keep=0, **kw):
+        kept.append(tuple(logits_to_keep.shape))
+        return forward(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep, **kw)
+
+    model.forward = spy
+    try:
+        got = guard.nll(model, torch.device("cpu"))
+    finally:
+        del model.forward
+    alone = []
+    with torch.no_grad():
+        for e in encs:
+            nll, mask, _ = forward_token_nll(model, collate([e], tok.pad_token_id))
+            alone.append((nll.sum() / mask.sum()).item())
+    assert got == pytest.approx(sum(alone) / len(alone), rel=1e-5)
+    longest = max(sum(x != -100 for x in e.labels) for e in encs)
+    assert sum(b * k for b, k in kept) <= GUARD_BATCH * (longest + 4)  # not 2 * GUARD_BATCH * longest
