@@ -152,6 +152,19 @@ def test_custom_task_fields_and_metrics(tmp_path):
     assert not get_task("custom", {"metric": "none"}).has_gold
 
 
+def test_general_text_drops_records_without_text_and_keeps_prompt_only_rows(tmp_path):
+    """wikitext has empty lines: a general-text row without a token would count as NLL 0 in the
+    guard's mean and in no perplexity; a prompt-only row (a metric-none forgetting task) stays."""
+    f = tmp_path / "t.jsonl"
+    f.write_text("\n".join(json.dumps({"text": t}) for t in ["", " = Title = ", "   ", "a line", "\n"]) + "\n")
+    text = {"data_files": {"train": str(f), "test": str(f)}, "prompt_field": "text", "target_field": "text",
+            "prompt_template": "", "metric": "none"}
+    rows = get_task("custom", text).load("train", 10, 0, text)
+    assert sorted(r["target"].strip() for r in rows) == ["= Title =", "a line"]
+    prompts = {**text, "prompt_template": "Say: {prompt}", "target_field": "missing"}
+    assert len(get_task("custom", prompts).load("train", 10, 0, prompts)) == 5
+
+
 def test_loglik_choice_scoring(tiny, fixture_files):
     from pipeline.evaluate import task_scores
 

@@ -144,6 +144,8 @@ class Custom(Task):
     def load(self, split, n, seed, options):
         pf, tf, tpl = _fields(options)
         recs = split_records(options, split, (pf,) if self.metric == "none" else (pf, tf))
+        if self.metric == "none":  # a record with no text at all (wikitext's empty lines) scores nothing
+            recs = [r for r in recs if fill(tpl, r, pf).strip() or str(r.get(tf) or "").strip()]
         rows = []
         for r in sample(recs, n, seed):
             target = "" if r.get(tf) is None else str(r.get(tf))
