@@ -132,6 +132,16 @@ def test_real_step_quick(capsys):
 
 
 @pytest.mark.real
+def test_finetune_overhead_real_quick(capsys):
+    _needs_smollm2()
+    _fresh("finetune_overhead").main(["--quick", "--real"])
+    out = capsys.readouterr().out
+    rows = _table(out, "SmolLM2-135M-Instruct fine-tune wall time")
+    assert [r[0] for r in rows][:2] == ["vanilla", "lwf"] and len(rows) == 4
+    assert float(out.split("mean NLL differ by ")[1].split()[0]) < 1e-4
+
+
+@pytest.mark.real
 def test_prefix_cache_quick(capsys):
     _needs_smollm2()
     _fresh("prefix_cache").main(["--quick"])
