@@ -293,13 +293,15 @@ def confidence_metrics(df: pd.DataFrame, c) -> dict:
     sub = df[df["forget_task"].isin(pos | neg)]
     if pos and neg and not sub.empty:
         y = sub["forget_task"].isin(pos).to_numpy()
-        metrics["auroc"] = {**{s: auroc(sub[f"score_{s}"], y) for s in SCORES}, "grad_norm": auroc(sub["grad_norm"], y)}
+        # two baselines beside the scores: the gradient's size, and the answer's length alone (a score
+        # whose AUROC is at n_tokens' may see nothing but length)
+        columns = [(s, f"score_{s}") for s in SCORES] + [(b, b) for b in ("grad_norm", "n_tokens") if b in df]
+        metrics["auroc"] = {s: auroc(sub[col], y) for s, col in columns}
         metrics["auroc_by_negative"] = {}
         for neg_task in sorted(neg):
             one = df[df["forget_task"].isin(pos | {neg_task})]
             yy = one["forget_task"].isin(pos).to_numpy()
-            metrics["auroc_by_negative"][neg_task] = {s: auroc(one[col], yy) for s, col in
-                                                      [(s, f"score_{s}") for s in SCORES] + [("grad_norm", "grad_norm")]}
+            metrics["auroc_by_negative"][neg_task] = {s: auroc(one[col], yy) for s, col in columns}
         metrics["auroc_positive"], metrics["auroc_negative"] = sorted(pos), sorted(neg)
         for name, col in SELECTIONS.items():
             metrics.setdefault("positive_share_of_selection", {})[name] = float(

@@ -200,6 +200,17 @@ def test_conflict_validation_scores_on_validation_and_applies_its_rule():
     assert timing.data.learn.options["test_split"] == "validation" and timing.finetune == preset.finetune
 
 
+def test_conflict_test_reads_the_length_baseline_from_the_confidence_table(tmp_path):
+    """A run whose metrics lack the n_tokens AUROC gets it from its confidence table: sentiment
+    answers longer than psychology's but one (2 tokens, above only 1) -> 7 of 9 pairs ordered."""
+    mod = _fresh("conflict_test")
+    (tmp_path / "artifacts").mkdir()
+    pd.DataFrame({"forget_task": ["sentiment"] * 3 + ["psychol"] * 3 + ["other"],
+                  "n_tokens": [30, 31, 2, 5, 6, 1, 99]}).to_parquet(tmp_path / "artifacts/confidence.parquet")
+    conf = {"auroc_positive": ["sentiment"], "auroc_negative": ["psychol"]}
+    assert mod.length_auroc(tmp_path, conf) == pytest.approx(7 / 9)
+
+
 def test_conflict_test_credits_each_stage_timer_to_the_stage_dvc_ran():
     """The test run's time table: each 'stage NAME: done in S s' line belongs to the stage DVC
     announced last (finetune@lwf, not finetune), and /usr/bin/time's wall clock is read with and

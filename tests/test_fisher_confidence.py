@@ -137,6 +137,23 @@ def test_selections_same_size_and_disjoint(per_task):
         assert (df.groupby("forget_task")["selected"].sum() == 5).all()
 
 
+def test_confidence_metrics_put_answer_length_beside_the_scores():
+    """A table whose conflicting answers are the long ones: n_tokens alone separates them (AUROC 1),
+    the baseline a score has to beat to show it sees more than length."""
+    from pipeline.config import SCORES, SELECTIONS, ConfidenceConfig
+    from pipeline.confidence import confidence_metrics
+
+    n = 8
+    df = pd.DataFrame({"forget_task": ["lab_conflict"] * n + ["lab_neutral"] * n,
+                       "n_tokens": list(range(20, 20 + n)) + list(range(n)), "grad_norm": [1.0] * (2 * n),
+                       "confidence": np.linspace(0, 1, 2 * n), "nll_base": [1.0] * (2 * n),
+                       **{f"score_{s}": np.linspace(0, 1, 2 * n)[::-1] for s in SCORES},
+                       **{col: [True, False] * n for col in SELECTIONS.values()}})
+    m = confidence_metrics(df, ConfidenceConfig())
+    assert m["auroc"]["n_tokens"] == 1.0 and m["auroc"]["grad_norm"] == 0.5 and m["auroc"]["cosine"] == 1.0
+    assert m["auroc_by_negative"]["lab_neutral"]["n_tokens"] == 1.0
+
+
 def test_auroc_known_cases():
     assert auroc([3, 4, 1, 2], [True, True, False, False]) == 1.0
     assert auroc([1, 2, 3, 4], [True, True, False, False]) == 0.0

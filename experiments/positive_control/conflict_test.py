@@ -81,6 +81,17 @@ def delta(r: dict, key: str) -> str:
     return f"{interval(r[f'{key}_delta'], lo, hi)} ({side(lo, hi)})"
 
 
+def length_auroc(proj: Path, conf: dict) -> float:
+    """The AUROC of the answer's length alone (n_tokens), positive vs negative tasks of the confidence table."""
+    import pandas as pd
+
+    from pipeline.confidence import auroc
+
+    df = pd.read_parquet(proj / "artifacts/confidence.parquet")
+    sub = df[df["forget_task"].isin(conf["auroc_positive"] + conf["auroc_negative"])]
+    return auroc(sub["n_tokens"], sub["forget_task"].isin(conf["auroc_positive"]))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--project", required=True, help="the finished project (a fresh clone after `dvc repro`)")
@@ -92,6 +103,8 @@ def main(argv=None):
     proj = Path(a.project)
     summary = json.loads((proj / "metrics/summary.json").read_text())
     conf = json.loads((proj / "metrics/confidence.json").read_text())
+    if "n_tokens" not in conf["auroc"]:  # a run before the confidence stage reported the length baseline
+        conf["auroc"]["n_tokens"] = length_auroc(proj, conf)
     methods = [m for m in summary if m not in ("base", "vanilla", CONTROL)]
     order = ["base", "vanilla", CONTROL, *methods]
     tasks = list(summary["vanilla"]["forget_scores"])
