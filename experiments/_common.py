@@ -118,8 +118,9 @@ def side(lo: float, hi: float, at: float = 0.0) -> str:
 
 
 def auroc_ci(df, positive: list[str], negative: list[str], n_boot: int = 1000) -> dict[str, tuple[float, float, float]]:
-    """AUROC of every score column of a confidence table (`positive` vs `negative` forgetting tasks), with a
-    95% interval from resampling samples within each class (an interval containing 0.5 = no side)."""
+    """AUROC of every score column of a confidence table and of its baselines grad_norm and n_tokens
+    (`positive` vs `negative` forgetting tasks), with a 95% interval from resampling samples within
+    each class (an interval containing 0.5 = no side)."""
     import numpy as np
 
     from pipeline.confidence import auroc
@@ -130,7 +131,7 @@ def auroc_ci(df, positive: list[str], negative: list[str], n_boot: int = 1000) -
     rng = np.random.default_rng(0)
     boots = [np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]) for _ in range(n_boot)]
     out = {}
-    for col in [c for c in df.columns if c.startswith("score_")] + ["grad_norm"]:
+    for col in [c for c in df.columns if c.startswith("score_")] + [b for b in ("grad_norm", "n_tokens") if b in df]:
         v = df[col].to_numpy()
         b = [auroc(v[i], y[i]) for i in boots]
         out[col.removeprefix("score_")] = (auroc(v, y), *np.percentile(b, [2.5, 97.5]))
