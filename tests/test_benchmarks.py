@@ -200,6 +200,43 @@ def test_conflict_validation_scores_on_validation_and_applies_its_rule():
     assert timing.data.learn.options["test_split"] == "validation" and timing.finetune == preset.finetune
 
 
+def test_merge_seeds_adds_the_second_projects_seeds_and_refuses_other_params(tmp_path):
+    """Two projects of equal params but seeds: the first ends with every seed's evaluation entry and
+    training log and the union of the seeds in its params.yaml; params that differ elsewhere, seeds
+    that overlap or a shared stage's output that differs are refused."""
+    import json
+
+    import yaml
+
+    mod = _fresh("merge_seeds")
+
+    def project(name, seeds, lr=0.001, fisher_md5="f1"):
+        p = tmp_path / name
+        (p / "artifacts/eval").mkdir(parents=True)
+        p.joinpath("params.yaml").write_text(f"run:\n  seeds: {seeds}           # comment\n  methods: [vanilla]\n"
+                                             f"finetune: {{lr: {lr}}}\n")
+        lock = {"stages": {"fisher": {"outs": [{"path": "artifacts/fisher.pt", "md5": fisher_md5}]},
+                           "finetune@vanilla": {"outs": [{"path": "artifacts/models/vanilla", "md5": name}]}}}
+        p.joinpath("dvc.lock").write_text(yaml.safe_dump(lock))
+        p.joinpath("artifacts/eval/vanilla.json").write_text(json.dumps(
+            {"method": "vanilla", "seeds": {str(s): {"learn_score": s / 10} for s in seeds}}))
+        for s in seeds:
+            (p / "logs/train/vanilla").mkdir(parents=True, exist_ok=True)
+            (p / "logs/train/vanilla" / f"seed{s}.csv").write_text(f"event,step\n{s},1\n")
+        return p
+
+    a, b = project("a", [0, 1, 2]), project("b", [3, 4])
+    for bad in (project("c", [2, 3]), project("d", [3, 4], lr=0.002), project("e", [3, 4], fisher_md5="f2")):
+        with pytest.raises(ValueError):
+            mod.check(a, bad)
+    assert mod.merge(a, b) == [0, 1, 2, 3, 4]
+    ev = json.loads((a / "artifacts/eval/vanilla.json").read_text())
+    assert sorted(ev["seeds"]) == ["0", "1", "2", "3", "4"] and ev["seeds"]["4"]["learn_score"] == 0.4
+    assert (a / "logs/train/vanilla/seed4.csv").read_text() == "event,step\n4,1\n"
+    assert yaml.safe_load((a / "params.yaml").read_text())["run"]["seeds"] == [0, 1, 2, 3, 4]
+    assert "# comment" in (a / "params.yaml").read_text()
+
+
 def test_conflict_test_reads_the_length_baseline_from_the_confidence_table(tmp_path):
     """A run whose metrics lack the n_tokens AUROC gets it from its confidence table: sentiment
     answers longer than psychology's but one (2 tokens, above only 1) -> 7 of 9 pairs ordered."""
