@@ -210,12 +210,15 @@ def test_merge_seeds_adds_the_second_projects_seeds_and_refuses_other_params(tmp
 
     mod = _fresh("merge_seeds")
 
-    def project(name, seeds, lr=0.001, fisher_md5="f1"):
+    def project(name, seeds, lr=0.001, fisher_md5="f1", n=3):
         p = tmp_path / name
         (p / "artifacts/eval").mkdir(parents=True)
         p.joinpath("params.yaml").write_text(f"run:\n  seeds: {seeds}           # comment\n  methods: [vanilla]\n"
                                              f"finetune: {{lr: {lr}}}\n")
-        lock = {"stages": {"fisher": {"outs": [{"path": "artifacts/fisher.pt", "md5": fisher_md5}]},
+        (p / "metrics").mkdir()
+        p.joinpath("metrics/fisher.json").write_text(json.dumps({"n": n, "seconds": len(name)}))
+        lock = {"stages": {"fisher": {"outs": [{"path": "artifacts/fisher.pt", "md5": fisher_md5},
+                                               {"path": "metrics/fisher.json", "md5": name}]},
                            "finetune@vanilla": {"outs": [{"path": "artifacts/models/vanilla", "md5": name}]}}}
         p.joinpath("dvc.lock").write_text(yaml.safe_dump(lock))
         p.joinpath("artifacts/eval/vanilla.json").write_text(json.dumps(
@@ -225,8 +228,9 @@ def test_merge_seeds_adds_the_second_projects_seeds_and_refuses_other_params(tmp
             (p / "logs/train/vanilla" / f"seed{s}.csv").write_text(f"event,step\n{s},1\n")
         return p
 
-    a, b = project("a", [0, 1, 2]), project("b", [3, 4])
-    for bad in (project("c", [2, 3]), project("d", [3, 4], lr=0.002), project("e", [3, 4], fisher_md5="f2")):
+    a, b = project("a", [0, 1, 2]), project("bb", [3, 4])  # metrics differ only in their seconds
+    for bad in (project("c", [2, 3]), project("d", [3, 4], lr=0.002), project("e", [3, 4], fisher_md5="f2"),
+                project("f", [3, 4], n=4)):
         with pytest.raises(ValueError):
             mod.check(a, bad)
     assert mod.merge(a, b) == [0, 1, 2, 3, 4]
