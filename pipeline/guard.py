@@ -32,7 +32,7 @@ import torch
 
 from . import dist
 from .config import GUARDS  # noqa: F401  (the params option list, defined once)
-from .data import IGNORE, collate, forward_token_nll
+from .data import collate, forward_token_nll, n_target_tokens
 from .step import row_losses
 
 log = logging.getLogger("lwf")
@@ -87,7 +87,7 @@ class Guard:
         scores one label word is not padded to a general-text row's logits (over a large vocabulary
         the output layer at the padded positions was about a third of a check's time on SmolLM2)."""
         mine, n_real = dist.shard_even(list(range(len(self.encs))))  # every rank as many forwards (FSDP)
-        rows = sorted(((i, k < n_real) for k, i in enumerate(mine)), key=lambda r: _n_targets(self.encs[r[0]]))
+        rows = sorted(((i, k < n_real) for k, i in enumerate(mine)), key=lambda r: n_target_tokens(self.encs[r[0]]))
         total = torch.zeros((), dtype=torch.float64, device=device)
         was_training = model.training
         model.eval()
@@ -124,10 +124,6 @@ class Guard:
                 "checks": len(self.checks), "largest_ppl_rise": max(rises) if rises else None,
                 "total_ppl_rise": kept[-1] if kept else (0.0 if rises else None),
                 "stopped_at": self.stopped_at, "reason": self.reason}
-
-
-def _n_targets(enc) -> int:
-    return sum(label != IGNORE for label in enc.labels)
 
 
 def _ppl_rise(nll_rise: float) -> float:

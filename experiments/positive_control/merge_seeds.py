@@ -5,14 +5,15 @@ working session cannot run them all in one go.
 Each fine-tune and each evaluation is one seed's own work (the finetune and evaluate stages loop
 over `run.seeds`, one model per seed, and write one entry per seed), and every stage that does not
 depend on the seeds (prepare ... prefix_eval) is the same in both projects: the second project is
-a copy of the first (its DVC cache with it, so that `dvc repro` reruns only the per-seed stages)
-with other seeds. This script checks that the two params.yaml are equal but for `run.seeds`, that
-the seeds are disjoint and that the shared stages' outputs are byte-identical
-(dvc.lock; a metrics JSON equal but for the stage's own `seconds`), then copies the second project's per-seed entries (artifacts/eval/<method>.json,
-logs/train/<method>/seed<k>.csv) into the first, writes the union of the seeds into its
-params.yaml and runs the report stage's own code there (`python -m stages.report`: the paired
-bootstrap over all seeds and rows). The first project's `dvc status` then says the per-seed
-stages changed: it is a merge, not a `dvc repro`, and the docs say so.
+a copy of the first with other seeds (with the DVC cache, `dvc repro` reruns only the per-seed
+stages; without it, every stage). This script checks that the two params.yaml are equal but for
+`run.seeds`, that the seeds are disjoint and that the seed-free stages' outputs are byte-identical
+(dvc.lock; a metrics JSON may differ only in the stage's own `seconds`), then copies the second
+project's per-seed entries (artifacts/eval/<method>.json, logs/train/<method>/seed<k>.csv) into the
+first, writes the union of the seeds into its params.yaml and runs the report stage's own code
+there (`python -m stages.report`: the paired bootstrap over all seeds and rows). The first
+project's `dvc status` then says the per-seed stages changed: it is a merge, not a `dvc repro`, and
+the docs say so.
 
     python experiments/positive_control/merge_seeds.py --into /tmp/fresh --from /tmp/fresh_b
 """
@@ -25,6 +26,10 @@ import sys
 from pathlib import Path
 
 import yaml
+
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # the repository: pipeline
+from pipeline.io import write_json  # noqa: E402
+from pipeline.presets import write_atomic  # noqa: E402
 
 PER_SEED = ("finetune", "evaluate", "finetune_control", "evaluate_control", "lm_eval", "report")
 
@@ -74,7 +79,7 @@ def merge(a: Path, b: Path) -> list[int]:
         if "seeds" not in ea:  # a skipped control
             continue
         ea["seeds"].update(eb["seeds"])
-        (a / "artifacts/eval" / f"{m}.json").write_text(json.dumps(ea, indent=2) + "\n")
+        write_json(a / "artifacts/eval" / f"{m}.json", ea)
         for s in sb:
             shutil.copy2(b / "logs/train" / m / f"seed{s}.csv", a / "logs/train" / m / f"seed{s}.csv")
     seeds = sorted(sa + sb)
@@ -82,7 +87,7 @@ def merge(a: Path, b: Path) -> list[int]:
     new = re.sub(r"(\n  seeds:\s*)\[[0-9, ]*\]", lambda mt: f"{mt.group(1)}{seeds}", text, count=1)
     if new == text:
         raise ValueError("run.seeds not found in params.yaml")
-    (a / "params.yaml").write_text(new)
+    write_atomic(a / "params.yaml", new)
     return seeds
 
 
